@@ -1,0 +1,207 @@
+"""Typed metadata values and filters shared by both services.
+
+The proto `Filter` is parsed once into a small normalised tree (`Condition`,
+`AllOf`, `AnyOf`) with negation already pushed down to the leaves. The metadata
+service compiles that tree to SQL and the vector service to a Chroma `where`,
+so both sides give a filter exactly the same meaning. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from askmojo.common.v1 import common_pb2
+
+# bool is listed first on purpose: bool is a subclass of int in Python, so
+# every type test below checks bool before int.
+MetadataScalar = bool | int | float | str
+
+METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+METADATA_KEY_RULE = "1 to 64 characters of A-Z a-z 0-9 _ . -"
+
+
+class InvalidFilterError(ValueError):
+    """A filter that cannot be evaluated; `field` is a dotted path into it."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class Op(enum.Enum):
+    EQ = "eq"
+    NE = "ne"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    IN = "in"
+    NIN = "nin"
+
+
+RANGE_OPS = frozenset({Op.GT, Op.GTE, Op.LT, Op.LTE})
+LIST_OPS = frozenset({Op.IN, Op.NIN})
+_NEGATION = {Op.EQ: Op.NE, Op.NE: Op.EQ, Op.IN: Op.NIN, Op.NIN: Op.IN}
+_FROM_PROTO_OP = {
+    common_pb2.OPERATOR_EQ: Op.EQ,
+    common_pb2.OPERATOR_NE: Op.NE,
+    common_pb2.OPERATOR_GT: Op.GT,
+    common_pb2.OPERATOR_GTE: Op.GTE,
+    common_pb2.OPERATOR_LT: Op.LT,
+    common_pb2.OPERATOR_LTE: Op.LTE,
+    common_pb2.OPERATOR_IN: Op.IN,
+    common_pb2.OPERATOR_NIN: Op.NIN,
+}
+
+
+def value_kind(value: MetadataScalar) -> str:
+    """'bool', 'number' or 'string': the classes a comparison may mix within."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "string"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`key op values`; EQ/NE/range ops hold exactly one value."""
+
+    key: str
+    op: Op
+    values: tuple[MetadataScalar, ...]
+
+    @property
+    def value(self) -> MetadataScalar:
+        return self.values[0]
+
+
+@dataclass(frozen=True)
+class AllOf:
+    filters: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    filters: tuple[FilterNode, ...]
+
+
+FilterNode = Condition | AllOf | AnyOf
+
+
+def metadata_value_from_proto(value: common_pb2.MetadataValue) -> MetadataScalar | None:
+    """The Python value of a MetadataValue, or None when no kind is set."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    result: MetadataScalar = getattr(value, kind)
+    return result
+
+
+def metadata_value_to_proto(value: MetadataScalar) -> common_pb2.MetadataValue:
+    if isinstance(value, bool):
+        return common_pb2.MetadataValue(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.MetadataValue(int_value=value)
+    if isinstance(value, float):
+        return common_pb2.MetadataValue(double_value=value)
+    return common_pb2.MetadataValue(string_value=value)
+
+
+def metadata_to_proto(
+    metadata: Mapping[str, MetadataScalar],
+) -> dict[str, common_pb2.MetadataValue]:
+    return {key: metadata_value_to_proto(value) for key, value in metadata.items()}
+
+
+def filter_from_proto(
+    proto: common_pb2.Filter, field: str = "filter", max_depth: int = 16
+) -> FilterNode:
+    """Validates a proto filter and returns its normalised tree.
+
+    Raises InvalidFilterError naming the offending field, e.g.
+    `filter.all.filters[1].condition.value`.
+    """
+    return _parse(proto, field, negate=False, depth=max_depth)
+
+
+def _parse(proto: common_pb2.Filter, field: str, *, negate: bool, depth: int) -> FilterNode:
+    if depth <= 0:
+        raise InvalidFilterError(field, "filter is nested too deeply")
+    kind = proto.WhichOneof("kind")
+    if kind is None:
+        raise InvalidFilterError(field, "set one of condition, all, any or not")
+    if kind == "not":
+        return _parse(getattr(proto, "not"), f"{field}.not", negate=not negate, depth=depth - 1)
+    if kind == "condition":
+        return _parse_condition(proto.condition, f"{field}.condition", negate=negate)
+    items = getattr(proto, kind).filters
+    if not items:
+        raise InvalidFilterError(f"{field}.{kind}.filters", f"'{kind}' needs at least one filter")
+    children = tuple(
+        _parse(item, f"{field}.{kind}.filters[{i}]", negate=negate, depth=depth - 1)
+        for i, item in enumerate(items)
+    )
+    # De Morgan: NOT (a AND b) == (NOT a) OR (NOT b), and the other way round.
+    conjunctive = (kind == "all") != negate
+    return AllOf(children) if conjunctive else AnyOf(children)
+
+
+def _parse_condition(proto: common_pb2.Condition, field: str, *, negate: bool) -> Condition:
+    if not METADATA_KEY_PATTERN.fullmatch(proto.key):
+        raise InvalidFilterError(f"{field}.key", f"key {proto.key!r} must be {METADATA_KEY_RULE}")
+    op = _FROM_PROTO_OP.get(proto.op)
+    if op is None:
+        raise InvalidFilterError(f"{field}.op", "set op to one of EQ NE GT GTE LT LTE IN NIN")
+    if op in LIST_OPS:
+        values = _parse_values(proto, field)
+    else:
+        if proto.values:
+            raise InvalidFilterError(
+                f"{field}.values", f"{op.name} takes one `value`; `values` is for IN and NIN"
+            )
+        values = (_parse_value(proto.value, f"{field}.value", present=proto.HasField("value")),)
+    kinds = {value_kind(v) for v in values}
+    if op in RANGE_OPS and kinds != {"number"}:
+        raise InvalidFilterError(
+            f"{field}.value",
+            f"{op.name} compares numbers only, got a {kinds.pop()}; use EQ, NE, IN or NIN",
+        )
+    if negate:
+        if op in RANGE_OPS:
+            raise InvalidFilterError(
+                field,
+                f"'not' of {op.name} is ambiguous for items without key {proto.key!r}; "
+                "write the complementary comparison instead",
+            )
+        op = _NEGATION[op]
+    return Condition(proto.key, op, values)
+
+
+def _parse_values(proto: common_pb2.Condition, field: str) -> tuple[MetadataScalar, ...]:
+    if proto.HasField("value"):
+        raise InvalidFilterError(f"{field}.value", "IN and NIN take `values`, not `value`")
+    if not proto.values:
+        raise InvalidFilterError(f"{field}.values", "IN and NIN need at least one value")
+    values = tuple(
+        _parse_value(v, f"{field}.values[{i}]", present=True) for i, v in enumerate(proto.values)
+    )
+    if len({value_kind(v) for v in values}) > 1:
+        raise InvalidFilterError(f"{field}.values", "all values of IN/NIN must be of one type")
+    return values
+
+
+def _parse_value(proto: common_pb2.MetadataValue, field: str, *, present: bool) -> MetadataScalar:
+    value = metadata_value_from_proto(proto) if present else None
+    if value is None:
+        raise InvalidFilterError(
+            field, "set one of string_value, int_value, double_value, bool_value"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilterError(field, "double_value must be finite")
+    return value

@@ -1,0 +1,31 @@
+"""`python -m metadata_service`: settings from the environment and `.env`,
+then the service until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from metadata_service.config import MetadataSettings
+from metadata_service.logs import configure_logging
+from metadata_service.server import run
+
+
+def main() -> int:
+    try:
+        settings = MetadataSettings()
+    except ValidationError as exc:
+        print(f"metadata_service: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    logging.getLogger(__name__).info(
+        "starting metadata service",
+        extra={"environment": settings.environment.value, "workers": settings.worker_count},
+    )
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

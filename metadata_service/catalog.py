@@ -1,0 +1,407 @@
+"""The service layer: what each metadata RPC does, one transaction per unit of
+work. Synchronous by design — the servicer runs these methods on a bounded
+thread pool, never on the event loop — and free of gRPC types.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from askmojo.common.filters import FilterNode
+from metadata_service import validation
+from metadata_service.config import MetadataSettings
+from metadata_service.db import repository as repo
+from metadata_service.db.engine import Database
+from metadata_service.db.models import CollectionRow, DocumentRow, IndexState, utcnow
+from metadata_service.domain import (
+    ChunkingSpec,
+    CollectionInfo,
+    CollectionSpec,
+    DeleteCollectionOutcome,
+    DeleteDocumentsOutcome,
+    DocumentInfo,
+    DocumentInput,
+    DocumentQuery,
+    Page,
+    Stats,
+    UpsertOutcome,
+    UpsertState,
+)
+from metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.paging import decode_page_token, encode_page_token, query_fingerprint
+from metadata_service.validation import PreparedDocument
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _CollectionRef:
+    id: int
+    chunking: ChunkingSpec
+
+
+class Catalog:
+    def __init__(self, db: Database, settings: MetadataSettings) -> None:
+        self._db = db
+        self._settings = settings
+
+    # --- collections ----------------------------------------------------------
+
+    def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
+        validation.collection_name(spec.name)
+        chunking = validation.chunking(spec, self._settings)
+        model = spec.model or self._settings.default_embedding_model
+        dimension = spec.dimension or (
+            self._settings.default_embedding_dimension
+            if model == self._settings.default_embedding_model
+            else 0
+        )
+        if spec.dimension < 0 or dimension == 0:
+            raise InvalidArgument(
+                "dimension", f"give the embedding dimension of model {model!r} (a positive number)"
+            )
+        if model == self._settings.default_embedding_model and (
+            dimension != self._settings.default_embedding_dimension
+        ):
+            expected = self._settings.default_embedding_dimension
+            raise FailedPrecondition(
+                f"model {model!r} produces {expected}-dimensional vectors, not {dimension}"
+            )
+
+        def work(session: Session) -> CollectionInfo:
+            if repo.get_collection(session, spec.name) is not None:
+                raise AlreadyExists(f"collection {spec.name!r} already exists")
+            row = repo.add_collection(
+                session,
+                CollectionRow(
+                    name=spec.name,
+                    description=spec.description,
+                    embedding_model=model,
+                    embedding_dimension=dimension,
+                    chunk_size=chunking.chunk_size,
+                    chunk_overlap=chunking.chunk_overlap,
+                    created_at=utcnow(),
+                ),
+            )
+            return _collection_info(row, repo.CollectionCounts())
+
+        info = self._db.write(work)
+        _LOGGER.info("collection created", extra={"collection": info.name, "model": info.model})
+        return info
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        def work(session: Session) -> CollectionInfo:
+            row = self._require_collection(session, name)
+            counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
+            return _collection_info(row, counts)
+
+        return self._db.read(work)
+
+    def list_collections(self, page_size: int, page_token: str) -> Page[CollectionInfo]:
+        limit = validation.page_size(page_size, self._settings)
+        fingerprint = query_fingerprint("collections")
+        after = decode_page_token(page_token, fingerprint)
+
+        def work(session: Session) -> Page[CollectionInfo]:
+            rows = repo.list_collections(session, after, limit + 1)
+            page, more = rows[:limit], len(rows) > limit
+            counts = repo.collection_counts(session, [row.id for row in page])
+            items = [_collection_info(r, counts.get(r.id, repo.CollectionCounts())) for r in page]
+            token = encode_page_token(page[-1].name, fingerprint) if more else ""
+            return Page(items, token)
+
+        return self._db.read(work)
+
+    def delete_collection(self, name: str) -> DeleteCollectionOutcome:
+        def work(session: Session) -> DeleteCollectionOutcome:
+            row = self._require_collection(session, name)
+            counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
+            repo.delete_collection(session, row.id)
+            return DeleteCollectionOutcome(counts.documents, counts.chunks)
+
+        outcome = self._db.write(work)
+        _LOGGER.info(
+            "collection deleted",
+            extra={"collection": name, "documents": outcome.deleted_documents},
+        )
+        return outcome
+
+    # --- documents ------------------------------------------------------------
+
+    def upsert_documents(
+        self, collection: str, documents: Sequence[DocumentInput]
+    ) -> list[UpsertOutcome]:
+        """Stores a batch; returns one outcome per input, in order. Invalid
+        documents get their own error and never stop the valid ones."""
+        if not documents:
+            raise InvalidArgument("documents", "the batch is empty: send at least one document")
+        limit = self._settings.max_batch_documents
+        if len(documents) > limit:
+            raise InvalidArgument(
+                "documents",
+                f"{len(documents)} documents in one batch; the limit is {limit} "
+                "(MAX_BATCH_DOCUMENTS): split the batch",
+            )
+        ref = self._db.read(lambda s: self._collection_ref(s, collection))
+
+        outcomes: dict[int, UpsertOutcome] = {}
+        prepared: list[tuple[int, PreparedDocument]] = []
+        first_index: dict[str, int] = {}
+        for index, doc in enumerate(documents):
+            field = f"documents[{index}]"
+            try:
+                if doc.id in first_index:
+                    raise InvalidArgument(
+                        f"{field}.id",
+                        f"id {doc.id!r} is also at documents[{first_index[doc.id]}]: "
+                        "send each id once per batch",
+                    )
+                prepared.append(
+                    (index, validation.prepare_document(doc, ref.chunking, self._settings, field))
+                )
+                first_index[doc.id] = index
+            except InvalidArgument as exc:
+                outcomes[index] = UpsertOutcome(doc.id, UpsertState.FAILED, exc)
+
+        if prepared:
+            valid = [p for _, p in prepared]
+            # Most re-sent batches are entirely unchanged: find that out with a
+            # read, and take no write lock at all.
+            stored = self._db.read(lambda s: repo.find_documents(s, ref.id, [p.id for p in valid]))
+            written = (
+                {p.id: _unchanged(p.id, stored[p.id]) for p in valid}
+                if all(_is_unchanged(p, stored.get(p.id)) for p in valid)
+                else self._db.write(lambda s: self._store_documents(s, collection, ref.id, valid))
+            )
+            for index, p in prepared:
+                outcomes[index] = written[p.id]
+        return [outcomes[index] for index in range(len(documents))]
+
+    def _store_documents(
+        self,
+        session: Session,
+        collection: str,
+        collection_id: int,
+        docs: Sequence[PreparedDocument],
+    ) -> dict[str, UpsertOutcome]:
+        # The collection may have been deleted since it was looked up.
+        self._collection_ref(session, collection)
+        stored = repo.find_documents(session, collection_id, [doc.id for doc in docs])
+        now = utcnow()
+        outcomes: dict[str, UpsertOutcome] = {}
+        new_rows, updates = [], []
+        chunks_of: dict[str, PreparedDocument] = {}  # documents whose chunks are rewritten
+        metadata_of: dict[str, PreparedDocument] = {}  # documents whose metadata is rewritten
+        pending_again: list[int] = []  # text kept, metadata changed: chunks re-sent
+        for doc in docs:
+            old = stored.get(doc.id)
+            if old is None:
+                new_rows.append(_new_document_row(collection_id, doc, now))
+                chunks_of[doc.id] = metadata_of[doc.id] = doc
+                outcomes[doc.id] = UpsertOutcome(
+                    doc.id, UpsertState.PENDING, chunk_count=len(doc.chunks), generation=1
+                )
+                continue
+            if _is_unchanged(doc, old):
+                outcomes[doc.id] = _unchanged(doc.id, old)
+                continue
+            text_changed = doc.content_hash != old.content_hash
+            updates.append(
+                {
+                    "id": old.pk,
+                    "metadata_hash": doc.metadata_hash,
+                    "generation": old.generation + 1,
+                    "state": IndexState.PENDING,
+                    "error": None,
+                    "updated_at": now,
+                    **(
+                        {
+                            "text": doc.text,
+                            "content_hash": doc.content_hash,
+                            "chunk_count": len(doc.chunks),
+                        }
+                        if text_changed
+                        else {}
+                    ),
+                }
+            )
+            if text_changed:
+                chunks_of[doc.id] = doc
+            else:
+                pending_again.append(old.pk)
+            if doc.metadata_hash != old.metadata_hash:
+                metadata_of[doc.id] = doc
+            outcomes[doc.id] = UpsertOutcome(
+                doc.id,
+                UpsertState.PENDING,
+                chunk_count=len(doc.chunks),
+                generation=old.generation + 1,
+            )
+
+        pks = {doc_id: old.pk for doc_id, old in stored.items()}
+        pks.update(repo.insert_documents(session, new_rows))
+        # Updates are grouped by their key set: SQLAlchemy's bulk UPDATE by
+        # primary key runs one executemany per distinct set of columns.
+        for keys in {frozenset(u) for u in updates}:
+            repo.update_documents(session, [u for u in updates if frozenset(u) == keys])
+        repo.replace_chunks(session, {pks[i]: d.chunks for i, d in chunks_of.items()}, now)
+        repo.replace_metadata(session, {pks[i]: d.metadata for i, d in metadata_of.items()})
+        repo.mark_chunks_pending(session, pending_again, now)
+        return outcomes
+
+    def get_document(self, collection: str, doc_id: str, *, include_text: bool) -> DocumentInfo:
+        validation.document_id(doc_id, self._settings)
+
+        def work(session: Session) -> DocumentInfo:
+            ref = self._collection_ref(session, collection)
+            row = repo.get_document(session, ref.id, doc_id, include_text=include_text)
+            if row is None:
+                raise NotFound(f"document {doc_id!r} not found in collection {collection!r}")
+            return _document_info(row, include_text)
+
+        return self._db.read(work)
+
+    def list_documents(self, query: DocumentQuery) -> Page[DocumentInfo]:
+        limit = validation.page_size(query.page_size, self._settings)
+        fingerprint = query_fingerprint(
+            "documents", query.collection, query.filter, sorted(query.states)
+        )
+        after = decode_page_token(query.page_token, fingerprint)
+
+        def work(session: Session) -> Page[DocumentInfo]:
+            ref = self._collection_ref(session, query.collection)
+            rows = repo.list_documents(
+                session,
+                ref.id,
+                where=query.filter,
+                states=query.states,
+                after=after,
+                limit=limit + 1,
+                include_text=query.include_text,
+            )
+            page, more = rows[:limit], len(rows) > limit
+            token = encode_page_token(page[-1].external_id, fingerprint) if more else ""
+            return Page([_document_info(row, query.include_text) for row in page], token)
+
+        return self._db.read(work)
+
+    def delete_documents(
+        self, collection: str, ids: Sequence[str], where: FilterNode | None
+    ) -> DeleteDocumentsOutcome:
+        if bool(ids) == (where is not None):
+            raise InvalidArgument(
+                "ids", "give either ids or filter (exactly one) to choose what to delete"
+            )
+        if len(ids) > self._settings.max_batch_documents:
+            raise InvalidArgument(
+                "ids",
+                f"{len(ids)} ids; the limit is {self._settings.max_batch_documents} per call",
+            )
+        for index, doc_id in enumerate(ids):
+            validation.document_id(doc_id, self._settings, f"ids[{index}]")
+        # TODO(#4): mark, remove vectors through the vector service, then delete.
+
+        def work(session: Session) -> DeleteDocumentsOutcome:
+            ref = self._collection_ref(session, collection)
+            deleted = repo.delete_documents(
+                session, ref.id, external_ids=list(ids) if ids else None, where=where
+            )
+            gone = set(deleted)
+            return DeleteDocumentsOutcome(
+                len(deleted), [i for i in dict.fromkeys(ids) if i not in gone]
+            )
+
+        return self._db.write(work)
+
+    # --- stats ----------------------------------------------------------------
+
+    def stats(self, collection: str) -> Stats:
+        def work(session: Session) -> Stats:
+            collection_id = self._collection_ref(session, collection).id if collection else None
+            return Stats(
+                pool=self._db.pool_status(),
+                storage=self._db.storage_status(),
+                documents_by_state=repo.documents_by_state(session, collection_id),
+                chunk_count=repo.chunk_total(session, collection_id),
+                worker_pid=os.getpid(),
+            )
+
+        return self._db.read(work)
+
+    # --- helpers --------------------------------------------------------------
+
+    def _require_collection(self, session: Session, name: str) -> CollectionRow:
+        validation.collection_name(name, "collection" if name else "name")
+        row = repo.get_collection(session, name)
+        if row is None:
+            raise NotFound(f"collection {name!r} not found")
+        return row
+
+    def _collection_ref(self, session: Session, name: str) -> _CollectionRef:
+        if not name:
+            raise InvalidArgument("collection", "collection name must not be empty")
+        row = self._require_collection(session, name)
+        return _CollectionRef(row.id, ChunkingSpec(row.chunk_size, row.chunk_overlap))
+
+
+def _is_unchanged(doc: PreparedDocument, old: repo.StoredDocument | None) -> bool:
+    return (
+        old is not None
+        and old.content_hash == doc.content_hash
+        and old.metadata_hash == doc.metadata_hash
+    )
+
+
+def _unchanged(doc_id: str, old: repo.StoredDocument) -> UpsertOutcome:
+    return UpsertOutcome(
+        doc_id, UpsertState.UNCHANGED, chunk_count=old.chunk_count, generation=old.generation
+    )
+
+
+def _new_document_row(collection_id: int, doc: PreparedDocument, now: object) -> dict[str, object]:
+    return {
+        "collection_id": collection_id,
+        "external_id": doc.id,
+        "text": doc.text,
+        "content_hash": doc.content_hash,
+        "metadata_hash": doc.metadata_hash,
+        "generation": 1,
+        "state": IndexState.PENDING,
+        "error": None,
+        "chunk_count": len(doc.chunks),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _collection_info(row: CollectionRow, counts: repo.CollectionCounts) -> CollectionInfo:
+    return CollectionInfo(
+        name=row.name,
+        description=row.description,
+        model=row.embedding_model,
+        dimension=row.embedding_dimension,
+        chunking=ChunkingSpec(row.chunk_size, row.chunk_overlap),
+        document_count=counts.documents,
+        chunk_count=counts.chunks,
+        created_at=row.created_at,
+    )
+
+
+def _document_info(row: DocumentRow, include_text: bool) -> DocumentInfo:
+    return DocumentInfo(
+        id=row.external_id,
+        text=row.text if include_text else None,
+        metadata={entry.key: repo.metadata_value(entry) for entry in row.metadata_entries},
+        state=row.state,
+        content_hash=row.content_hash,
+        generation=row.generation,
+        chunk_count=row.chunk_count,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

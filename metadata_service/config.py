@@ -1,0 +1,106 @@
+"""Settings of the metadata service: environment variables, then `.env`.
+
+One instance is built in `main()` (or by a test) and passed down; nothing reads
+the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CPUS = os.cpu_count() or 1
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class MetadataSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    metadata_host: str = "[::]"
+    # 0 picks a free port (logged at start-up); tests use it.
+    metadata_port: int = Field(default=50051, ge=0, le=65535)
+    # Worker processes sharing the port (SO_REUSEPORT). None: 1 in development,
+    # one per CPU in production.
+    workers: int | None = Field(default=None, ge=1, le=256)
+    vector_service_address: str = "localhost:50052"
+    # None: on in development, off in production.
+    reflection: bool | None = None
+    log_level: str = "INFO"
+    # None: "json" in production, "text" in development.
+    log_format: str | None = None
+
+    # --- database (DESIGN.md §5) ---
+    database_url: str = "sqlite:///./data/metadata.db"
+    pool_size: int = Field(default=max(5, _CPUS), ge=1)
+    max_overflow: int = Field(default=20, ge=0)
+    pool_pre_ping: bool = True
+    pool_recycle: int = Field(default=3600, description="seconds")
+    # Seconds a writer waits for SQLite's lock before giving up (busy_timeout).
+    sqlite_timeout: float = Field(default=20.0, gt=0)
+    sqlite_synchronous: str = "NORMAL"
+    sqlite_cache_size_kib: int = Field(default=64 * 1024, ge=0)
+    sqlite_mmap_size: int = Field(default=256 * 1024 * 1024, ge=0)
+    sqlite_temp_store: str = "MEMORY"
+    # Threads running database work for the event loop. None: POOL_SIZE, so a
+    # thread never waits for a connection.
+    db_threads: int | None = Field(default=None, ge=1)
+
+    # --- collection defaults ---
+    default_embedding_model: str = "all-MiniLM-L6-v2"
+    default_embedding_dimension: int = Field(default=384, ge=1)
+    # Characters. ~800 characters of English stay inside MiniLM's 256-token window.
+    default_chunk_size: int = Field(default=800, ge=50)
+    default_chunk_overlap: int = Field(default=100, ge=0)
+
+    # --- limits: each violation is a clear INVALID_ARGUMENT ---
+    max_document_id_bytes: int = Field(default=512, ge=1)
+    max_text_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_metadata_keys: int = Field(default=32, ge=0)
+    max_metadata_string_bytes: int = Field(default=4096, ge=1)
+    max_batch_documents: int = Field(default=1000, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    default_page_size: int = Field(default=100, ge=1)
+    max_chunk_size: int = Field(default=8000, ge=50)
+    # Over this a request is refused by gRPC itself with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    # Seconds between readiness probes of the database (health service).
+    health_probe_interval: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MetadataSettings:
+        if self.default_chunk_overlap >= self.default_chunk_size:
+            raise ValueError("DEFAULT_CHUNK_OVERLAP must be smaller than DEFAULT_CHUNK_SIZE")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("DEFAULT_PAGE_SIZE must not exceed MAX_PAGE_SIZE")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return _CPUS if self.is_production else 1
+
+    @property
+    def reflection_enabled(self) -> bool:
+        return (not self.is_production) if self.reflection is None else self.reflection
+
+    @property
+    def effective_log_format(self) -> str:
+        return self.log_format or ("json" if self.is_production else "text")
+
+    @property
+    def effective_db_threads(self) -> int:
+        return self.db_threads or self.pool_size

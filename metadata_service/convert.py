@@ -1,0 +1,226 @@
+"""Every proto <-> domain mapping of the metadata service, as pure functions.
+
+`from_proto_*` never validates business rules (the catalog does, so batch
+items can fail one by one); it only raises InvalidArgument where a message
+cannot be expressed in the domain at all (a malformed filter tree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+from askmojo.common.filters import (
+    FilterNode,
+    InvalidFilterError,
+    filter_from_proto,
+    metadata_to_proto,
+    metadata_value_from_proto,
+)
+from askmojo.common.v1 import common_pb2
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from metadata_service.db.models import IndexState
+from metadata_service.domain import (
+    CollectionInfo,
+    CollectionSpec,
+    DeleteCollectionOutcome,
+    DeleteDocumentsOutcome,
+    DocumentInfo,
+    DocumentInput,
+    DocumentQuery,
+    Page,
+    Stats,
+    UpsertOutcome,
+    UpsertState,
+)
+from metadata_service.errors import OK_STATUS, InvalidArgument, invalid_filter, to_rpc_status
+
+_STATE_TO_PROTO = {
+    IndexState.PENDING: pb.DOCUMENT_STATE_PENDING,
+    IndexState.INDEXED: pb.DOCUMENT_STATE_INDEXED,
+    IndexState.FAILED: pb.DOCUMENT_STATE_FAILED,
+}
+_STATE_FROM_PROTO: dict[int, IndexState] = {int(v): k for k, v in _STATE_TO_PROTO.items()}
+_UPSERT_STATE_TO_PROTO = {
+    UpsertState.PENDING: pb.UPSERT_STATE_PENDING,
+    UpsertState.INDEXED: pb.UPSERT_STATE_INDEXED,
+    UpsertState.UNCHANGED: pb.UPSERT_STATE_UNCHANGED,
+    UpsertState.FAILED: pb.UPSERT_STATE_FAILED,
+}
+
+
+def to_proto_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def from_proto_filter(message: common_pb2.Filter, present: bool) -> FilterNode | None:
+    """The normalised filter tree, or None when the request set no filter."""
+    if not present:
+        return None
+    try:
+        return filter_from_proto(message)
+    except InvalidFilterError as exc:
+        raise invalid_filter(exc) from None
+
+
+# --- collections -------------------------------------------------------------
+
+
+def from_proto_create_collection(request: pb.CreateCollectionRequest) -> CollectionSpec:
+    return CollectionSpec(
+        name=request.name,
+        description=request.description,
+        model=request.model,
+        dimension=request.dimension,
+        chunk_size=request.chunking.chunk_size,
+        chunk_overlap=request.chunking.chunk_overlap,
+    )
+
+
+def to_proto_collection(info: CollectionInfo) -> pb.Collection:
+    return pb.Collection(
+        name=info.name,
+        description=info.description,
+        model=info.model,
+        dimension=info.dimension,
+        document_count=info.document_count,
+        chunk_count=info.chunk_count,
+        chunking=pb.ChunkingConfig(
+            chunk_size=info.chunking.chunk_size, chunk_overlap=info.chunking.chunk_overlap
+        ),
+        create_time=to_proto_timestamp(info.created_at),
+    )
+
+
+def to_proto_list_collections(page: Page[CollectionInfo]) -> pb.ListCollectionsResponse:
+    return pb.ListCollectionsResponse(
+        collections=[to_proto_collection(c) for c in page.items],
+        next_page_token=page.next_page_token,
+    )
+
+
+def to_proto_delete_collection(outcome: DeleteCollectionOutcome) -> pb.DeleteCollectionResponse:
+    return pb.DeleteCollectionResponse(
+        deleted_documents=outcome.deleted_documents, deleted_chunks=outcome.deleted_chunks
+    )
+
+
+# --- documents ---------------------------------------------------------------
+
+
+def from_proto_document(document: pb.Document) -> DocumentInput:
+    return DocumentInput(
+        id=document.id,
+        text=document.text,
+        metadata={k: metadata_value_from_proto(v) for k, v in document.metadata.items()},
+    )
+
+
+def from_proto_documents(documents: list[pb.Document]) -> list[DocumentInput]:
+    return [from_proto_document(d) for d in documents]
+
+
+def to_proto_document(info: DocumentInfo) -> pb.Document:
+    document = pb.Document(
+        id=info.id,
+        metadata=metadata_to_proto(info.metadata),
+        state=_STATE_TO_PROTO[info.state],
+        content_hash=info.content_hash,
+        generation=info.generation,
+        chunk_count=info.chunk_count,
+        error=info.error or "",
+        create_time=to_proto_timestamp(info.created_at),
+        update_time=to_proto_timestamp(info.updated_at),
+    )
+    if info.text is not None:
+        document.text = info.text
+    return document
+
+
+def to_proto_upsert_result(outcome: UpsertOutcome) -> pb.UpsertResult:
+    status: status_pb2.Status = OK_STATUS if outcome.error is None else to_rpc_status(outcome.error)
+    return pb.UpsertResult(
+        id=outcome.id,
+        state=_UPSERT_STATE_TO_PROTO[outcome.state],
+        status=status,
+        chunk_count=outcome.chunk_count,
+        generation=outcome.generation,
+    )
+
+
+def to_proto_upsert_results(outcomes: list[UpsertOutcome]) -> list[pb.UpsertResult]:
+    return [to_proto_upsert_result(o) for o in outcomes]
+
+
+def include_text(view: int, default_full: bool) -> bool:
+    if view == pb.DOCUMENT_VIEW_UNSPECIFIED:
+        return default_full
+    return view == pb.DOCUMENT_VIEW_FULL
+
+
+def from_proto_states(states: list[int]) -> frozenset[IndexState]:
+    result = set()
+    for index, state in enumerate(states):
+        if state not in _STATE_FROM_PROTO:
+            raise InvalidArgument(
+                f"states[{index}]", "use DOCUMENT_STATE_PENDING, _INDEXED or _FAILED"
+            )
+        result.add(_STATE_FROM_PROTO[state])
+    return frozenset(result)
+
+
+def from_proto_list_documents(request: pb.ListDocumentsRequest) -> DocumentQuery:
+    return DocumentQuery(
+        collection=request.collection,
+        filter=from_proto_filter(request.filter, request.HasField("filter")),
+        states=from_proto_states(list(request.states)),
+        page_size=request.page_size,
+        page_token=request.page_token,
+        include_text=include_text(request.view, default_full=False),
+    )
+
+
+def to_proto_list_documents(page: Page[DocumentInfo]) -> pb.ListDocumentsResponse:
+    return pb.ListDocumentsResponse(
+        documents=[to_proto_document(d) for d in page.items],
+        next_page_token=page.next_page_token,
+    )
+
+
+def to_proto_delete_documents(outcome: DeleteDocumentsOutcome) -> pb.DeleteDocumentsResponse:
+    return pb.DeleteDocumentsResponse(
+        deleted_count=outcome.deleted_count, not_found_ids=list(outcome.not_found_ids)
+    )
+
+
+# --- stats -------------------------------------------------------------------
+
+
+def to_proto_stats(stats: Stats) -> pb.GetStatsResponse:
+    return pb.GetStatsResponse(
+        pool=pb.PoolStats(
+            pool_class=stats.pool.pool_class,
+            size=stats.pool.size,
+            checked_out=stats.pool.checked_out,
+            checked_in=stats.pool.checked_in,
+            overflow=stats.pool.overflow,
+            max_overflow=stats.pool.max_overflow,
+        ),
+        database=pb.DatabaseStats(
+            dialect=stats.storage.dialect,
+            database_bytes=stats.storage.database_bytes,
+            wal_bytes=stats.storage.wal_bytes,
+            journal_mode=stats.storage.journal_mode,
+        ),
+        documents_by_state=[
+            # Every state, zeros included, so dashboards see a stable shape.
+            pb.DocumentStateCount(state=proto, count=stats.documents_by_state.get(state, 0))
+            for state, proto in _STATE_TO_PROTO.items()
+        ],
+        chunk_count=stats.chunk_count,
+        worker_pid=stats.worker_pid,
+    )

@@ -1,0 +1,230 @@
+"""The SQLAlchemy engine and the units of work the service layer runs on it.
+
+SQLite (the default) is tuned as the seed app did it: WAL, synchronous=NORMAL,
+a 64 MB cache, 256 MB of mmap, temp tables in memory and a busy timeout, all
+set on every new connection. Two things go further:
+
+* Write transactions open with `BEGIN IMMEDIATE`. A deferred transaction that
+  reads first and writes later can hit "database is locked" at once, without
+  waiting, when another writer got in between (SQLite cannot wait for a lock
+  upgrade without risking deadlock). Taking the write lock up front means the
+  busy timeout always applies.
+* Writers of one process queue on a lock in Python rather than spinning in
+  SQLite's busy handler, which sleeps in growing steps and wastes the time
+  between them. Across processes the busy timeout still arbitrates.
+
+Any other SQLAlchemy URL (PostgreSQL) gets the same pool settings and none of
+the SQLite specifics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from metadata_service.config import MetadataSettings
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Execution option read by the "begin" listener: which BEGIN to emit.
+_BEGIN_MODE = "askmojo_sqlite_begin"
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    pool_class: str
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    max_overflow: int
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    dialect: str
+    database_bytes: int
+    wal_bytes: int
+    journal_mode: str
+
+
+def build_engine(settings: MetadataSettings) -> Engine:
+    """Creates the pooled engine. Call it in the process that will use it
+    (after any fork): pooled connections must never cross a fork."""
+    url = make_url(settings.database_url)
+    pool_args: dict[str, Any] = {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_pre_ping": settings.pool_pre_ping,
+        "pool_recycle": settings.pool_recycle,
+    }
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, **pool_args)
+
+    if url.database and url.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={
+            "timeout": settings.sqlite_timeout,
+            # Connections move between the pool's threads, never two at once.
+            "check_same_thread": False,
+        },
+        **pool_args,
+    )
+    pragmas = (
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={settings.sqlite_synchronous}",
+        f"PRAGMA cache_size=-{settings.sqlite_cache_size_kib}",
+        f"PRAGMA mmap_size={settings.sqlite_mmap_size}",
+        f"PRAGMA temp_store={settings.sqlite_temp_store}",
+        f"PRAGMA busy_timeout={int(settings.sqlite_timeout * 1000)}",
+        "PRAGMA foreign_keys=ON",
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below: the
+        # sqlite3 module's own implicit BEGIN is always DEFERRED.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # journal_mode=WAL persists in the file: an existing rollback-journal
+            # database is converted here, in place, on its first connection.
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Errors that a fresh attempt of the same transaction can cure."""
+    if isinstance(exc, IntegrityError):
+        # Two transactions inserting the same new key (READ COMMITTED on
+        # PostgreSQL); on retry the row exists and the work becomes an update.
+        return True
+    message = str(exc.orig).lower()
+    return isinstance(exc, OperationalError) and (
+        "database is locked" in message
+        or "could not serialize" in message
+        or "deadlock detected" in message
+    )
+
+
+class Database:
+    """The engine plus sessions: one session per unit of work, never shared
+    across threads. Repository functions take the session; this class owns
+    begin/commit/rollback."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sqlite = is_sqlite(engine)
+        self._read_sessions = sessionmaker(engine, expire_on_commit=False)
+        writer = engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) if self._sqlite else engine
+        self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
+
+    @classmethod
+    def from_settings(cls, settings: MetadataSettings) -> Database:
+        return cls(build_engine(settings))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session_scope(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction, for background work and scripts."""
+        maker = self._write_sessions if write else self._read_sessions
+        with self._write_lock if write else contextlib.nullcontext():  # noqa: SIM117
+            with maker() as session, session.begin():
+                yield session
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        with self.session_scope() as session:
+            return work(session)
+
+    def write(self, work: Callable[[Session], T]) -> T:
+        """Runs `work` in a write transaction, retrying it on lock timeouts,
+        serialization failures and insert races (bounded, with jitter)."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self.session_scope(write=True) as session:
+                    return work(session)
+            except DBAPIError as exc:
+                if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
+                    raise
+                delay = 0.01 * 2**attempt * (0.5 + random.random())
+                _LOGGER.debug(
+                    "write transaction retried",
+                    extra={"attempt": attempt, "error": str(exc.orig), "delay_s": delay},
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def pool_status(self) -> PoolStatus:
+        pool: Any = self.engine.pool
+
+        def _count(name: str) -> int:
+            method = getattr(pool, name, None)
+            return int(method()) if callable(method) else 0
+
+        return PoolStatus(
+            pool_class=type(pool).__name__,
+            size=_count("size"),
+            checked_out=_count("checkedout"),
+            checked_in=_count("checkedin"),
+            # QueuePool reports negative overflow while connections are still
+            # uncreated; users want "connections beyond pool_size".
+            overflow=max(0, _count("overflow")),
+            max_overflow=int(getattr(pool, "_max_overflow", 0)),
+        )
+
+    def storage_status(self) -> StorageStatus:
+        url = self.engine.url
+        if not self._sqlite:
+            size = 0
+            if self.engine.dialect.name == "postgresql":
+                with self.engine.connect() as conn:
+                    query = text("SELECT pg_database_size(current_database())")
+                    size = int(conn.execute(query).scalar() or 0)
+            return StorageStatus(self.engine.dialect.name, size, 0, "")
+        path = url.database or ""
+        with self.engine.connect() as conn:
+            mode = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+        return StorageStatus("sqlite", _file_size(path), _file_size(f"{path}-wal"), mode.lower())
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -1,0 +1,127 @@
+"""Plain data passed between the servicer, the catalog and the repository.
+
+No gRPC and no SQLAlchemy here: `convert.py` maps these to and from protos,
+`db/repository.py` to and from rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from askmojo.common.filters import FilterNode, MetadataScalar
+from metadata_service.db.engine import PoolStatus, StorageStatus
+from metadata_service.db.models import IndexState
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChunkingSpec:
+    chunk_size: int
+    chunk_overlap: int
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A CreateCollection request; zero/empty fields take server defaults."""
+
+    name: str
+    description: str = ""
+    model: str = ""
+    dimension: int = 0
+    chunk_size: int = 0
+    chunk_overlap: int = 0
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    description: str
+    model: str
+    dimension: int
+    chunking: ChunkingSpec
+    document_count: int
+    chunk_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    """A document as the client sent it. Metadata values are None where the
+    client set no kind; validation rejects those."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, MetadataScalar | None]
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: str
+    text: str | None  # None unless the full view was asked for
+    metadata: Mapping[str, MetadataScalar]
+    state: IndexState
+    content_hash: str
+    generation: int
+    chunk_count: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UpsertState(enum.Enum):
+    PENDING = "PENDING"
+    INDEXED = "INDEXED"
+    UNCHANGED = "UNCHANGED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    id: str
+    state: UpsertState
+    # None when the document was accepted; the reason otherwise.
+    error: Exception | None = None
+    chunk_count: int = 0
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentQuery:
+    collection: str
+    filter: FilterNode | None = None
+    states: frozenset[IndexState] = frozenset()
+    page_size: int = 0
+    page_token: str = ""
+    include_text: bool = False
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    next_page_token: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteDocumentsOutcome:
+    deleted_count: int
+    not_found_ids: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class DeleteCollectionOutcome:
+    deleted_documents: int
+    deleted_chunks: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    pool: PoolStatus
+    storage: StorageStatus
+    documents_by_state: Mapping[IndexState, int] = field(default_factory=dict)
+    chunk_count: int = 0
+    worker_pid: int = 0

@@ -1,0 +1,274 @@
+"""Building, running and supervising the metadata gRPC server.
+
+Start-up order (each step logged): settings -> database engine -> Alembic
+upgrade (once, in the parent) -> worker processes (production) -> per worker:
+engine, servicer, health, reflection -> health SERVING once the database
+answers at the newest schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
+from metadata_service import migrations
+from metadata_service.catalog import Catalog
+from metadata_service.config import MetadataSettings
+from metadata_service.db.engine import Database, build_engine
+from metadata_service.servicer import MetadataServicer
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SHUTDOWN_GRACE_S = 5.0
+
+
+def prepare_database(settings: MetadataSettings) -> None:
+    """Brings the schema to the newest revision. Run once per deployment step,
+    before worker processes exist (they must not migrate concurrently)."""
+    engine = build_engine(settings)
+    try:
+        _LOGGER.info("database engine ready", extra={"url": _safe_url(settings)})
+        migrations.upgrade(engine)
+    finally:
+        # No pooled connection may survive into a forked worker.
+        engine.dispose()
+
+
+class MetadataServer:
+    """A gRPC server together with what it owns (engine, thread pool, health),
+    so stopping it releases everything."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        database: Database,
+        executor: ThreadPoolExecutor,
+        health: HealthServicer,
+        probe_interval: float,
+    ) -> None:
+        self.grpc_server = server
+        self.database = database
+        self.health = health
+        self._executor = executor
+        self._probe_interval = probe_interval
+        self._probe_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        await self._probe_once()
+        self._probe_task = asyncio.create_task(self._probe_forever())
+
+    async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.database.dispose()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            await self._probe_once()
+
+    async def _probe_once(self) -> None:
+        """SERVING only while the database answers and its schema is current."""
+        loop = asyncio.get_running_loop()
+        try:
+            ready = await loop.run_in_executor(self._executor, self._database_ready)
+        except Exception as exc:  # any failure means "not ready", never a crash
+            _LOGGER.warning("readiness probe failed: %s", exc)
+            ready = False
+        status = _SERVING if ready else _NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    def _database_ready(self) -> bool:
+        self.database.ping()
+        if not migrations.is_up_to_date(self.database.engine):
+            _LOGGER.warning("database schema is not at the newest revision; run migrations")
+            return False
+        return True
+
+
+def create_server(
+    settings: MetadataSettings, *, port: int | None = None
+) -> tuple[MetadataServer, int]:
+    """Builds the server bound to `port` (default: METADATA_PORT; 0 picks a
+    free one) without starting it. Call inside the event loop that will run it."""
+    database = Database.from_settings(settings)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.effective_db_threads, thread_name_prefix="metadata-db"
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Worker processes share one port; the kernel spreads connections.
+            ("grpc.so_reuseport", 1),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(
+        MetadataServicer(Catalog(database, settings), executor), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.reflection_enabled:
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    address = f"{settings.metadata_host}:{settings.metadata_port if port is None else port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    return MetadataServer(server, database, executor, health, settings.health_probe_interval), bound
+
+
+async def serve_worker(settings: MetadataSettings, port: int | None = None) -> None:
+    """Runs one server until SIGINT/SIGTERM, then stops it gracefully."""
+    server, bound = create_server(settings, port=port)
+    await server.start()
+    _LOGGER.info(
+        "worker serving",
+        extra={
+            "port": bound,
+            "reflection": settings.reflection_enabled,
+            "db_threads": settings.effective_db_threads,
+        },
+    )
+    if port is None:
+        _log_listening(settings, bound, 1)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    _LOGGER.info("worker stopping")
+    await server.stop(_SHUTDOWN_GRACE_S)
+
+
+def run(settings: MetadataSettings) -> int:
+    """The whole service: migrate, then one in-process server (development)
+    or a supervisor of `WORKERS` forked servers on one port (production)."""
+    prepare_database(settings)
+    workers = settings.worker_count
+    if workers == 1:
+        asyncio.run(serve_worker(settings))
+        return 0
+    return _supervise(settings, workers)
+
+
+def _log_listening(settings: MetadataSettings, port: int, workers: int) -> None:
+    _LOGGER.info(
+        "metadata service listening",
+        extra={"host": settings.metadata_host, "port": port, "workers": workers},
+    )
+
+
+@contextlib.contextmanager
+def _reserved_port(host: str, port: int) -> Iterator[int]:
+    """Holds the port (picking one when 0) with SO_REUSEPORT so workers can
+    bind it too; the socket never listens, so it never takes a connection."""
+    ipv6 = ":" in host or host in ("[::]", "")
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host.strip("[]") or "::", port))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _worker_main(settings: MetadataSettings, port: int) -> None:
+    # The child inherits the parent's handlers; serve_worker installs its own.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    asyncio.run(serve_worker(settings, port))
+
+
+def _supervise(settings: MetadataSettings, workers: int) -> int:
+    """Forks the workers (before any gRPC object exists in this process, as
+    gRPC requires) and replaces any that die, until SIGINT/SIGTERM."""
+    context = multiprocessing.get_context("fork")
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with _reserved_port(settings.metadata_host, settings.metadata_port) as port:
+        procs: list[multiprocessing.process.BaseProcess] = []
+        restarts: list[float] = []
+
+        def _spawn(index: int) -> multiprocessing.process.BaseProcess:
+            proc = context.Process(
+                target=_worker_main, args=(settings, port), name=f"metadata-worker-{index}"
+            )
+            proc.start()
+            _LOGGER.info("worker started", extra={"worker": index, "worker_pid": proc.pid})
+            return proc
+
+        procs = [_spawn(i) for i in range(workers)]
+        _log_listening(settings, port, workers)
+        exit_code = 0
+        while not stopping:
+            time.sleep(0.2)
+            for index, proc in enumerate(procs):
+                if proc.is_alive() or stopping:
+                    continue
+                _LOGGER.error(
+                    "worker died; replacing it",
+                    extra={"worker": index, "worker_pid": proc.pid, "exitcode": proc.exitcode},
+                )
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > 5 * workers:
+                    _LOGGER.critical("workers keep dying; giving up")
+                    stopping, exit_code = True, 1
+                    break
+                procs[index] = _spawn(index)
+        _LOGGER.info("stopping workers", extra={"workers": len(procs)})
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _SHUTDOWN_GRACE_S + 5
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    _LOGGER.info("metadata service stopped")
+    return exit_code
+
+
+def _safe_url(settings: MetadataSettings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)

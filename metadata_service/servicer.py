@@ -1,0 +1,145 @@
+"""`askmojo.metadata.v1.MetadataService`: one method per RPC, each the same
+three steps — convert the request, run one catalog call on the database
+thread pool, convert the result. Errors become statuses in `errors.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from metadata_service import convert
+from metadata_service.catalog import Catalog
+from metadata_service.domain import UpsertOutcome, UpsertState
+from metadata_service.errors import (
+    MetadataError,
+    Unimplemented,
+    check_deadline,
+    grpc_method,
+)
+
+T = TypeVar("T")
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class MetadataServicer(pb_grpc.MetadataServiceServicer):
+    def __init__(self, catalog: Catalog, executor: ThreadPoolExecutor) -> None:
+        self._catalog = catalog
+        self._executor = executor
+
+    async def _run(self, context: Context, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs blocking catalog work off the event loop, on the bounded pool."""
+        check_deadline(context)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @grpc_method
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: Context
+    ) -> pb.Collection:
+        spec = convert.from_proto_create_collection(request)
+        info = await self._run(context, self._catalog.create_collection, spec)
+        return convert.to_proto_collection(info)
+
+    @grpc_method
+    async def GetCollection(
+        self, request: pb.GetCollectionRequest, context: Context
+    ) -> pb.Collection:
+        info = await self._run(context, self._catalog.get_collection, request.name)
+        return convert.to_proto_collection(info)
+
+    @grpc_method
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: Context
+    ) -> pb.ListCollectionsResponse:
+        page = await self._run(
+            context, self._catalog.list_collections, request.page_size, request.page_token
+        )
+        return convert.to_proto_list_collections(page)
+
+    @grpc_method
+    async def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, context: Context
+    ) -> pb.DeleteCollectionResponse:
+        outcome = await self._run(context, self._catalog.delete_collection, request.name)
+        return convert.to_proto_delete_collection(outcome)
+
+    @grpc_method
+    async def UpsertDocuments(
+        self, request: pb.UpsertDocumentsRequest, context: Context
+    ) -> pb.UpsertDocumentsResponse:
+        documents = convert.from_proto_documents(list(request.documents))
+        outcomes = await self._run(
+            context, self._catalog.upsert_documents, request.collection, documents
+        )
+        return pb.UpsertDocumentsResponse(results=convert.to_proto_upsert_results(outcomes))
+
+    @grpc_method
+    async def IngestDocuments(
+        self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: Context
+    ) -> AsyncIterator[pb.IngestDocumentsResponse]:
+        # One batch in flight: the next request is read only after this one's
+        # response is sent, so gRPC flow control slows a fast producer down.
+        async for request in request_iterator:
+            documents = convert.from_proto_documents(list(request.documents))
+            try:
+                outcomes = await self._run(
+                    context, self._catalog.upsert_documents, request.collection, documents
+                )
+            except MetadataError as exc:
+                # A batch-level problem (unknown collection, empty or oversized
+                # batch) fails that batch's items, not the stream.
+                outcomes = [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents]
+            yield pb.IngestDocumentsResponse(results=convert.to_proto_upsert_results(outcomes))
+
+    @grpc_method
+    async def GetDocument(self, request: pb.GetDocumentRequest, context: Context) -> pb.Document:
+        info = await self._run(
+            context,
+            self._catalog.get_document,
+            request.collection,
+            request.id,
+            include_text=convert.include_text(request.view, default_full=True),
+        )
+        return convert.to_proto_document(info)
+
+    @grpc_method
+    async def ListDocuments(
+        self, request: pb.ListDocumentsRequest, context: Context
+    ) -> pb.ListDocumentsResponse:
+        query = convert.from_proto_list_documents(request)
+        page = await self._run(context, self._catalog.list_documents, query)
+        return convert.to_proto_list_documents(page)
+
+    @grpc_method
+    async def DeleteDocuments(
+        self, request: pb.DeleteDocumentsRequest, context: Context
+    ) -> pb.DeleteDocumentsResponse:
+        where = convert.from_proto_filter(request.filter, request.HasField("filter"))
+        outcome = await self._run(
+            context, self._catalog.delete_documents, request.collection, list(request.ids), where
+        )
+        return convert.to_proto_delete_documents(outcome)
+
+    @grpc_method
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        raise Unimplemented("Search needs the indexing pipeline to the vector service (issue #4)")
+
+    @grpc_method
+    async def Reconcile(
+        self, request: pb.ReconcileRequest, context: Context
+    ) -> pb.ReconcileResponse:
+        raise Unimplemented(
+            "Reconcile needs the indexing pipeline to the vector service (issue #4)"
+        )
+
+    @grpc_method
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        stats = await self._run(context, self._catalog.stats, request.collection)
+        return convert.to_proto_stats(stats)

@@ -1,0 +1,137 @@
+"""Shared fixtures: real SQLite files (and PostgreSQL when reachable), real
+servers on port 0 over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from askmojo.metadata.v1 import metadata_service_pb2_grpc
+from metadata_service.config import MetadataSettings
+from metadata_service.server import create_server, prepare_database
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "POSTGRES_TEST_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> MetadataSettings:
+    return MetadataSettings(
+        _env_file=None,  # tests never read a developer's .env
+        database_url=sqlite_url(tmp_path / "metadata.db"),
+        metadata_port=0,
+        metadata_host="127.0.0.1",
+        health_probe_interval=0.2,
+    )
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; skips when the server
+    is unreachable so `make test` passes on a laptop without PostgreSQL."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"askmojo_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {type(exc).__name__}")
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_settings(
+    request: pytest.FixtureRequest, settings: MetadataSettings
+) -> Iterator[MetadataSettings]:
+    """The same settings on each storage backend: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        yield settings
+        return
+    with postgres_database() as url:
+        yield settings.model_copy(update={"database_url": url})
+
+
+class RunningServer:
+    """A metadata server on its own event loop thread, bound to a free port."""
+
+    def __init__(self, settings: MetadataSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            server, self.port = create_server(self.settings)
+            await server.start()
+            self._stop = asyncio.Event()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(1.0)
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        self._started.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def server(settings: MetadataSettings) -> Iterator[RunningServer]:
+    prepare_database(settings)
+    with RunningServer(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> metadata_service_pb2_grpc.MetadataServiceStub:
+    return metadata_service_pb2_grpc.MetadataServiceStub(channel)
