@@ -1,0 +1,329 @@
+"""The service layer and repository against real databases: every test runs
+on a SQLite file and again on PostgreSQL (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from askmojo.common.filters import AllOf, AnyOf, Condition, FilterNode, Op
+from metadata_service.catalog import Catalog
+from metadata_service.config import MetadataSettings
+from metadata_service.db.engine import Database
+from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
+from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
+from metadata_service.errors import AlreadyExists, InvalidArgument, NotFound
+from metadata_service.server import prepare_database
+
+
+@pytest.fixture
+def database(backend_settings: MetadataSettings) -> Iterator[Database]:
+    prepare_database(backend_settings)
+    db = Database.from_settings(backend_settings)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def catalog(database: Database, backend_settings: MetadataSettings) -> Catalog:
+    cat = Catalog(database, backend_settings)
+    cat.create_collection(CollectionSpec(name="docs", chunk_size=200, chunk_overlap=20))
+    return cat
+
+
+def doc(doc_id: str, text: str = "Some text about things.", **metadata: object) -> DocumentInput:
+    return DocumentInput(doc_id, text, metadata)  # type: ignore[arg-type]
+
+
+def ids(catalog: Catalog, where: FilterNode | None = None, **kwargs: object) -> list[str]:
+    page = catalog.list_documents(DocumentQuery("docs", filter=where, page_size=1000, **kwargs))  # type: ignore[arg-type]
+    return [d.id for d in page.items]
+
+
+# --- collections -------------------------------------------------------------
+
+
+def test_collection_lifecycle(database: Database, backend_settings: MetadataSettings) -> None:
+    catalog = Catalog(database, backend_settings)
+    created = catalog.create_collection(CollectionSpec(name="papers", description="PDFs"))
+    assert (created.model, created.dimension) == ("all-MiniLM-L6-v2", 384)
+    assert created.chunking.chunk_size == backend_settings.default_chunk_size
+    with pytest.raises(AlreadyExists, match="papers"):
+        catalog.create_collection(CollectionSpec(name="papers"))
+    catalog.upsert_documents("papers", [doc("a", "x " * 500), doc("b")])
+    got = catalog.get_collection("papers")
+    assert got.document_count == 2
+    assert got.chunk_count >= 3
+    outcome = catalog.delete_collection("papers")
+    assert (outcome.deleted_documents, outcome.deleted_chunks) == (2, got.chunk_count)
+    with pytest.raises(NotFound):
+        catalog.get_collection("papers")
+    # The cascade reached every table.
+    with database.session_scope() as session:
+        for model in (DocumentRow, ChunkRow, MetadataRow):
+            assert session.scalar(select(func.count()).select_from(model)) == 0
+
+
+def test_list_collections_pages_in_name_order(
+    database: Database, backend_settings: MetadataSettings
+) -> None:
+    catalog = Catalog(database, backend_settings)
+    names = [f"col-{i:02d}" for i in range(7)]
+    for name in reversed(names):
+        catalog.create_collection(CollectionSpec(name=name))
+    seen, token = [], ""
+    while True:
+        page = catalog.list_collections(3, token)
+        seen += [c.name for c in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == names
+
+
+@pytest.mark.parametrize("name", ["ab", "-abc", "abc-", "a..b", "has space", "x" * 64, "ünï"])
+def test_invalid_collection_names_are_explained(catalog: Catalog, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="3 to 63 characters"):
+        catalog.create_collection(CollectionSpec(name=name))
+
+
+# --- upsert --------------------------------------------------------------------
+
+
+def test_upsert_new_unchanged_changed(catalog: Catalog, database: Database) -> None:
+    first = catalog.upsert_documents("docs", [doc("a", tag="x"), doc("b")])
+    assert [o.state for o in first] == [UpsertState.PENDING, UpsertState.PENDING]
+    assert all(o.generation == 1 and o.chunk_count == 1 for o in first)
+
+    again = catalog.upsert_documents("docs", [doc("a", tag="x"), doc("b")])
+    assert [o.state for o in again] == [UpsertState.UNCHANGED, UpsertState.UNCHANGED]
+    assert [o.id for o in again] == ["a", "b"]
+
+    with database.session_scope() as session:
+        before = {r.external_id: r.updated_at for r in session.scalars(select(DocumentRow))}
+    changed = catalog.upsert_documents(
+        "docs", [doc("a", tag="y"), doc("b", "New text. " * 40), doc("c")]
+    )
+    assert [(o.state, o.generation) for o in changed] == [
+        (UpsertState.PENDING, 2),
+        (UpsertState.PENDING, 2),
+        (UpsertState.PENDING, 1),
+    ]
+    a = catalog.get_document("docs", "a", include_text=True)
+    assert a.metadata == {"tag": "y"}
+    assert a.state is IndexState.PENDING
+    b = catalog.get_document("docs", "b", include_text=True)
+    assert b.text == "New text. " * 40
+    assert b.chunk_count == changed[1].chunk_count > 1
+    with database.session_scope() as session:
+        after = {r.external_id: r.updated_at for r in session.scalars(select(DocumentRow))}
+        rows = session.scalars(select(ChunkRow).order_by(ChunkRow.document_id, ChunkRow.ordinal))
+        chunks = list(rows)
+    assert after["a"] > before["a"]
+    by_doc: dict[int, list[str]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.document_id, []).append(chunk.text)
+    # b's chunks were replaced by the new text's; a kept its one chunk.
+    assert sorted(len(texts) for texts in by_doc.values()) == sorted([1, b.chunk_count, 1])
+    assert any(texts[0].startswith("New text.") for texts in by_doc.values())
+    assert all(c.state is IndexState.PENDING for c in chunks)
+
+
+def test_unchanged_resend_writes_nothing(catalog: Catalog, database: Database) -> None:
+    catalog.upsert_documents("docs", [doc("a", n=1)])
+    with database.session_scope() as session:
+        row = session.scalars(select(DocumentRow)).one()
+        stamp, generation = row.updated_at, row.generation
+    assert catalog.upsert_documents("docs", [doc("a", n=1)])[0].state is UpsertState.UNCHANGED
+    with database.session_scope() as session:
+        row = session.scalars(select(DocumentRow)).one()
+        assert (row.updated_at, row.generation) == (stamp, generation)
+
+
+def test_metadata_types_are_part_of_identity(catalog: Catalog) -> None:
+    catalog.upsert_documents("docs", [doc("a", v=1)])
+    outcome = catalog.upsert_documents("docs", [doc("a", v=1.0)])[0]
+    assert outcome.state is UpsertState.PENDING
+    assert catalog.get_document("docs", "a", include_text=False).metadata == {"v": 1.0}
+    assert isinstance(catalog.get_document("docs", "a", include_text=False).metadata["v"], float)
+
+
+def test_one_bad_document_does_not_fail_the_batch(catalog: Catalog) -> None:
+    outcomes = catalog.upsert_documents(
+        "docs",
+        [
+            doc("good-1"),
+            doc("", "text"),
+            doc("bad key", **{"a b": 1}),
+            doc("good-2"),
+            doc("good-1"),
+        ],
+    )
+    assert [o.state for o in outcomes] == [
+        UpsertState.PENDING,
+        UpsertState.FAILED,
+        UpsertState.FAILED,
+        UpsertState.PENDING,
+        UpsertState.FAILED,
+    ]
+    assert isinstance(outcomes[1].error, InvalidArgument)
+    assert "documents[1].id" in str(outcomes[1].error)
+    assert "also at documents[0]" in str(outcomes[4].error)
+    assert ids(catalog) == ["good-1", "good-2"]
+
+
+def test_unknown_collection(catalog: Catalog) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        catalog.upsert_documents("nope", [doc("a")])
+    with pytest.raises(NotFound):
+        catalog.list_documents(DocumentQuery("nope"))
+
+
+def test_document_round_trip_of_every_metadata_type(catalog: Catalog) -> None:
+    metadata = {"s": "text", "i": -(2**62), "f": 2.5, "t": True, "u": "ünïcødé ✓"}
+    catalog.upsert_documents("docs", [doc("doc/with:odd#chars ✓", "Body.", **metadata)])
+    got = catalog.get_document("docs", "doc/with:odd#chars ✓", include_text=True)
+    assert got.metadata == metadata
+    assert type(got.metadata["t"]) is bool
+    assert type(got.metadata["i"]) is int
+    assert got.text == "Body."
+    assert len(got.content_hash) == 64
+    assert catalog.get_document("docs", "doc/with:odd#chars ✓", include_text=False).text is None
+
+
+# --- filters: the same semantics as Chroma's `where` ----------------------------
+
+
+@pytest.fixture
+def filtered(catalog: Catalog) -> Catalog:
+    catalog.upsert_documents(
+        "docs",
+        [
+            doc("int1", n=1, kind="a", flag=True),
+            doc("float25", n=2.5, kind="b", flag=False),
+            doc("int10", n=10, kind="a"),
+            doc("str", n="10", kind="c"),
+            doc("none"),
+        ],
+    )
+    return catalog
+
+
+def cond(key: str, op: Op, *values: object) -> Condition:
+    return Condition(key, op, values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (cond("n", Op.GT, 2), ["float25", "int10"]),  # the string "10" is not a number
+        (cond("n", Op.GTE, 2.5), ["float25", "int10"]),
+        (cond("n", Op.LT, 2.5), ["int1"]),
+        (cond("n", Op.LTE, 2.5), ["float25", "int1"]),
+        (cond("n", Op.EQ, 1.0), ["int1"]),  # ints and doubles compare as numbers
+        (cond("n", Op.EQ, "10"), ["str"]),
+        (cond("n", Op.NE, 10), ["float25", "int1", "none", "str"]),  # NE matches missing keys
+        (cond("kind", Op.IN, "a", "c"), ["int1", "int10", "str"]),
+        (cond("kind", Op.NIN, "a"), ["float25", "none", "str"]),
+        (cond("n", Op.IN, 1, 2.5), ["float25", "int1"]),
+        (cond("flag", Op.EQ, True), ["int1"]),
+        (cond("flag", Op.NE, True), ["float25", "int10", "none", "str"]),
+        (AllOf((cond("kind", Op.EQ, "a"), cond("n", Op.GT, 5))), ["int10"]),
+        (AnyOf((cond("kind", Op.EQ, "b"), cond("n", Op.GT, 5))), ["float25", "int10"]),
+    ],
+)
+def test_filter_semantics(filtered: Catalog, where: FilterNode, expected: list[str]) -> None:
+    assert ids(filtered, where) == expected
+
+
+def test_state_filter(filtered: Catalog) -> None:
+    assert len(ids(filtered, states=frozenset({IndexState.PENDING}))) == 5
+    assert ids(filtered, states=frozenset({IndexState.INDEXED})) == []
+
+
+# --- pagination -----------------------------------------------------------------
+
+
+def test_pagination_is_stable_under_concurrent_inserts(catalog: Catalog) -> None:
+    catalog.upsert_documents("docs", [doc(f"doc-{i:04d}") for i in range(0, 200, 2)])
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 1
+        while not stop.is_set() and i < 200:
+            catalog.upsert_documents("docs", [doc(f"doc-{i:04d}")])
+            i += 2
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = catalog.list_documents(DocumentQuery("docs", page_size=7, page_token=token))
+            seen += [d.id for d in page.items]
+            token = page.next_page_token
+            if not token:
+                break
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == sorted(set(seen)), "a document was repeated or the order broke"
+    original = {f"doc-{i:04d}" for i in range(0, 200, 2)}
+    assert original <= set(seen), "a document that existed throughout was skipped"
+
+
+def test_page_token_is_bound_to_its_query(filtered: Catalog) -> None:
+    page = filtered.list_documents(DocumentQuery("docs", page_size=2))
+    assert page.next_page_token
+    with pytest.raises(InvalidArgument, match="different query"):
+        filtered.list_documents(
+            DocumentQuery(
+                "docs",
+                page_size=2,
+                page_token=page.next_page_token,
+                filter=cond("kind", Op.EQ, "a"),
+            )
+        )
+    with pytest.raises(InvalidArgument, match="malformed page token"):
+        filtered.list_documents(DocumentQuery("docs", page_token="not-a-token!"))
+
+
+# --- delete and stats -------------------------------------------------------------
+
+
+def test_delete_by_ids_and_by_filter(filtered: Catalog, database: Database) -> None:
+    outcome = filtered.delete_documents("docs", ["int1", "missing"], None)
+    assert (outcome.deleted_count, list(outcome.not_found_ids)) == (1, ["missing"])
+    outcome = filtered.delete_documents("docs", [], cond("kind", Op.EQ, "a"))
+    assert outcome.deleted_count == 1
+    assert ids(filtered) == ["float25", "none", "str"]
+    with database.session_scope() as session:
+        live = set(session.scalars(select(DocumentRow.id)))
+        assert set(session.scalars(select(ChunkRow.document_id))) == live
+        assert set(session.scalars(select(MetadataRow.document_id))) <= live
+
+
+def test_delete_needs_exactly_one_selector(filtered: Catalog) -> None:
+    with pytest.raises(InvalidArgument, match="exactly one"):
+        filtered.delete_documents("docs", [], None)
+    with pytest.raises(InvalidArgument, match="exactly one"):
+        filtered.delete_documents("docs", ["a"], cond("kind", Op.EQ, "a"))
+    assert len(ids(filtered)) == 5
+
+
+def test_stats(filtered: Catalog, backend_settings: MetadataSettings) -> None:
+    stats = filtered.stats("")
+    assert stats.documents_by_state == {IndexState.PENDING: 5}
+    assert stats.chunk_count == 5
+    assert stats.pool.size == backend_settings.pool_size
+    assert stats.pool.max_overflow == backend_settings.max_overflow
+    assert stats.storage.database_bytes > 0
+    if stats.storage.dialect == "sqlite":
+        assert stats.storage.journal_mode == "wal"
+    assert filtered.stats("docs").chunk_count == 5
+    with pytest.raises(NotFound):
+        filtered.stats("other")
