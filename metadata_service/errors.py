@@ -108,7 +108,7 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "all database connections are busy; retry with backoff",
         )
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError) and _is_outage(exc):
         _LOGGER.warning("database unavailable: %s", exc.orig)
         return _status(grpc.StatusCode.UNAVAILABLE, f"database unavailable: {_first_line(exc)}")
     ref = uuid.uuid4().hex[:12]
@@ -117,6 +117,27 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
     else:
         _LOGGER.error("unexpected error [ref %s]", ref, exc_info=exc)
     return _status(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log")
+
+
+# OperationalError also covers schema and SQL mistakes (sqlite3 raises it for
+# "no such column"); only these mean "try again later".
+_OUTAGE_HINTS = (
+    "database is locked",
+    "unable to open",
+    "disk i/o",
+    "could not connect",
+    "connection",
+    "server closed",
+    "terminating",
+    "timeout",
+    "too many clients",
+    "read-only",
+)
+
+
+def _is_outage(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return exc.connection_invalidated or any(hint in message for hint in _OUTAGE_HINTS)
 
 
 def _first_line(exc: DBAPIError) -> str:
