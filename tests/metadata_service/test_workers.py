@@ -1,0 +1,185 @@
+"""`python -m metadata_service` in production mode: forked workers sharing one
+port, many writer processes at once, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from askmojo.common.v1 import common_pb2 as common
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+
+CLIENTS = 4
+CALLS_PER_CLIENT = 250
+
+
+class ServiceProcess:
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: list[str]) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_service(env: dict[str, str], cwd: Path) -> ServiceProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metadata_service"],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: list[str] = []
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        entry = json.loads(line)
+        if entry["message"] == "metadata service listening":
+            # Keep draining stderr, or a full pipe would block the service.
+            threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+            return ServiceProcess(proc, int(entry["port"]), log)
+    proc.kill()
+    raise AssertionError("service did not start:\n" + "".join(log))
+
+
+@pytest.fixture
+def production_service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    service = start_service(
+        {
+            "ENVIRONMENT": "production",
+            "WORKERS": "2",
+            "METADATA_PORT": "0",
+            "METADATA_HOST": "127.0.0.1",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'metadata.db'}",
+            "LOG_FORMAT": "json",
+            "HEALTH_PROBE_INTERVAL": "0.2",
+        },
+        tmp_path,
+    )
+    try:
+        yield service
+    finally:
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait()
+
+
+def wait_serving(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError("service never became SERVING")
+
+
+def client_process(address: str, client: int, calls: int) -> list[str]:
+    """One client process firing all its calls at once; returns the errors."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.MetadataServiceStub(channel)
+        futures = [
+            stub.UpsertDocuments.future(
+                pb.UpsertDocumentsRequest(
+                    collection="load",
+                    documents=[
+                        pb.Document(
+                            id=f"client{client}-{i:04d}",
+                            text=f"Document {i} of client {client}. " * 20,
+                            metadata={"client": common.MetadataValue(int_value=client)},
+                        )
+                    ],
+                ),
+                timeout=120,
+            )
+            for i in range(calls)
+        ]
+        errors = []
+        for future in futures:
+            try:
+                result = future.result().results[0]
+                if result.status.code != 0:
+                    errors.append(result.status.message)
+            except grpc.RpcError as exc:
+                errors.append(f"{exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
+        return errors
+
+
+@pytest.mark.slow
+def test_two_workers_four_writer_processes(
+    production_service: ServiceProcess, tmp_path: Path
+) -> None:
+    address = production_service.address
+    wait_serving(address)
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.MetadataServiceStub(channel).CreateCollection(
+            pb.CreateCollectionRequest(name="load")
+        )
+
+    # Spawned, not forked: the test process already holds gRPC state.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(CLIENTS) as pool:
+        results = pool.starmap(
+            client_process, [(address, client, CALLS_PER_CLIENT) for client in range(CLIENTS)]
+        )
+    errors = [error for result in results for error in result]
+    assert errors == [], errors[:5]
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.MetadataServiceStub(channel)
+        collection = stub.GetCollection(pb.GetCollectionRequest(name="load"))
+        assert collection.document_count == CLIENTS * CALLS_PER_CLIENT
+        worker_pids = {stub.GetStats(pb.GetStatsRequest()).worker_pid}
+
+    with sqlite3.connect(tmp_path / "metadata.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        expected = {f"client{c}-{i:04d}" for c in range(CLIENTS) for i in range(CALLS_PER_CLIENT)}
+        assert {row[0] for row in db.execute("SELECT external_id FROM documents")} == expected
+        assert db.execute("SELECT count(*) FROM chunks WHERE state = 'PENDING'").fetchone()[0] > 0
+
+    # SIGTERM stops the supervisor and every worker, cleanly.
+    production_service.proc.send_signal(signal.SIGTERM)
+    assert production_service.proc.wait(timeout=30) == 0
+    for pid in worker_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced(production_service: ServiceProcess) -> None:
+    address = production_service.address
+    wait_serving(address)
+    with grpc.insecure_channel(address) as channel:
+        victim = pb_grpc.MetadataServiceStub(channel).GetStats(pb.GetStatsRequest()).worker_pid
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(1.0)
+    # New connections keep being served, by the survivor or the replacement.
+    for _ in range(5):
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.MetadataServiceStub(channel)
+            assert stub.GetStats(pb.GetStatsRequest(), timeout=10).worker_pid != victim
+    assert production_service.proc.poll() is None
