@@ -22,7 +22,9 @@ README_ADDRESS = "localhost:50051"
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(GRPCURL), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(GRPCURL), *args], check=False, capture_output=True, text=True, timeout=60
+    )
 
 
 def walkthrough_commands() -> list[list[str]]:
