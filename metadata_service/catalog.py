@@ -147,7 +147,15 @@ class Catalog:
                 f"{len(documents)} documents in one batch; the limit is {limit} "
                 "(MAX_BATCH_DOCUMENTS): split the batch",
             )
-        ref = self._db.read(lambda s: self._collection_ref(s, collection))
+
+        def lookup(session: Session) -> tuple[_CollectionRef, dict[str, repo.StoredDocument]]:
+            # One read serves two purposes: the collection's chunking settings,
+            # and spotting an entirely unchanged batch, which then takes no
+            # write lock at all (clients re-send batches after any failure).
+            ref = self._collection_ref(session, collection)
+            return ref, repo.find_documents(session, ref.id, {d.id for d in documents})
+
+        ref, stored = self._db.read(lookup)
 
         outcomes: dict[int, UpsertOutcome] = {}
         prepared: list[tuple[int, PreparedDocument]] = []
@@ -170,9 +178,6 @@ class Catalog:
 
         if prepared:
             valid = [p for _, p in prepared]
-            # Most re-sent batches are entirely unchanged: find that out with a
-            # read, and take no write lock at all.
-            stored = self._db.read(lambda s: repo.find_documents(s, ref.id, [p.id for p in valid]))
             written = (
                 {p.id: _unchanged(p.id, stored[p.id]) for p in valid}
                 if all(_is_unchanged(p, stored.get(p.id)) for p in valid)
@@ -249,8 +254,18 @@ class Catalog:
         # primary key runs one executemany per distinct set of columns.
         for keys in {frozenset(u) for u in updates}:
             repo.update_documents(session, [u for u in updates if frozenset(u) == keys])
-        repo.replace_chunks(session, {pks[i]: d.chunks for i, d in chunks_of.items()}, now)
-        repo.replace_metadata(session, {pks[i]: d.metadata for i, d in metadata_of.items()})
+        replaced = {old.pk for old in stored.values()}
+        repo.write_chunks(
+            session,
+            {pks[i]: d.chunks for i, d in chunks_of.items()},
+            now,
+            replacing=[pks[i] for i in chunks_of if pks[i] in replaced],
+        )
+        repo.write_metadata(
+            session,
+            {pks[i]: d.metadata for i, d in metadata_of.items()},
+            replacing=[pks[i] for i in metadata_of if pks[i] in replaced],
+        )
         repo.mark_chunks_pending(session, pending_again, now)
         return outcomes
 

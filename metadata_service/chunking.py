@@ -60,7 +60,9 @@ def _end_before(text: str, start: int, limit: int) -> int:
     floor = start + (limit - start) // 2
     for pattern in _END_BOUNDARIES:
         best = -1
-        for match in pattern.finditer(text, floor, limit):
+        # One character past the window: a boundary whose whitespace starts
+        # right at `limit` (a sentence ending exactly at the edge) still counts.
+        for match in pattern.finditer(text, floor, limit + 1):
             best = match.end()
         if best > floor:
             return min(best, limit)

@@ -34,7 +34,8 @@ def decode_page_token(token: str, fingerprint: str, field: str = "page_token") -
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
         version, last_key, token_query = payload["v"], payload["k"], payload["q"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+    # RecursionError: json.loads of a token nesting thousands of brackets.
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError, RecursionError):
         raise InvalidArgument(
             field, "malformed page token: pass next_page_token from the previous response as is"
         ) from None

@@ -11,12 +11,13 @@ import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Double,
+    Table,
     and_,
     delete,
     exists,
@@ -47,6 +48,12 @@ from metadata_service.db.models import (
     IndexState,
     MetadataRow,
 )
+
+# Bulk inserts go through Core tables: the ORM's bulk path splits rows whose
+# NULL columns differ (every typed metadata row does) into one statement each.
+_DOCUMENTS = cast(Table, DocumentRow.__table__)
+_CHUNKS = cast(Table, ChunkRow.__table__)
+_METADATA = cast(Table, MetadataRow.__table__)
 
 # --- collections -------------------------------------------------------------
 
@@ -133,8 +140,8 @@ def insert_documents(session: Session, rows: Sequence[Mapping[str, Any]]) -> dic
     """Inserts document rows; returns their primary keys by external id."""
     if not rows:
         return {}
-    stmt = insert(DocumentRow).returning(
-        DocumentRow.external_id, DocumentRow.id, sort_by_parameter_order=True
+    stmt = insert(_DOCUMENTS).returning(
+        _DOCUMENTS.c.external_id, _DOCUMENTS.c.id, sort_by_parameter_order=True
     )
     return {external_id: pk for external_id, pk in session.execute(stmt, list(rows))}
 
@@ -145,22 +152,26 @@ def update_documents(session: Session, rows: Sequence[Mapping[str, Any]]) -> Non
         session.execute(update(DocumentRow), list(rows))
 
 
-def replace_metadata(
-    session: Session, metadata_by_pk: Mapping[int, Mapping[str, MetadataScalar]]
+def write_metadata(
+    session: Session,
+    metadata_by_pk: Mapping[int, Mapping[str, MetadataScalar]],
+    *,
+    replacing: Collection[int],
 ) -> None:
-    if not metadata_by_pk:
-        return
-    session.execute(delete(MetadataRow).where(MetadataRow.document_id.in_(list(metadata_by_pk))))
+    """Writes the metadata of the given documents, first deleting the old rows
+    of those in `replacing` (new documents have none to delete)."""
+    if replacing:
+        session.execute(delete(MetadataRow).where(MetadataRow.document_id.in_(list(replacing))))
     rows = [
-        _metadata_row(pk, key, value)
+        metadata_row(pk, key, value)
         for pk, metadata in metadata_by_pk.items()
         for key, value in metadata.items()
     ]
     if rows:
-        session.execute(insert(MetadataRow), rows)
+        session.execute(insert(_METADATA), rows)
 
 
-def _metadata_row(pk: int, key: str, value: MetadataScalar) -> dict[str, Any]:
+def metadata_row(pk: int, key: str, value: MetadataScalar) -> dict[str, Any]:
     row: dict[str, Any] = {
         "document_id": pk,
         "key": key,
@@ -187,13 +198,17 @@ def metadata_value(row: MetadataRow) -> MetadataScalar:
     raise ValueError(f"metadata row {row.document_id}/{row.key} has no value")
 
 
-def replace_chunks(
-    session: Session, chunks_by_pk: Mapping[int, Sequence[Chunk]], now: datetime
+def write_chunks(
+    session: Session,
+    chunks_by_pk: Mapping[int, Sequence[Chunk]],
+    now: datetime,
+    *,
+    replacing: Collection[int],
 ) -> None:
-    """Replaces the chunks of the given documents, all PENDING (the outbox)."""
-    if not chunks_by_pk:
-        return
-    session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(list(chunks_by_pk))))
+    """Writes the chunks of the given documents, all PENDING (the outbox),
+    first deleting the old chunks of those in `replacing`."""
+    if replacing:
+        session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(list(replacing))))
     rows = [
         {
             "document_id": pk,
@@ -210,7 +225,7 @@ def replace_chunks(
         for chunk in chunks
     ]
     if rows:
-        session.execute(insert(ChunkRow), rows)
+        session.execute(insert(_CHUNKS), rows)
 
 
 def mark_chunks_pending(session: Session, document_pks: Collection[int], now: datetime) -> None:

@@ -7,6 +7,7 @@ forks worker processes. No alembic.ini is needed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str:
+    """The newest revision of the scripts shipped with this code. Cached: the
+    scripts cannot change under a running process, and loading them compiles
+    every migration file."""
     head = ScriptDirectory(str(_HERE)).get_current_head()
     if head is None:
         raise RuntimeError("no migration scripts found")
