@@ -128,11 +128,11 @@ def _is_retryable(exc: DBAPIError) -> bool:
         # Two transactions inserting the same new key (READ COMMITTED on
         # PostgreSQL); on retry the row exists and the work becomes an update.
         return True
+    # Not "database is locked": SQLite already waited SQLITE_TIMEOUT for it, and
+    # waiting that long again would only multiply the caller's delay.
     message = str(exc.orig).lower()
     return isinstance(exc, OperationalError) and (
-        "database is locked" in message
-        or "could not serialize" in message
-        or "deadlock detected" in message
+        "could not serialize" in message or "deadlock detected" in message
     )
 
 
@@ -169,8 +169,8 @@ class Database:
             return work(session)
 
     def write(self, work: Callable[[Session], T]) -> T:
-        """Runs `work` in a write transaction, retrying it on lock timeouts,
-        serialization failures and insert races (bounded, with jitter)."""
+        """Runs `work` in a write transaction, retrying it on serialization
+        failures, deadlocks and insert races (bounded, with jitter)."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self.session_scope(write=True) as session:

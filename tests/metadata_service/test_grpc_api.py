@@ -3,6 +3,7 @@ input (clear status, nothing already stored lost), health and streams."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 
 import grpc
@@ -336,3 +337,21 @@ def test_unexpected_errors_are_internal_with_a_reference(stub: Stub, server: Run
     assert code == grpc.StatusCode.INTERNAL
     assert "ref " in message and "see the server log" in message
     assert "Traceback" not in message and "File " not in message
+
+
+def test_lock_held_past_the_timeout_is_unavailable(settings: MetadataSettings) -> None:
+    impatient = settings.model_copy(update={"sqlite_timeout": 0.3})
+    prepare_database(impatient)
+    with RunningServer(impatient) as server, grpc.insecure_channel(server.address) as channel:
+        stub = Stub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="docs"))
+        path = impatient.database_url.removeprefix("sqlite:///")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write
+        try:
+            code, message, _ = rpc_error(lambda: upsert(stub, document("a")))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert code == grpc.StatusCode.UNAVAILABLE and "database is locked" in message
+        assert upsert(stub, document("a")).results[0].status.code == code_pb2.OK

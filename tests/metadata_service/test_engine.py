@@ -1,0 +1,163 @@
+"""The engine keeps the seed's SQLite tuning, and then some (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from metadata_service import migrations
+from metadata_service.config import MetadataSettings
+from metadata_service.db.engine import Database, build_engine
+from metadata_service.server import prepare_database
+
+
+def test_pragmas_and_pool_follow_settings(tmp_path: Path) -> None:
+    settings = MetadataSettings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        pool_size=7,
+        max_overflow=3,
+        sqlite_timeout=12.5,
+        sqlite_cache_size_kib=2048,
+        sqlite_mmap_size=1 << 20,
+    )
+    engine = build_engine(settings)
+    with engine.connect() as conn:
+        pragma = {
+            name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in (
+                "journal_mode",
+                "synchronous",
+                "cache_size",
+                "mmap_size",
+                "temp_store",
+                "busy_timeout",
+                "foreign_keys",
+            )
+        }
+    assert pragma == {
+        "journal_mode": "wal",
+        "synchronous": 1,  # NORMAL
+        "cache_size": -2048,  # negative: KiB
+        "mmap_size": 1 << 20,
+        "temp_store": 2,  # MEMORY
+        "busy_timeout": 12500,
+        "foreign_keys": 1,
+    }
+    pool = engine.pool
+    assert (pool.size(), pool._max_overflow, pool._pre_ping, pool._recycle) == (7, 3, True, 3600)  # type: ignore[attr-defined]
+    engine.dispose()
+
+
+def test_seed_defaults() -> None:
+    settings = MetadataSettings(_env_file=None)
+    assert settings.pool_size >= 5
+    assert (settings.max_overflow, settings.pool_recycle, settings.sqlite_timeout) == (20, 3600, 20)
+    assert settings.sqlite_cache_size_kib * 1024 == 64 * 1024 * 1024
+    assert settings.sqlite_mmap_size == 256 * 1024 * 1024
+    assert settings.database_url == "sqlite:///./data/metadata.db"
+    assert settings.worker_count == 1
+    production = MetadataSettings(_env_file=None, environment="production")
+    assert production.worker_count >= 1 and not production.reflection_enabled
+    assert production.effective_log_format == "json"
+
+
+def test_existing_rollback_journal_database_is_converted_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        assert old.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        old.execute("CREATE TABLE legacy (id INTEGER PRIMARY KEY, note TEXT)")
+        old.executemany("INSERT INTO legacy (note) VALUES (?)", [("a",), ("b",)])
+    engine = build_engine(MetadataSettings(_env_file=None, database_url=f"sqlite:///{path}"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT note FROM legacy ORDER BY id").scalars().all() == [
+            "a",
+            "b",
+        ]
+    engine.dispose()
+    with sqlite3.connect(path) as reopened:
+        assert reopened.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_write_transactions_take_the_write_lock_up_front(settings: MetadataSettings) -> None:
+    """A write transaction holds SQLite's RESERVED lock from its BEGIN, before
+    it writes anything: another writer cannot slip in between and turn a later
+    lock upgrade into an instant "database is locked"."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    path = settings.database_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with db.session_scope(write=True) as session:
+            session.execute(text("SELECT 1"))  # a read only: no write yet
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at commit
+        other.execute("ROLLBACK")
+        # Reads stay deferred: they never block a writer.
+        with db.session_scope() as session:
+            session.execute(text("SELECT 1"))
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+        db.dispose()
+
+
+def test_writers_wait_instead_of_failing(settings: MetadataSettings) -> None:
+    """Another process holding the write lock makes writers wait (busy
+    timeout), not fail."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    path = settings.database_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        db.write(
+            lambda s: s.execute(
+                text(
+                    "INSERT INTO collections (name, description, "
+                    "embedding_model, embedding_dimension, chunk_size, chunk_overlap, created_at) "
+                    "VALUES ('waited', '', 'm', 3, 100, 10, '2026-01-01')"
+                )
+            )
+        )
+    finally:
+        release.join()
+        holder.close()
+    assert db.read(lambda s: s.execute(text("SELECT count(*) FROM collections")).scalar()) == 1
+    db.dispose()
+
+
+def test_migrations_module_upgrades_to_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "metadata_service.migrations"],
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    engine = build_engine(MetadataSettings(_env_file=None, database_url=url))
+    assert migrations.is_up_to_date(engine)
+    engine.dispose()
+    # Running it again is a no-op.
+    again = subprocess.run(
+        [sys.executable, "-m", "metadata_service.migrations"],
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0 and "up to date" in again.stderr
