@@ -15,10 +15,17 @@ import sys
 import time
 
 
+def _runnable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{package}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def main() -> int:
     os.makedirs("data", exist_ok=True)
     modules = ["vector_service", "metadata_service"]
-    available = [m for m in modules if importlib.util.find_spec(f"{m}.__main__") is not None]
+    available = [m for m in modules if _runnable(m)]
     for missing in sorted(set(modules) - set(available)):
         print(f"run: {missing} is not built yet; starting the others", file=sys.stderr)
     procs = [subprocess.Popen([sys.executable, "-m", module]) for module in available]
