@@ -32,7 +32,13 @@ from metadata_service.domain import (
     UpsertOutcome,
     UpsertState,
 )
-from metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from metadata_service.paging import decode_page_token, encode_page_token, query_fingerprint
 from metadata_service.validation import PreparedDocument
 
@@ -194,9 +200,13 @@ class Catalog:
         collection_id: int,
         docs: Sequence[PreparedDocument],
     ) -> dict[str, UpsertOutcome]:
-        # The collection may have been deleted since it was looked up.
-        self._collection_ref(session, collection)
-        stored = repo.find_documents(session, collection_id, [doc.id for doc in docs])
+        # The collection may have been deleted (and even re-created, with other
+        # chunking settings) since it was looked up.
+        if self._collection_ref(session, collection).id != collection_id:
+            raise Aborted(
+                f"collection {collection!r} was re-created meanwhile; send the batch again"
+            )
+        stored = repo.find_documents(session, collection_id, [doc.id for doc in docs], lock=True)
         now = utcnow()
         outcomes: dict[str, UpsertOutcome] = {}
         new_rows, updates = [], []

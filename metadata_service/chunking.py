@@ -41,7 +41,9 @@ def chunk_text(text: str, size: int, overlap: int) -> list[Chunk]:
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
     chunks: list[Chunk] = []
-    length = len(text)
+    # Trailing whitespace is no content: a window reaching into it must count
+    # as the last one, or the next would repeat the end of this one.
+    length = _strip_end(text, 0, len(text))
     start = _skip_space(text, 0)
     while start < length:
         limit = start + size

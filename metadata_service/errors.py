@@ -56,6 +56,12 @@ class FailedPrecondition(MetadataError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(MetadataError):
+    """A concurrent change got in the way; the same request may be retried."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class ResourceExhausted(MetadataError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

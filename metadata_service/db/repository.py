@@ -119,8 +119,11 @@ class StoredDocument:
 
 
 def find_documents(
-    session: Session, collection_id: int, external_ids: Collection[str]
+    session: Session, collection_id: int, external_ids: Collection[str], *, lock: bool = False
 ) -> dict[str, StoredDocument]:
+    """The stored state of these documents. `lock` takes row locks (FOR UPDATE
+    on PostgreSQL) so concurrent writers of one document serialize and each
+    change gets its own generation; SQLite's write lock already does that."""
     stmt = select(
         DocumentRow.external_id,
         DocumentRow.id,
@@ -133,6 +136,9 @@ def find_documents(
         DocumentRow.collection_id == collection_id,
         DocumentRow.external_id.in_(list(external_ids)),
     )
+    if lock:
+        # One lock order for every writer, so two batches never deadlock.
+        stmt = stmt.order_by(DocumentRow.external_id).with_for_update()
     return {row[0]: StoredDocument(*row[1:]) for row in session.execute(stmt)}
 
 
