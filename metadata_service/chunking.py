@@ -20,7 +20,9 @@ from dataclasses import dataclass
 _END_BOUNDARIES = (
     re.compile(r"\n[ \t]*\n\s*"),
     re.compile(r"\n\s*"),
-    re.compile(r"[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s+"),
+    # Latin sentence ends need the space after them ("3.14", "e.g" are not
+    # ends); CJK full stops, exclamation and question marks are ends as they stand.
+    re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\u300d\u300f\u201d)]*\s*"),
     re.compile(r"[;:,]\s+"),
     re.compile(r"\s+"),
 )

@@ -77,8 +77,8 @@ class MetadataSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> MetadataSettings:
-        if self.default_chunk_overlap >= self.default_chunk_size:
-            raise ValueError("DEFAULT_CHUNK_OVERLAP must be smaller than DEFAULT_CHUNK_SIZE")
+        if self.default_chunk_overlap * 2 >= self.default_chunk_size:
+            raise ValueError("DEFAULT_CHUNK_OVERLAP must be less than half of DEFAULT_CHUNK_SIZE")
         if self.default_page_size > self.max_page_size:
             raise ValueError("DEFAULT_PAGE_SIZE must not exceed MAX_PAGE_SIZE")
         return self

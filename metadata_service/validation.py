@@ -43,9 +43,12 @@ def chunking(spec: CollectionSpec, settings: MetadataSettings) -> ChunkingSpec:
             "chunking.chunk_size", f"must be between 50 and {settings.max_chunk_size} characters"
         )
     overlap = spec.chunk_overlap or min(settings.default_chunk_overlap, size // 4)
-    if spec.chunk_overlap < 0 or overlap >= size:
+    # Under half the size, every chunk reaches past the end of the one before;
+    # more overlap would make chunks that repeat their neighbour and add nothing.
+    if spec.chunk_overlap < 0 or overlap * 2 >= size:
         raise InvalidArgument(
-            "chunking.chunk_overlap", f"must be at least 0 and smaller than chunk_size ({size})"
+            "chunking.chunk_overlap",
+            f"must be at least 0 and less than half of chunk_size ({size})",
         )
     return ChunkingSpec(size, overlap)
 

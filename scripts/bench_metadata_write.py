@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 from sqlalchemy import insert
 
-from askmojo.common.v1 import common_pb2 as common
+from askmojo.common.filters import metadata_to_proto
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.config import MetadataSettings
@@ -184,14 +184,6 @@ def bench_sqlalchemy(db_path: Path, docs: list[DocumentInput], batch: int) -> fl
     return len(docs) / elapsed
 
 
-def _value(v: object) -> common.MetadataValue:
-    if isinstance(v, int):
-        return common.MetadataValue(int_value=v)
-    if isinstance(v, float):
-        return common.MetadataValue(double_value=v)
-    return common.MetadataValue(string_value=str(v))
-
-
 def bench_grpc(
     db_path: Path, docs: list[DocumentInput], batch: int, workers: int, concurrency: int
 ) -> float:
@@ -223,7 +215,7 @@ def bench_grpc(
                     pb.Document(
                         id=d.id,
                         text=d.text,
-                        metadata={k: _value(v) for k, v in d.metadata.items()},
+                        metadata=metadata_to_proto(d.metadata),  # type: ignore[arg-type]
                     )
                     for d in docs[start : start + batch]
                 ],

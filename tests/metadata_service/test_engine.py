@@ -137,27 +137,23 @@ def test_writers_wait_instead_of_failing(settings: MetadataSettings) -> None:
     db.dispose()
 
 
-def test_migrations_module_upgrades_to_head(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    result = subprocess.run(
+def _migrate(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "metadata_service.migrations"],
         env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_migrations_module_upgrades_to_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = _migrate(url, tmp_path)
     assert result.returncode == 0, result.stderr
     engine = build_engine(MetadataSettings(_env_file=None, database_url=url))
     assert migrations.is_up_to_date(engine)
     engine.dispose()
-    # Running it again is a no-op.
-    again = subprocess.run(
-        [sys.executable, "-m", "metadata_service.migrations"],
-        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    again = _migrate(url, tmp_path)  # a no-op the second time
     assert again.returncode == 0 and "up to date" in again.stderr

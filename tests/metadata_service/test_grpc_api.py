@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
+from askmojo.common.filters import metadata_to_proto
 from askmojo.common.v1 import common_pb2 as common
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -23,18 +24,9 @@ from tests.conftest import RunningServer
 Stub = pb_grpc.MetadataServiceStub
 
 
-def value(v: object) -> common.MetadataValue:
-    if isinstance(v, bool):
-        return common.MetadataValue(bool_value=v)
-    if isinstance(v, int):
-        return common.MetadataValue(int_value=v)
-    if isinstance(v, float):
-        return common.MetadataValue(double_value=v)
-    return common.MetadataValue(string_value=str(v))
-
-
 def document(doc_id: str, text: str = "A short document.", **metadata: object) -> pb.Document:
-    return pb.Document(id=doc_id, text=text, metadata={k: value(v) for k, v in metadata.items()})
+    values = metadata_to_proto(metadata)  # type: ignore[arg-type]
+    return pb.Document(id=doc_id, text=text, metadata=values)
 
 
 def upsert(stub: Stub, *docs: pb.Document, collection: str = "docs") -> pb.UpsertDocumentsResponse:
