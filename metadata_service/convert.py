@@ -19,6 +19,7 @@ from askmojo.common.filters import (
     metadata_to_proto,
     metadata_value_from_proto,
 )
+from askmojo.common.rpc import OK_STATUS
 from askmojo.common.v1 import common_pb2
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from metadata_service.db.models import IndexState
@@ -35,7 +36,7 @@ from metadata_service.domain import (
     UpsertOutcome,
     UpsertState,
 )
-from metadata_service.errors import OK_STATUS, InvalidArgument, invalid_filter, to_rpc_status
+from metadata_service.errors import InvalidArgument, invalid_filter, to_rpc_status
 
 _STATE_TO_PROTO = {
     IndexState.PENDING: pb.DOCUMENT_STATE_PENDING,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from askmojo.common.logs import configure_logging
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import build_engine
-from metadata_service.logs import configure_logging
 from metadata_service.migrations import upgrade
 
 
 def main() -> None:
     settings = MetadataSettings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.effective_log_format)
     engine = build_engine(settings)
     try:
         upgrade(engine)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from askmojo.common.logs import JsonFormatter
 from metadata_service.config import MetadataSettings
-from metadata_service.logs import JsonFormatter
 from tests.metadata_service.test_workers import start_service, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from metadata_service.config import MetadataSettings
-
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -48,14 +46,13 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(settings: MetadataSettings) -> None:
+def configure_logging(level: str, log_format: str) -> None:
+    """`log_format` is "json" or "text"; `level` a logging level name."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if settings.effective_log_format == "json" else TextFormatter()
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(level.upper())
     # Alembic logs each step at INFO on its own logger; keep it, quieter.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # gRPC's Cython layer logs every event-loop lookup at DEBUG.
