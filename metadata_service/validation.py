@@ -8,30 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from askmojo.common.filters import METADATA_KEY_PATTERN, METADATA_KEY_RULE, MetadataScalar
+from askmojo.common.filters import InvalidFilterError, MetadataScalar, check_metadata
+from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from metadata_service.chunking import Chunk, chunk_text
 from metadata_service.config import MetadataSettings
 from metadata_service.domain import ChunkingSpec, CollectionSpec, DocumentInput
 from metadata_service.errors import InvalidArgument
 
-# Chroma's collection-name rule (the vector side stores each collection under
-# this name), capped at 63 characters so names also fit DNS-style labels.
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
-COLLECTION_NAME_RULE = (
-    "3 to 63 characters of A-Z a-z 0-9 . _ -, starting and ending with a letter or digit, "
-    "without '..'"
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_KEY_PREFIX = "_"
 
 
 def collection_name(name: str, field: str = "name") -> str:
-    if not _COLLECTION_NAME.fullmatch(name) or ".." in name:
+    if not is_valid_collection_name(name):
         raise InvalidArgument(field, f"collection name {name!r} is invalid: {COLLECTION_NAME_RULE}")
     return name
 
@@ -121,35 +114,13 @@ def metadata_hash(metadata: Mapping[str, MetadataScalar]) -> str:
 def _metadata(
     metadata: Mapping[str, MetadataScalar | None], settings: MetadataSettings, field: str
 ) -> dict[str, MetadataScalar]:
-    if len(metadata) > settings.max_metadata_keys:
-        raise InvalidArgument(
-            field,
-            f"{len(metadata)} metadata keys; the limit is {settings.max_metadata_keys} "
-            "(MAX_METADATA_KEYS)",
+    try:
+        return check_metadata(
+            metadata,
+            max_keys=settings.max_metadata_keys,
+            max_string_bytes=settings.max_metadata_string_bytes,
+            field=field,
+            reserved_prefix=RESERVED_KEY_PREFIX,
         )
-    checked: dict[str, MetadataScalar] = {}
-    for key, value in metadata.items():
-        if not METADATA_KEY_PATTERN.fullmatch(key):
-            raise InvalidArgument(f"{field}[{key!r}]", f"metadata key must be {METADATA_KEY_RULE}")
-        if key.startswith(RESERVED_KEY_PREFIX):
-            raise InvalidArgument(
-                f"{field}[{key!r}]", "metadata keys starting with '_' are reserved for the service"
-            )
-        if value is None:
-            raise InvalidArgument(
-                f"{field}[{key!r}]", "set one of string_value, int_value, double_value, bool_value"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"{field}[{key!r}]", "double_value must be finite")
-        if isinstance(value, str):
-            size = len(value.encode())
-            if size > settings.max_metadata_string_bytes:
-                raise InvalidArgument(
-                    f"{field}[{key!r}]",
-                    f"string value is {size} bytes; the limit is "
-                    f"{settings.max_metadata_string_bytes} (MAX_METADATA_STRING_BYTES)",
-                )
-            if "\x00" in value:
-                raise InvalidArgument(f"{field}[{key!r}]", "string value must not contain NUL")
-        checked[key] = value
-    return checked
+    except InvalidFilterError as exc:
+        raise InvalidArgument(exc.field, exc.description) from None

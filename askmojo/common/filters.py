@@ -119,6 +119,50 @@ def metadata_to_proto(
     return {key: metadata_value_to_proto(value) for key, value in metadata.items()}
 
 
+def check_metadata(
+    metadata: Mapping[str, MetadataScalar | None],
+    *,
+    max_keys: int,
+    max_string_bytes: int,
+    field: str,
+    reserved_prefix: str | None = None,
+) -> dict[str, MetadataScalar]:
+    """Validates record metadata (None values are kinds the client left unset);
+    raises InvalidFilterError naming e.g. `documents[2].metadata['year']`."""
+    if len(metadata) > max_keys:
+        raise InvalidFilterError(
+            field, f"{len(metadata)} metadata keys; the limit is {max_keys} (MAX_METADATA_KEYS)"
+        )
+    checked: dict[str, MetadataScalar] = {}
+    for key, value in metadata.items():
+        where = f"{field}[{key!r}]"
+        if not METADATA_KEY_PATTERN.fullmatch(key):
+            raise InvalidFilterError(where, f"metadata key must be {METADATA_KEY_RULE}")
+        if reserved_prefix and key.startswith(reserved_prefix):
+            raise InvalidFilterError(
+                where,
+                f"metadata keys starting with {reserved_prefix!r} are reserved for the service",
+            )
+        if value is None:
+            raise InvalidFilterError(
+                where, "set one of string_value, int_value, double_value, bool_value"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidFilterError(where, "double_value must be finite")
+        if isinstance(value, str):
+            size = len(value.encode())
+            if size > max_string_bytes:
+                raise InvalidFilterError(
+                    where,
+                    f"string value is {size} bytes; the limit is {max_string_bytes} "
+                    "(MAX_METADATA_STRING_BYTES)",
+                )
+            if "\x00" in value:
+                raise InvalidFilterError(where, "string value must not contain NUL")
+        checked[key] = value
+    return checked
+
+
 def filter_from_proto(
     proto: common_pb2.Filter, field: str = "filter", max_depth: int = 16
 ) -> FilterNode:
