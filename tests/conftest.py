@@ -8,8 +8,9 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -73,16 +74,23 @@ def backend_settings(
 
 
 class RunningServer:
-    """A metadata server on its own event loop thread, bound to a free port."""
+    """A gRPC server (from `create`, e.g. a create_server partial) on its own
+    event-loop thread, bound to a free port."""
 
-    def __init__(self, settings: MetadataSettings) -> None:
+    def __init__(self, create: Callable[[], tuple[Any, int]], settings: Any = None) -> None:
         self.settings = settings
+        self.server: Any = None
         self.port = 0
+        self._create = create
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, daemon=True)
+
+    @classmethod
+    def metadata(cls, settings: MetadataSettings) -> RunningServer:
+        return cls(lambda: create_server(settings), settings)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -90,8 +98,8 @@ class RunningServer:
 
     async def _serve(self) -> None:
         try:
-            server, self.port = create_server(self.settings)
-            await server.start()
+            self.server, self.port = self._create()
+            await self.server.start()
             self._stop = asyncio.Event()
         except BaseException as exc:
             self._error = exc
@@ -99,11 +107,11 @@ class RunningServer:
             return
         self._started.set()
         await self._stop.wait()
-        await server.stop(1.0)
+        await self.server.stop(1.0)
 
     def __enter__(self) -> RunningServer:
         self._thread.start()
-        self._started.wait(30)
+        self._started.wait(300)
         if self._error is not None:
             raise self._error
         return self
@@ -111,7 +119,7 @@ class RunningServer:
     def __exit__(self, *exc: object) -> None:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        self._thread.join(60)
 
     @property
     def address(self) -> str:
@@ -121,7 +129,7 @@ class RunningServer:
 @pytest.fixture
 def server(settings: MetadataSettings) -> Iterator[RunningServer]:
     prepare_database(settings)
-    with RunningServer(settings) as running:
+    with RunningServer.metadata(settings) as running:
         yield running
 
 

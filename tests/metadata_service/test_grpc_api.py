@@ -253,7 +253,7 @@ def test_delete_documents_errors(docs_stub: Stub) -> None:
 def test_message_over_the_size_limit(settings: MetadataSettings) -> None:
     small = settings.model_copy(update={"max_message_bytes": 64 * 1024})
     prepare_database(small)
-    with RunningServer(small) as server, grpc.insecure_channel(server.address) as channel:
+    with RunningServer.metadata(small) as server, grpc.insecure_channel(server.address) as channel:
         stub = Stub(channel)
         stub.CreateCollection(pb.CreateCollectionRequest(name="docs"))
         code, message, _ = rpc_error(lambda: upsert(stub, document("big", "x" * 100_000)))
@@ -296,7 +296,10 @@ def test_expired_deadline_is_deadline_exceeded(docs_stub: Stub) -> None:
 
 def test_health_tracks_database_readiness(settings: MetadataSettings) -> None:
     # Not migrated: the server runs but must not claim readiness.
-    with RunningServer(settings) as server, grpc.insecure_channel(server.address) as channel:
+    with (
+        RunningServer.metadata(settings) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "askmojo.metadata.v1.MetadataService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -334,7 +337,10 @@ def test_unexpected_errors_are_internal_with_a_reference(stub: Stub, server: Run
 def test_lock_held_past_the_timeout_is_unavailable(settings: MetadataSettings) -> None:
     impatient = settings.model_copy(update={"sqlite_timeout": 0.3})
     prepare_database(impatient)
-    with RunningServer(impatient) as server, grpc.insecure_channel(server.address) as channel:
+    with (
+        RunningServer.metadata(impatient) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
         stub = Stub(channel)
         stub.CreateCollection(pb.CreateCollectionRequest(name="docs"))
         path = impatient.database_url.removeprefix("sqlite:///")

@@ -94,7 +94,7 @@ def test_readme_walkthrough_runs_verbatim(server: RunningServer) -> None:
 def test_reflection_can_be_turned_off(settings: MetadataSettings) -> None:
     quiet = settings.model_copy(update={"reflection": False})
     prepare_database(quiet)
-    with RunningServer(quiet) as server:
+    with RunningServer.metadata(quiet) as server:
         result = grpcurl("-plaintext", server.address, "list")
     assert result.returncode != 0
     assert "does not support the reflection API" in result.stderr

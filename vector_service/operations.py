@@ -1,0 +1,246 @@
+"""The vector service's service layer: input rules, embeddings through the
+batcher, records into the store. Free of gRPC types; store calls (blocking)
+go to a bounded thread pool so the event loop never waits on Chroma."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from askmojo.common.filters import FilterNode, InvalidFilterError, MetadataScalar, check_metadata
+from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
+from vector_service.config import VectorSettings
+from vector_service.embedding.batcher import DynamicBatcher
+from vector_service.embedding.worker import BatchResult
+from vector_service.errors import FailedPrecondition, InvalidArgument
+from vector_service.store import CollectionInfo, Match, Stored, VectorStore
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    dimension: int
+    max_sequence_length: int
+
+
+@dataclass(frozen=True)
+class RecordInput:
+    """A record as the client sent it: exactly one of text and vector."""
+
+    id: str
+    text: str | None
+    vector: Sequence[float] | None
+    metadata: Mapping[str, MetadataScalar | None]
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    id: str
+    error: BaseException | None = None
+
+
+class Embedder:
+    def __init__(
+        self, batcher: DynamicBatcher, model: ModelDescription, settings: VectorSettings
+    ) -> None:
+        self._batcher = batcher
+        self.model = model
+        self._settings = settings
+
+    def check_texts(self, texts: Sequence[str], field: str = "texts") -> list[str]:
+        if not texts:
+            raise InvalidArgument(field, "send at least one text")
+        limit = self._settings.max_texts_per_call
+        if len(texts) > limit:
+            raise InvalidArgument(
+                field, f"{len(texts)} texts; the limit is {limit} per call (MAX_TEXTS_PER_CALL)"
+            )
+        longest = self._settings.max_text_length
+        for index, text in enumerate(texts):
+            if len(text) > longest:
+                raise InvalidArgument(
+                    f"{field}[{index}]",
+                    f"text is {len(text)} characters; the limit is {longest} (MAX_TEXT_LENGTH). "
+                    f"The model reads only its first {self.model.max_sequence_length} tokens: "
+                    "split long texts into chunks",
+                )
+        return list(texts)
+
+    async def embed(self, texts: Sequence[str], *, wait: bool) -> BatchResult:
+        """`wait=False` (unary calls) fails at once when the queue is full;
+        `wait=True` (streams) waits for room."""
+        return await self._batcher.embed(self.check_texts(texts), wait=wait)
+
+
+class Index:
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        executor: ThreadPoolExecutor,
+        settings: VectorSettings,
+    ) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._executor = executor
+        self._settings = settings
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _name(self, name: str, field: str = "collection") -> str:
+        if not is_valid_collection_name(name):
+            raise InvalidArgument(
+                field, f"collection name {name!r} is invalid: {COLLECTION_NAME_RULE}"
+            )
+        return name
+
+    async def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+        self._name(name, "name")
+        served = self._embedder.model
+        if dimension < 0:
+            raise InvalidArgument("dimension", "must be positive (0 means the served model's)")
+        return await self._run(
+            self._store.ensure_collection,
+            name,
+            dimension or served.dimension,
+            model or served.name,
+        )
+
+    async def drop_collection(self, name: str) -> bool:
+        return await self._run(self._store.drop_collection, self._name(name, "name"))
+
+    async def upsert(
+        self, collection: str, records: Sequence[RecordInput], *, wait: bool
+    ) -> list[RecordOutcome]:
+        """Per-record outcomes in order; an invalid record never fails the rest."""
+        self._name(collection)
+        if not records:
+            raise InvalidArgument("records", "send at least one record")
+        if len(records) > self._settings.max_records_per_call:
+            raise InvalidArgument(
+                "records",
+                f"{len(records)} records; the limit is {self._settings.max_records_per_call}",
+            )
+        info = await self._run(self._store.collection, collection)
+        errors: dict[int, BaseException] = {}
+        valid: list[tuple[int, RecordInput, dict[str, MetadataScalar]]] = []
+        seen: set[str] = set()
+        for index, record in enumerate(records):
+            try:
+                metadata = self._check_record(record, index, info.dimension, seen)
+                valid.append((index, record, metadata))
+            except (InvalidArgument, FailedPrecondition) as exc:
+                errors[index] = exc
+        if valid:
+            vectors = np.zeros((len(valid), info.dimension), dtype=np.float32)
+            to_embed: list[tuple[int, str]] = [
+                (row, r.text) for row, (_, r, _) in enumerate(valid) if r.text is not None
+            ]
+            for row, (_, record, _) in enumerate(valid):
+                if record.vector is not None:
+                    vectors[row] = np.asarray(record.vector, dtype=np.float32)
+            if to_embed:
+                if info.dimension != self._embedder.model.dimension:
+                    raise InvalidArgument(
+                        "records",
+                        f"collection {collection!r} has dimension {info.dimension} but the "
+                        f"served model makes {self._embedder.model.dimension}: send vectors",
+                    )
+                embedded = await self._embedder.embed([t for _, t in to_embed], wait=wait)
+                for (row, _), vector in zip(to_embed, embedded.vectors, strict=True):
+                    vectors[row] = vector
+            await self._run(
+                self._store.upsert,
+                collection,
+                [r.id for _, r, _ in valid],
+                vectors,
+                [m for _, _, m in valid],
+            )
+        return [RecordOutcome(r.id, errors.get(i)) for i, r in enumerate(records)]
+
+    def _check_record(
+        self, record: RecordInput, index: int, dimension: int, seen: set[str]
+    ) -> dict[str, MetadataScalar]:
+        field = f"records[{index}]"
+        if not record.id:
+            raise InvalidArgument(f"{field}.id", "record id must not be empty")
+        if record.id in seen:
+            raise InvalidArgument(f"{field}.id", f"id {record.id!r} appears twice in this call")
+        seen.add(record.id)
+        if (record.text is None) == (record.vector is None):
+            raise InvalidArgument(field, "set exactly one of text and vector")
+        if record.text is not None:
+            self._embedder.check_texts([record.text], f"{field}.text")
+        if record.vector is not None and len(record.vector) != dimension:
+            raise FailedPrecondition(
+                f"{field}.vector has {len(record.vector)} values; the collection has dimension "
+                f"{dimension}"
+            )
+        try:
+            return check_metadata(
+                record.metadata, max_keys=64, max_string_bytes=4096, field=f"{field}.metadata"
+            )
+        except InvalidFilterError as exc:
+            raise InvalidArgument(exc.field, exc.description) from None
+
+    async def query(
+        self,
+        collection: str,
+        text: str | None,
+        vector: Sequence[float] | None,
+        top_k: int,
+        where: FilterNode | None,
+    ) -> list[Match]:
+        self._name(collection)
+        if not 1 <= top_k <= self._settings.max_top_k:
+            raise InvalidArgument("top_k", f"must be between 1 and {self._settings.max_top_k}")
+        if text is not None:
+            query_vector = (await self._embedder.embed([text], wait=False)).vectors[0]
+        elif vector is not None:
+            query_vector = np.asarray(vector, dtype=np.float32)
+        else:
+            raise InvalidArgument("query_text", "set query_text or query_vector")
+        return await self._run(self._store.query, collection, query_vector, top_k, where)
+
+    async def get(self, collection: str, ids: Sequence[str], include_vectors: bool) -> list[Stored]:
+        self._name(collection)
+        if not ids:
+            raise InvalidArgument("ids", "send at least one id")
+        return await self._run(self._store.get, collection, list(ids), include_vectors)
+
+    async def delete(self, collection: str, ids: Sequence[str], where: FilterNode | None) -> int:
+        self._name(collection)
+        if bool(ids) == (where is not None):
+            raise InvalidArgument("ids", "give either ids or filter (exactly one)")
+        return await self._run(self._store.delete, collection, list(ids), where)
+
+    async def count(self, collection: str) -> int:
+        return await self._run(self._store.count, self._name(collection))
+
+    async def list_ids(
+        self, collection: str, page_size: int, page_token: str, where: FilterNode | None
+    ) -> tuple[list[str], str]:
+        self._name(collection)
+        size = min(page_size or 1000, self._settings.max_page_size)
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        try:
+            offset = int(page_token or "0")
+            if offset < 0:
+                raise ValueError
+        except ValueError:
+            raise InvalidArgument(
+                "page_token", "malformed page token: pass next_page_token as is"
+            ) from None
+        ids = await self._run(self._store.list_ids, collection, offset, size, where)
+        return ids, (str(offset + len(ids)) if len(ids) == size else "")

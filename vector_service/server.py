@@ -1,0 +1,205 @@
+"""Building and running the vector gRPC server.
+
+Start-up order (each step logged): settings -> persist-directory lock (first,
+so a second service on the directory fails within seconds) -> embedding pool
+warm (spawned workers, model loaded; before any gRPC object exists) -> Chroma
+open and verified -> servicers, health,
+reflection -> SERVING. Health stays NOT_SERVING while the pool rebuilds or
+Chroma does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from askmojo.vector.v1 import (
+    embedding_service_pb2,
+    embedding_service_pb2_grpc,
+    vector_service_pb2,
+    vector_service_pb2_grpc,
+)
+from vector_service.config import VectorSettings
+from vector_service.embedding.batcher import DynamicBatcher
+from vector_service.embedding.pool import EmbeddingPool
+from vector_service.operations import Embedder, Index, ModelDescription
+from vector_service.servicers import EmbeddingServicer, VectorServicer
+from vector_service.store import VectorStore
+
+_LOGGER = logging.getLogger(__name__)
+
+EMBEDDING_SERVICE = embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_PROBE_INTERVAL_S = 1.0
+_SHUTDOWN_GRACE_S = 5.0
+
+
+def model_name(settings: VectorSettings) -> str:
+    if not settings.embedding_model:
+        return "all-MiniLM-L6-v2"
+    return os.path.basename(settings.embedding_model.rstrip("/")) or settings.embedding_model
+
+
+def start_dependencies(settings: VectorSettings) -> tuple[EmbeddingPool, VectorStore]:
+    """The blocking part of start-up: warm pool, open store. Run it before any
+    gRPC object exists (the pool spawns processes)."""
+    store = VectorStore(settings)
+    store.claim_directory()
+    pool = EmbeddingPool(settings)
+    try:
+        pool.start()
+        store.open()
+    except BaseException:
+        pool.shutdown()
+        store.close()
+        raise
+    return pool, store
+
+
+class VectorServer:
+    """The gRPC server with everything it owns, so stopping it releases the
+    pool's processes, the store and its directory lock."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        *,
+        pool: EmbeddingPool,
+        store: VectorStore,
+        batcher: DynamicBatcher,
+        executor: ThreadPoolExecutor,
+        health: HealthServicer,
+    ) -> None:
+        self.grpc_server = server
+        self.pool = pool
+        self.store = store
+        self.batcher = batcher
+        self.health = health
+        self._executor = executor
+        self._probe_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.batcher.start()
+        await self.grpc_server.start()
+        await self._probe_once()
+        self._probe_task = asyncio.create_task(self._probe_forever())
+
+    async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        await self.batcher.stop()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown()
+        self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_PROBE_INTERVAL_S)
+            await self._probe_once()
+
+    async def _probe_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self.store.heartbeat)
+            store_ok = True
+        except Exception as exc:  # any failure means "not ready"
+            _LOGGER.warning("chroma heartbeat failed: %s", exc)
+            store_ok = False
+        pool_ok = self.pool.ready
+        overall = _SERVING if store_ok and pool_ok else _NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(EMBEDDING_SERVICE, _SERVING if pool_ok else _NOT_SERVING)
+        await self.health.set(VECTOR_SERVICE, overall)
+
+
+def create_server(
+    settings: VectorSettings,
+    dependencies: tuple[EmbeddingPool, VectorStore] | None = None,
+    *,
+    port: int | None = None,
+) -> tuple[VectorServer, int]:
+    """Builds the server (not started) on `port` (default VECTOR_PORT; 0 picks
+    one). Starts the pool and opens the store unless `dependencies` are given.
+    Call inside the event loop that will run it."""
+    pool, store = dependencies or start_dependencies(settings)
+    assert pool.shape is not None
+    model = ModelDescription(
+        name=model_name(settings),
+        dimension=pool.shape.dimension,
+        max_sequence_length=pool.shape.max_sequence_length,
+    )
+    batcher = DynamicBatcher(
+        pool,
+        dimension=model.dimension,
+        window=model.max_sequence_length,
+        max_batch_texts=settings.max_batch_texts,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_batch_wait_ms,
+        max_queued_texts=settings.max_queued_texts,
+        max_in_flight=settings.max_workers,
+    )
+    executor = ThreadPoolExecutor(settings.store_threads, thread_name_prefix="chroma")
+    embedder = Embedder(batcher, model, settings)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    )
+    embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingServicer(embedder, settings), server
+    )
+    vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
+        VectorServicer(Index(store, embedder, executor, settings)), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.reflection_enabled:
+        reflection.enable_server_reflection(
+            (
+                EMBEDDING_SERVICE,
+                VECTOR_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    address = f"{settings.vector_host}:{settings.vector_port if port is None else port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    return VectorServer(
+        server, pool=pool, store=store, batcher=batcher, executor=executor, health=health
+    ), bound
+
+
+async def serve(settings: VectorSettings, dependencies: tuple[EmbeddingPool, VectorStore]) -> None:
+    server, port = create_server(settings, dependencies)
+    await server.start()
+    _LOGGER.info(
+        "vector service listening",
+        extra={"host": settings.vector_host, "port": port, "store": server.store.mode},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    _LOGGER.info("vector service stopping")
+    await server.stop(_SHUTDOWN_GRACE_S)
+    _LOGGER.info("vector service stopped")

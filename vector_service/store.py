@@ -1,0 +1,296 @@
+"""The vector index: ChromaDB, embedded or a server, behind a small interface.
+
+Embedded Chroma is not safe to open from several processes (the seed app did,
+with one client per worker). Here the vector service is the only process that
+opens the persist directory: it holds an exclusive `flock` on a file inside it
+for its whole life, so a second service on the same directory fails at start
+with a message saying which process owns it. With CHROMA_HOST the data lives
+in a Chroma server and any number of vector services may share it.
+
+All methods block; the servicer runs them on a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from vector_service.config import VectorSettings
+
+_LOGGER = logging.getLogger(__name__)
+LOCK_FILE = "askmojo-vector-service.lock"
+
+
+class StoreError(Exception):
+    """Base of store failures the servicer maps to statuses."""
+
+
+class CollectionNotFound(StoreError):
+    pass
+
+
+class DimensionMismatch(StoreError):
+    pass
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    dimension: int
+    model: str
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    score: float
+    metadata: Mapping[str, MetadataScalar]
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: str
+    metadata: Mapping[str, MetadataScalar]
+    vector: np.ndarray | None
+
+
+def to_where(node: FilterNode) -> dict[str, Any]:
+    """A normalised filter tree as Chroma `where` (same semantics as the SQL
+    the metadata service compiles from the same tree)."""
+    if isinstance(node, Condition):
+        operand: Any = list(node.values) if node.op in (Op.IN, Op.NIN) else node.value
+        return {node.key: {f"${node.op.value}": operand}}
+    parts = [to_where(child) for child in node.filters]
+    if len(parts) == 1:
+        return parts[0]
+    return {"$and" if isinstance(node, AllOf) else "$or": parts}
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking flock on the persist directory; released by
+    the kernel when the process dies, so a crash never leaves it stale."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, LOCK_FILE)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise StoreLocked(
+                f"{os.path.abspath(directory)} is already used by another vector service "
+                f"(pid {owner}). Embedded Chroma must have exactly one owner: stop that "
+                "process, choose another CHROMADB_PERSIST_DIRECTORY, or run replicas against "
+                "a Chroma server (CHROMA_HOST)."
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class VectorStore:
+    def __init__(self, settings: VectorSettings) -> None:
+        self._settings = settings
+        self._lock: DirectoryLock | None = None
+        self._client: Any = None
+
+    @property
+    def mode(self) -> str:
+        return "server" if self._settings.chroma_host else "embedded"
+
+    def claim_directory(self) -> None:
+        """Takes the persist directory's lock (embedded mode): cheap, so start-up
+        does it first and a second service on the directory fails in seconds."""
+        if not self._settings.chroma_host and self._lock is None:
+            self._lock = DirectoryLock(self._settings.chromadb_persist_directory)
+
+    def open(self) -> None:
+        """Opens (and verifies) the client; raises StoreLocked for a taken dir."""
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        if self._settings.chroma_host:
+            self._client = chromadb.HttpClient(
+                host=self._settings.chroma_host,
+                port=self._settings.chroma_port,
+                settings=chroma_settings,
+            )
+        else:
+            self.claim_directory()
+            self._client = chromadb.PersistentClient(
+                path=self._settings.chromadb_persist_directory, settings=chroma_settings
+            )
+        self.heartbeat()
+        _LOGGER.info("chroma open", extra={"mode": self.mode})
+
+    def close(self) -> None:
+        self._client = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def heartbeat(self) -> None:
+        self._require().heartbeat()
+
+    # --- collections
+
+    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+        client = self._require()
+        existing = self._find(name)
+        if existing is not None:
+            info = _collection_info(existing)
+            if info.dimension != dimension or info.model != model:
+                raise DimensionMismatch(
+                    f"collection {name!r} exists with model {info.model!r} and dimension "
+                    f"{info.dimension}, not {model!r}/{dimension}"
+                )
+            return info
+        collection = client.get_or_create_collection(
+            name,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={"dimension": dimension, "model": model},
+            embedding_function=None,
+        )
+        return CollectionInfo(**{**_collection_info(collection).__dict__, "created": True})
+
+    def drop_collection(self, name: str) -> bool:
+        if self._find(name) is None:
+            return False
+        self._require().delete_collection(name)
+        return True
+
+    def collection(self, name: str) -> CollectionInfo:
+        return _collection_info(self._get(name))
+
+    # --- records
+
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadatas: Sequence[Mapping[str, MetadataScalar]],
+    ) -> None:
+        collection = self._get(name)
+        dimension = _collection_info(collection).dimension
+        if vectors.shape[1] != dimension:
+            raise DimensionMismatch(
+                f"vectors have {vectors.shape[1]} dimensions; collection {name!r} has {dimension}"
+            )
+        collection.upsert(
+            ids=list(ids),
+            embeddings=vectors,
+            metadatas=[dict(m) if m else None for m in metadatas],
+        )
+
+    def query(
+        self, name: str, vector: np.ndarray, top_k: int, where: FilterNode | None
+    ) -> list[Match]:
+        collection = self._get(name)
+        dimension = _collection_info(collection).dimension
+        if vector.shape[0] != dimension:
+            raise DimensionMismatch(
+                f"query vector has {vector.shape[0]} dimensions; collection {name!r} has "
+                f"{dimension}"
+            )
+        result = collection.query(
+            query_embeddings=[vector],
+            n_results=top_k,
+            where=to_where(where) if where is not None else None,
+            include=["metadatas", "distances"],
+        )
+        ids, distances = result["ids"][0], result["distances"][0]
+        metadatas = result["metadatas"][0] if result["metadatas"] else [None] * len(ids)
+        # Cosine distance -> cosine similarity: higher is better.
+        return [
+            Match(i, 1.0 - float(d), m or {})
+            for i, d, m in zip(ids, distances, metadatas, strict=True)
+        ]
+
+    def get(self, name: str, ids: Sequence[str], include_vectors: bool) -> list[Stored]:
+        include = ["metadatas", "embeddings"] if include_vectors else ["metadatas"]
+        result = self._get(name).get(ids=list(ids), include=include)
+        vectors = result.get("embeddings")
+        return [
+            Stored(
+                record_id,
+                (result["metadatas"][i] if result["metadatas"] else None) or {},
+                np.asarray(vectors[i], dtype=np.float32) if include_vectors else None,
+            )
+            for i, record_id in enumerate(result["ids"])
+        ]
+
+    def delete(self, name: str, ids: Sequence[str], where: FilterNode | None) -> int:
+        collection = self._get(name)
+        if ids:
+            existing = collection.get(ids=list(ids), include=[])["ids"]
+            if existing:
+                collection.delete(ids=existing)
+            return len(existing)
+        assert where is not None
+        matching = collection.get(where=to_where(where), include=[])["ids"]
+        if matching:
+            collection.delete(ids=matching)
+        return len(matching)
+
+    def count(self, name: str) -> int:
+        return int(self._get(name).count())
+
+    def list_ids(self, name: str, offset: int, limit: int, where: FilterNode | None) -> list[str]:
+        result = self._get(name).get(
+            where=to_where(where) if where is not None else None,
+            limit=limit,
+            offset=offset,
+            include=[],
+        )
+        return list(result["ids"])
+
+    # --- internals
+
+    def _require(self) -> Any:
+        if self._client is None:
+            raise StoreError("the vector store is not open")
+        return self._client
+
+    def _find(self, name: str) -> Any:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return self._require().get_collection(name, embedding_function=None)
+        except NotFoundError:
+            return None
+
+    def _get(self, name: str) -> Any:
+        collection = self._find(name)
+        if collection is None:
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return collection
+
+
+def _collection_info(collection: Any) -> CollectionInfo:
+    metadata = collection.metadata or {}
+    return CollectionInfo(
+        name=collection.name,
+        dimension=int(metadata.get("dimension", 0)),
+        model=str(metadata.get("model", "")),
+    )
