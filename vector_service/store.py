@@ -70,7 +70,13 @@ def to_where(node: FilterNode) -> dict[str, Any]:
     """A normalised filter tree as Chroma `where` (same semantics as the SQL
     the metadata service compiles from the same tree)."""
     if isinstance(node, Condition):
-        operand: Any = list(node.values) if node.op in (Op.IN, Op.NIN) else node.value
+        operand: Any = node.value
+        if node.op in (Op.IN, Op.NIN):
+            operand = list(node.values)
+            # Chroma wants one Python type per list; ints and doubles are
+            # one kind ("number") to us, and compare equal as floats.
+            if len({type(v) for v in operand}) > 1:
+                operand = [float(v) for v in operand]
         return {node.key: {f"${node.op.value}": operand}}
     parts = [to_where(child) for child in node.filters]
     if len(parts) == 1:
@@ -197,11 +203,21 @@ class VectorStore:
             raise DimensionMismatch(
                 f"vectors have {vectors.shape[1]} dimensions; collection {name!r} has {dimension}"
             )
-        collection.upsert(
-            ids=list(ids),
-            embeddings=vectors,
-            metadatas=[dict(m) if m else None for m in metadatas],
-        )
+        # Chroma's upsert merges metadata into what is stored; a record must be
+        # replaced whole, so keys it no longer has are sent as None (deleted).
+        previous = collection.get(ids=list(ids), include=["metadatas"])
+        old_keys = {
+            record_id: set(metadata or {})
+            for record_id, metadata in zip(
+                previous["ids"], previous["metadatas"] or [], strict=False
+            )
+        }
+        replaced: list[dict[str, Any] | None] = []
+        for record_id, metadata in zip(ids, metadatas, strict=True):
+            full: dict[str, Any] = dict.fromkeys(old_keys.get(record_id, set()) - set(metadata))
+            full.update(metadata)
+            replaced.append(full or None)
+        collection.upsert(ids=list(ids), embeddings=vectors, metadatas=replaced)
 
     def query(
         self, name: str, vector: np.ndarray, top_k: int, where: FilterNode | None

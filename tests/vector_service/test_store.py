@@ -1,0 +1,178 @@
+"""One contract suite for the vector store, run against embedded Chroma and a
+real Chroma server (`chroma run`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from askmojo.common.filters import AllOf, AnyOf, Condition, FilterNode, Op
+from tests.vector_service.conftest import vector_settings
+from vector_service.store import (
+    CollectionNotFound,
+    DimensionMismatch,
+    StoreLocked,
+    VectorStore,
+    to_where,
+)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "embedded":
+        settings = vector_settings(tmp_path / "chroma")
+    else:
+        host, port = request.getfixturevalue("chroma_server")
+        settings = vector_settings(tmp_path / "unused", chroma_host=host, chroma_port=port)
+    opened = VectorStore(settings)
+    opened.open()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+def filled(store: VectorStore, name: str) -> str:
+    store.ensure_collection(name, 3, "toy")
+    store.upsert(
+        name,
+        ["int1", "float25", "int10", "str", "none"],
+        np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0, 0, 1), unit(1, 1, 1)]),
+        [
+            {"n": 1, "kind": "a", "flag": True},
+            {"n": 2.5, "kind": "b", "flag": False},
+            {"n": 10, "kind": "a"},
+            {"n": "10", "kind": "c"},
+            {},
+        ],
+    )
+    return name
+
+
+def test_collections(store: VectorStore, name: str) -> None:
+    created = store.ensure_collection(name, 3, "toy")
+    assert (created.dimension, created.model, created.created) == (3, "toy", True)
+    again = store.ensure_collection(name, 3, "toy")
+    assert again.created is False
+    with pytest.raises(DimensionMismatch, match="dimension 3"):
+        store.ensure_collection(name, 4, "toy")
+    assert store.drop_collection(name) is True
+    assert store.drop_collection(name) is False
+    with pytest.raises(CollectionNotFound):
+        store.count(name)
+
+
+def test_query_scores_are_similarities(filled: str, store: VectorStore) -> None:
+    matches = store.query(filled, unit(1, 0, 0), 3, None)
+    assert [m.id for m in matches] == ["int1", "float25", "none"]
+    assert matches[0].score == pytest.approx(1.0, abs=1e-5)
+    assert matches[0].score > matches[1].score > matches[2].score
+    assert matches[0].metadata == {"n": 1, "kind": "a", "flag": True}
+
+
+def cond(key: str, op: Op, *values: object) -> Condition:
+    return Condition(key, op, values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [  # the same table as the metadata service's SQL filter test
+        (cond("n", Op.GT, 2), ["float25", "int10"]),
+        (cond("n", Op.GTE, 2.5), ["float25", "int10"]),
+        (cond("n", Op.LT, 2.5), ["int1"]),
+        (cond("n", Op.LTE, 2.5), ["float25", "int1"]),
+        (cond("n", Op.EQ, 1.0), ["int1"]),
+        (cond("n", Op.EQ, "10"), ["str"]),
+        (cond("n", Op.NE, 10), ["float25", "int1", "none", "str"]),
+        (cond("kind", Op.IN, "a", "c"), ["int1", "int10", "str"]),
+        (cond("kind", Op.NIN, "a"), ["float25", "none", "str"]),
+        (cond("n", Op.IN, 1, 2.5), ["float25", "int1"]),
+        (cond("flag", Op.EQ, True), ["int1"]),
+        (cond("flag", Op.NE, True), ["float25", "int10", "none", "str"]),
+        (AllOf((cond("kind", Op.EQ, "a"), cond("n", Op.GT, 5))), ["int10"]),
+        (AnyOf((cond("kind", Op.EQ, "b"), cond("n", Op.GT, 5))), ["float25", "int10"]),
+    ],
+)
+def test_filters_match_the_sql_side(
+    filled: str, store: VectorStore, where: FilterNode, expected: list[str]
+) -> None:
+    matches = store.query(filled, unit(1, 1, 1), 10, where)
+    assert sorted(m.id for m in matches) == expected
+
+
+def test_rare_filter_matches_are_not_lost(store: VectorStore, name: str) -> None:
+    """Filtering happens inside the index, not top_k-then-filter."""
+    store.ensure_collection(name, 3, "toy")
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(300, 3)).astype(np.float32)
+    metadata = [{"rare": i == 299} for i in range(300)]
+    store.upsert(name, [f"r{i}" for i in range(300)], vectors, metadata)
+    matches = store.query(name, unit(1, 0, 0), 1, cond("rare", Op.EQ, True))
+    assert [m.id for m in matches] == ["r299"]
+
+
+def test_get_delete_count_list(filled: str, store: VectorStore) -> None:
+    got = store.get(filled, ["int1", "missing"], include_vectors=True)
+    assert [g.id for g in got] == ["int1"]
+    assert got[0].vector is not None and got[0].vector.shape == (3,)
+    assert store.count(filled) == 5
+    assert store.delete(filled, ["int1", "missing"], None) == 1
+    assert store.delete(filled, [], cond("kind", Op.EQ, "a")) == 1
+    assert store.count(filled) == 3
+    pages, offset = [], 0
+    while True:
+        page = store.list_ids(filled, offset, 2, None)
+        pages.append(page)
+        offset += len(page)
+        if len(page) < 2:
+            break
+    assert sorted(i for page in pages for i in page) == ["float25", "none", "str"]
+
+
+def test_dimension_is_enforced(filled: str, store: VectorStore) -> None:
+    with pytest.raises(DimensionMismatch, match="3"):
+        store.upsert(filled, ["x"], np.zeros((1, 4), dtype=np.float32), [{}])
+    with pytest.raises(DimensionMismatch):
+        store.query(filled, np.zeros(5, dtype=np.float32), 1, None)
+
+
+def test_upsert_replaces(filled: str, store: VectorStore) -> None:
+    store.upsert(filled, ["int1"], np.stack([unit(0, 0, 1)]), [{"n": 99}])
+    got = store.get(filled, ["int1"], include_vectors=False)[0]
+    assert got.metadata == {"n": 99}
+    assert store.count(filled) == 5
+
+
+def test_where_translation() -> None:
+    assert to_where(cond("a", Op.IN, 1, 2)) == {"a": {"$in": [1, 2]}}
+    assert to_where(AllOf((cond("a", Op.EQ, 1),))) == {"a": {"$eq": 1}}
+    assert to_where(AnyOf((cond("a", Op.EQ, 1), cond("b", Op.NE, "x")))) == {
+        "$or": [{"a": {"$eq": 1}}, {"b": {"$ne": "x"}}]
+    }
+
+
+def test_second_owner_of_a_directory_is_refused(tmp_path: Path) -> None:
+    first = VectorStore(vector_settings(tmp_path / "chroma"))
+    first.open()
+    try:
+        with pytest.raises(StoreLocked, match=r"pid \d+"):
+            VectorStore(vector_settings(tmp_path / "chroma")).open()
+    finally:
+        first.close()
+    # Released on close: the directory can be opened again.
+    again = VectorStore(vector_settings(tmp_path / "chroma"))
+    again.open()
+    again.close()
