@@ -60,6 +60,8 @@ class Catalog:
 
     def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
         validation.collection_name(spec.name)
+        validation.plain_text(spec.description, "description", max_bytes=4096)
+        validation.plain_text(spec.model, "model", max_bytes=255, single_line=True)
         chunking = validation.chunking(spec, self._settings)
         model = spec.model or self._settings.default_embedding_model
         dimension = spec.dimension or (
@@ -206,13 +208,16 @@ class Catalog:
             raise Aborted(
                 f"collection {collection!r} was re-created meanwhile; send the batch again"
             )
+        # Rows are written in id order, the order find_documents locks them in,
+        # so two batches sharing ids never deadlock on PostgreSQL.
+        docs = sorted(docs, key=lambda doc: doc.id)
         stored = repo.find_documents(session, collection_id, [doc.id for doc in docs], lock=True)
         now = utcnow()
         outcomes: dict[str, UpsertOutcome] = {}
         new_rows, updates = [], []
         chunks_of: dict[str, PreparedDocument] = {}  # documents whose chunks are rewritten
         metadata_of: dict[str, PreparedDocument] = {}  # documents whose metadata is rewritten
-        pending_again: list[int] = []  # text kept, metadata changed: chunks re-sent
+        pending_again: list[int] = []  # text kept: chunks re-sent as they are
         for doc in docs:
             old = stored.get(doc.id)
             if old is None:
@@ -225,6 +230,7 @@ class Catalog:
             if _is_unchanged(doc, old):
                 outcomes[doc.id] = _unchanged(doc.id, old)
                 continue
+            # Changed text, changed metadata, or a FAILED document sent again.
             text_changed = doc.content_hash != old.content_hash
             updates.append(
                 {
@@ -375,10 +381,13 @@ class Catalog:
 
 
 def _is_unchanged(doc: PreparedDocument, old: repo.StoredDocument | None) -> bool:
+    """Same text and metadata, and nothing to retry: re-sending a document
+    whose indexing FAILED queues it again."""
     return (
         old is not None
         and old.content_hash == doc.content_hash
         and old.metadata_hash == doc.metadata_hash
+        and old.state is not IndexState.FAILED
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,9 +34,9 @@ class MetadataSettings(BaseSettings):
     vector_service_address: str = "localhost:50052"
     # None: on in development, off in production.
     reflection: bool | None = None
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # None: "json" in production, "text" in development.
-    log_format: str | None = None
+    log_format: Literal["json", "text"] | None = None
 
     # --- database (DESIGN.md §5) ---
     database_url: str = "sqlite:///./data/metadata.db"
@@ -45,10 +46,10 @@ class MetadataSettings(BaseSettings):
     pool_recycle: int = Field(default=3600, description="seconds")
     # Seconds a writer waits for SQLite's lock before giving up (busy_timeout).
     sqlite_timeout: float = Field(default=20.0, gt=0)
-    sqlite_synchronous: str = "NORMAL"
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     sqlite_cache_size_kib: int = Field(default=64 * 1024, ge=0)
     sqlite_mmap_size: int = Field(default=256 * 1024 * 1024, ge=0)
-    sqlite_temp_store: str = "MEMORY"
+    sqlite_temp_store: Literal["DEFAULT", "FILE", "MEMORY"] = "MEMORY"
     # Threads running database work for the event loop. None: POOL_SIZE, so a
     # thread never waits for a connection.
     db_threads: int | None = Field(default=None, ge=1)
@@ -61,7 +62,8 @@ class MetadataSettings(BaseSettings):
     default_chunk_overlap: int = Field(default=100, ge=0)
 
     # --- limits: each violation is a clear INVALID_ARGUMENT ---
-    max_document_id_bytes: int = Field(default=512, ge=1)
+    # The column is VARCHAR(512).
+    max_document_id_bytes: int = Field(default=512, ge=1, le=512)
     max_text_bytes: int = Field(default=1024 * 1024, ge=1)
     max_metadata_keys: int = Field(default=32, ge=0)
     max_metadata_string_bytes: int = Field(default=4096, ge=1)

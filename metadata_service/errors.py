@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from google.rpc import status_pb2
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from askmojo.common.filters import InvalidFilterError
@@ -26,6 +26,7 @@ from askmojo.common.rpc import (
     grpc_method_decorator,
     make_status,
 )
+from metadata_service.db.engine import DatabaseBusy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,21 +86,32 @@ def invalid_filter(exc: InvalidFilterError) -> InvalidArgument:
 
 def to_rpc_status(exc: BaseException) -> status_pb2.Status:
     """The status a client sees for `exc`. Unexpected exceptions are logged
-    with their traceback under a reference the client message carries."""
+    with their traceback under a reference the client message carries;
+    database details (hosts, users, SQL) stay in the log."""
     if isinstance(exc, InvalidArgument):
         return bad_request_status(str(exc), exc.violations)
     if isinstance(exc, MetadataError):
         return make_status(exc.code, str(exc))
     if isinstance(exc, InvalidFilterError):
         return to_rpc_status(invalid_filter(exc))
+    if isinstance(exc, DatabaseBusy):
+        return make_status(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry with backoff")
     if isinstance(exc, PoolTimeoutError):
         return make_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "all database connections are busy; retry with backoff",
         )
-    if isinstance(exc, OperationalError) and _is_outage(exc):
-        _LOGGER.warning("database unavailable: %s", exc.orig)
-        return make_status(grpc.StatusCode.UNAVAILABLE, f"database unavailable: {_first_line(exc)}")
+    if isinstance(exc, DataError):
+        _LOGGER.warning("database rejected a value: %s", exc.orig)
+        return make_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the database rejected a value of this request (too long or not storable)",
+        )
+    if isinstance(exc, OperationalError):
+        outage = _outage_status(exc)
+        if outage is not None:
+            _LOGGER.warning("database unavailable: %s", exc.orig)
+            return outage
     ref = uuid.uuid4().hex[:12]
     if isinstance(exc, DBAPIError):
         _LOGGER.error("database error [ref %s]", ref, exc_info=exc)
@@ -111,26 +123,30 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
 # OperationalError also covers schema and SQL mistakes (sqlite3 raises it for
 # "no such column"); only these mean "try again later".
 _OUTAGE_HINTS = (
-    "database is locked",
     "unable to open",
     "disk i/o",
     "could not connect",
     "connection",
     "server closed",
     "terminating",
-    "timeout",
     "too many clients",
     "read-only",
+    "readonly",
 )
 
 
-def _is_outage(exc: OperationalError) -> bool:
+def _outage_status(exc: OperationalError) -> status_pb2.Status | None:
     message = str(exc.orig).lower()
-    return exc.connection_invalidated or any(hint in message for hint in _OUTAGE_HINTS)
-
-
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+    if "database is locked" in message:
+        return make_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "database is locked: another process held it longer than SQLITE_TIMEOUT; retry",
+        )
+    if "statement timeout" in message:
+        return make_status(grpc.StatusCode.DEADLINE_EXCEEDED, "the database query timed out")
+    if exc.connection_invalidated or any(hint in message for hint in _OUTAGE_HINTS):
+        return make_status(grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later")
+    return None
 
 
 # Every MetadataServicer method wears this: exceptions become statuses here.

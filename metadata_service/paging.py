@@ -39,7 +39,11 @@ def decode_page_token(token: str, fingerprint: str, field: str = "page_token") -
         raise InvalidArgument(
             field, "malformed page token: pass next_page_token from the previous response as is"
         ) from None
-    if version != _VERSION or not isinstance(last_key, str):
+    if not isinstance(last_key, str) or "\x00" in last_key or len(last_key) > 1024:
+        raise InvalidArgument(
+            field, "malformed page token: pass next_page_token from the previous response as is"
+        )
+    if version != _VERSION:
         raise InvalidArgument(field, "page token is from another version of the service")
     if token_query != fingerprint:
         raise InvalidArgument(

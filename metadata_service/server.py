@@ -69,8 +69,14 @@ class MetadataServer:
         self._executor = executor
         self._probe_interval = probe_interval
         self._probe_task: asyncio.Task[None] | None = None
+        # The readiness probe has a thread of its own: RPC work queued on the
+        # main pool must not delay it, nor a hung probe delay RPCs.
+        self._probe_executor = ThreadPoolExecutor(1, thread_name_prefix="health-probe")
 
     async def start(self) -> None:
+        # gRPC's HealthServicer starts out SERVING; nothing is known yet.
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, _NOT_SERVING)
         await self.grpc_server.start()
         await self._probe_once()
         self._probe_task = asyncio.create_task(self._probe_forever())
@@ -80,8 +86,10 @@ class MetadataServer:
             self._probe_task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.database.dispose()
+        # Joining threads and closing connections block: not on the loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.database.dispose)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -93,9 +101,14 @@ class MetadataServer:
 
     async def _probe_once(self) -> None:
         """SERVING only while the database answers and its schema is current."""
-        loop = asyncio.get_running_loop()
         try:
-            ready = await loop.run_in_executor(self._executor, self._database_ready)
+            # Its own thread and a time limit: a hung database (or a pool
+            # busy with RPCs) must read as "not ready", not stall the probe.
+            loop = asyncio.get_running_loop()
+            ready = await asyncio.wait_for(
+                loop.run_in_executor(self._probe_executor, self._database_ready),
+                self._probe_interval + 5,
+            )
         except Exception as exc:  # any failure means "not ready", never a crash
             _LOGGER.warning("readiness probe failed: %s", exc)
             ready = False
@@ -124,8 +137,10 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            # Worker processes share one port; the kernel spreads connections.
-            ("grpc.so_reuseport", 1),
+            # Worker processes share one port and the kernel spreads
+            # connections; a single process must own its port, so a second
+            # `make run` fails to bind instead of silently taking half the calls.
+            ("grpc.so_reuseport", 1 if settings.worker_count > 1 else 0),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -206,8 +221,10 @@ def _reserved_port(host: str, port: int) -> Iterator[int]:
 
 
 def _worker_main(settings: MetadataSettings, port: int) -> None:
-    # The child inherits the parent's handlers; serve_worker installs its own.
+    # The child inherits the supervisor's handlers; until serve_worker installs
+    # its own, SIGINT/SIGTERM must simply end it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     asyncio.run(serve_worker(settings, port))
 
 

@@ -29,6 +29,15 @@ def collection_name(name: str, field: str = "name") -> str:
     return name
 
 
+def plain_text(value: str, field: str, *, max_bytes: int, single_line: bool = False) -> str:
+    size = len(value.encode())
+    if size > max_bytes:
+        raise InvalidArgument(field, f"is {size} bytes; the limit is {max_bytes}")
+    if "\x00" in value or (single_line and _CONTROL.search(value)):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
 def chunking(spec: CollectionSpec, settings: MetadataSettings) -> ChunkingSpec:
     size = spec.chunk_size or settings.default_chunk_size
     if spec.chunk_size < 0 or not 50 <= size <= settings.max_chunk_size:

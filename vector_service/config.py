@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,8 +36,8 @@ class VectorSettings(BaseSettings):
     # 0 picks a free port (logged at start-up); tests use it.
     vector_port: int = Field(default=50052, ge=0, le=65535)
     reflection: bool | None = None
-    log_level: str = "INFO"
-    log_format: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] | None = None
 
     # --- Chroma ---
     chromadb_persist_directory: str = "./data/chroma"

@@ -87,8 +87,14 @@ class VectorServer:
         self.health = health
         self._executor = executor
         self._probe_task: asyncio.Task[None] | None = None
+        # The readiness probe has a thread of its own: RPC work queued on the
+        # main pool must not delay it, nor a hung probe delay RPCs.
+        self._probe_executor = ThreadPoolExecutor(1, thread_name_prefix="health-probe")
 
     async def start(self) -> None:
+        # gRPC's HealthServicer starts out SERVING; nothing is known yet.
+        for service in ("", EMBEDDING_SERVICE, VECTOR_SERVICE):
+            await self.health.set(service, _NOT_SERVING)
         self.batcher.start()
         await self.grpc_server.start()
         await self._probe_once()
@@ -100,8 +106,10 @@ class VectorServer:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
         await self.batcher.stop()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.pool.shutdown()
+        # Joining threads and processes blocks: not on the loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.pool.shutdown)
         self.store.close()
 
     async def wait_for_termination(self) -> None:
@@ -113,9 +121,11 @@ class VectorServer:
             await self._probe_once()
 
     async def _probe_once(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self.store.heartbeat)
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.run_in_executor(self._probe_executor, self.store.heartbeat), 5.0
+            )
             store_ok = True
         except Exception as exc:  # any failure means "not ready"
             _LOGGER.warning("chroma heartbeat failed: %s", exc)

@@ -22,6 +22,8 @@ MetadataScalar = bool | int | float | str
 
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 METADATA_KEY_RULE = "1 to 64 characters of A-Z a-z 0-9 _ . -"
+# No stored string value can be longer, so no filter operand needs to be.
+MAX_STRING_BYTES = 65536
 
 
 class InvalidFilterError(ValueError):
@@ -248,4 +250,8 @@ def _parse_value(proto: common_pb2.MetadataValue, field: str, *, present: bool) 
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidFilterError(field, "double_value must be finite")
+    if isinstance(value, str) and ("\x00" in value or len(value.encode()) > MAX_STRING_BYTES):
+        raise InvalidFilterError(
+            field, f"string_value must be at most {MAX_STRING_BYTES} bytes, without NUL"
+        )
     return value

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_service.config import MetadataSettings
@@ -124,16 +124,20 @@ def is_sqlite(engine: Engine) -> bool:
 
 def _is_retryable(exc: DBAPIError) -> bool:
     """Errors that a fresh attempt of the same transaction can cure."""
-    if isinstance(exc, IntegrityError):
-        # Two transactions inserting the same new key (READ COMMITTED on
-        # PostgreSQL); on retry the row exists and the work becomes an update.
-        return True
     # Not "database is locked": SQLite already waited SQLITE_TIMEOUT for it, and
-    # waiting that long again would only multiply the caller's delay.
-    message = str(exc.orig).lower()
-    return isinstance(exc, OperationalError) and (
-        "could not serialize" in message or "deadlock detected" in message
-    )
+    # waiting that long again would only multiply the caller's delay. Not other
+    # integrity errors either (NOT NULL, foreign keys): those are bugs.
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+# PostgreSQL: unique violation (two transactions inserting the same new key
+# under READ COMMITTED; on retry the row exists and the work becomes an
+# update), serialization failure, deadlock.
+_RETRYABLE_SQLSTATES = frozenset({"23505", "40001", "40P01"})
+
+
+class DatabaseBusy(Exception):
+    """Another write held the database longer than SQLITE_TIMEOUT."""
 
 
 class Database:
@@ -141,17 +145,41 @@ class Database:
     across threads. Repository functions take the session; this class owns
     begin/commit/rollback."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, lock_timeout: float = 20.0) -> None:
         self.engine = engine
         self._sqlite = is_sqlite(engine)
-        self._read_sessions = sessionmaker(engine, expire_on_commit=False)
+        # PostgreSQL reads see one snapshot for the whole unit of work (a
+        # document and its metadata, loaded by two statements, always agree);
+        # SQLite's read transactions are snapshots already.
+        reader = (
+            engine if self._sqlite else engine.execution_options(isolation_level="REPEATABLE READ")
+        )
+        self._read_sessions = sessionmaker(reader, expire_on_commit=False)
         writer = engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) if self._sqlite else engine
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
-        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
+        self._write_lock = threading.Lock()
+        self._lock_timeout = lock_timeout
 
     @classmethod
     def from_settings(cls, settings: MetadataSettings) -> Database:
-        return cls(build_engine(settings))
+        return cls(build_engine(settings), lock_timeout=settings.sqlite_timeout)
+
+    @contextlib.contextmanager
+    def _serialized_writes(self) -> Iterator[None]:
+        """SQLite writers of this process queue here, for no longer than the
+        busy timeout they would otherwise spend in SQLite's handler."""
+        if not self._sqlite:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=self._lock_timeout):
+            raise DatabaseBusy(
+                f"database is locked: other writes held it for more than {self._lock_timeout}s "
+                "(SQLITE_TIMEOUT)"
+            )
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -160,7 +188,7 @@ class Database:
     def session_scope(self, *, write: bool = False) -> Iterator[Session]:
         """A session in one transaction, for background work and scripts."""
         maker = self._write_sessions if write else self._read_sessions
-        with self._write_lock if write else contextlib.nullcontext():  # noqa: SIM117
+        with self._serialized_writes() if write else contextlib.nullcontext():  # noqa: SIM117
             with maker() as session, session.begin():
                 yield session
 

@@ -357,15 +357,23 @@ def _value_match(op: Op, values: Sequence[MetadataScalar]) -> ColumnElement[bool
     # Numbers live in int_value or float_value; compare against both, binding
     # the operand with its own type so no backend truncates 2.5 to 2.
     if op is Op.IN:
-        ints = [v for v in values if isinstance(v, int) or float(v).is_integer()]
+        # A whole double (2.0) also matches the int 2; one outside int64 cannot.
+        numbers = [float(v) for v in values]  # the kind check made them all numbers
+        ints = [
+            int(v)  # ints stay exact; a whole double becomes the int it equals
+            for v in values
+            if isinstance(v, int) or (float(v).is_integer() and _INT64_MIN <= float(v) < 2**63)
+        ]
         return or_(
-            MetadataRow.int_value.in_([int(v) for v in ints]) if ints else literal(False),
-            MetadataRow.float_value.in_([float(v) for v in values]),
+            MetadataRow.int_value.in_(ints) if ints else literal(False),
+            MetadataRow.float_value.in_(numbers),
         )
     operand = literal(values[0], Double() if isinstance(values[0], float) else BigInteger())
     compare = _COMPARE[op]
     return or_(compare(MetadataRow.int_value, operand), compare(MetadataRow.float_value, operand))
 
+
+_INT64_MIN = -(2**63)
 
 _COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
     Op.EQ: operator.eq,
