@@ -104,6 +104,7 @@ def test_upsert_new_unchanged_changed(catalog: Catalog, database: Database) -> N
 
     with database.session_scope() as session:
         before = {r.external_id: r.updated_at for r in session.scalars(select(DocumentRow))}
+    a_chunks_before = a_chunk_ids(database)
     changed = catalog.upsert_documents(
         "docs", [doc("a", tag="y"), doc("b", "New text. " * 40), doc("c")]
     )
@@ -126,10 +127,36 @@ def test_upsert_new_unchanged_changed(catalog: Catalog, database: Database) -> N
     by_doc: dict[int, list[str]] = {}
     for chunk in chunks:
         by_doc.setdefault(chunk.document_id, []).append(chunk.text)
-    # b's chunks were replaced by the new text's; a kept its one chunk.
+    # b's chunks were replaced by the new text's; a kept its very chunk row.
     assert sorted(len(texts) for texts in by_doc.values()) == sorted([1, b.chunk_count, 1])
     assert any(texts[0].startswith("New text.") for texts in by_doc.values())
+    assert a_chunk_ids(database) == a_chunks_before
     assert all(c.state is IndexState.PENDING for c in chunks)
+
+
+def a_chunk_ids(database: Database) -> list[int]:
+    with database.session_scope() as session:
+        stmt = (
+            select(ChunkRow.id)
+            .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+            .where(DocumentRow.external_id == "a")
+        )
+        return list(session.scalars(stmt))
+
+
+def test_failed_document_is_queued_again_when_resent(catalog: Catalog, database: Database) -> None:
+    catalog.upsert_documents("docs", [doc("a")])
+    with database.session_scope(write=True) as session:
+        row = session.scalars(select(DocumentRow)).one()
+        row.state, row.error = IndexState.FAILED, "vector service said no"
+        for chunk in session.scalars(select(ChunkRow)):
+            chunk.state = IndexState.FAILED
+    outcome = catalog.upsert_documents("docs", [doc("a")])[0]
+    assert outcome.state is UpsertState.PENDING
+    again = catalog.get_document("docs", "a", include_text=False)
+    assert (again.state, again.error) == (IndexState.PENDING, None)
+    with database.session_scope() as session:
+        assert {c.state for c in session.scalars(select(ChunkRow))} == {IndexState.PENDING}
 
 
 def test_unchanged_resend_writes_nothing(catalog: Catalog, database: Database) -> None:
@@ -248,32 +275,29 @@ def test_state_filter(filtered: Catalog) -> None:
 
 
 def test_pagination_is_stable_under_concurrent_inserts(catalog: Catalog) -> None:
-    catalog.upsert_documents("docs", [doc(f"doc-{i:04d}") for i in range(0, 200, 2)])
-    stop = threading.Event()
-
-    def writer() -> None:
-        i = 1
-        while not stop.is_set() and i < 200:
-            catalog.upsert_documents("docs", [doc(f"doc-{i:04d}")])
-            i += 2
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        seen: list[str] = []
-        token = ""
-        while True:
-            page = catalog.list_documents(DocumentQuery("docs", page_size=7, page_token=token))
-            seen += [d.id for d in page.items]
-            token = page.next_page_token
-            if not token:
-                break
-    finally:
-        stop.set()
-        thread.join()
+    """Documents inserted between page fetches, before and after the cursor,
+    never make a page repeat or skip a document that was there throughout."""
+    catalog.upsert_documents("docs", [doc(f"doc-{i:03d}") for i in range(0, 60, 2)])
+    seen: list[str] = []
+    token = ""
+    fetches = 0
+    while True:
+        page = catalog.list_documents(DocumentQuery("docs", page_size=7, page_token=token))
+        seen += [d.id for d in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+        fetches += 1
+        # One id just before the cursor (never listed now), one just after it
+        # (listed later), one at the very start: all while paging.
+        last = int(seen[-1].removeprefix("doc-"))
+        catalog.upsert_documents(
+            "docs", [doc(f"doc-{last - 1:03d}"), doc(f"doc-{last + 1:03d}"), doc(f"aaa-{fetches}")]
+        )
+    assert fetches >= 3
     assert seen == sorted(set(seen)), "a document was repeated or the order broke"
-    original = {f"doc-{i:04d}" for i in range(0, 200, 2)}
-    assert original <= set(seen), "a document that existed throughout was skipped"
+    assert {f"doc-{i:03d}" for i in range(0, 60, 2)} <= set(seen), "an old document was skipped"
+    assert not any(i.startswith("aaa-") for i in seen), "a page moved backwards"
 
 
 def test_page_token_is_bound_to_its_query(filtered: Catalog) -> None:

@@ -18,6 +18,7 @@ from askmojo.common.v1 import common_pb2 as common
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.config import MetadataSettings
+from metadata_service.errors import DeadlineExceeded, check_deadline, to_rpc_status
 from metadata_service.server import prepare_database
 from tests.conftest import RunningServer
 
@@ -159,6 +160,8 @@ def test_batch_level_errors(docs_stub: Stub, settings: MetadataSettings) -> None
 
     code, message, _ = rpc_error(lambda: upsert(docs_stub, document("a"), collection="nope"))
     assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in message
+    # Nothing of the refused batches was stored.
+    assert docs_stub.GetCollection(pb.GetCollectionRequest(name="docs")).document_count == 1
 
 
 def test_collection_errors(docs_stub: Stub) -> None:
@@ -285,6 +288,18 @@ def test_not_yet_built_rpcs_say_so(docs_stub: Stub) -> None:
         lambda: docs_stub.Search(pb.SearchRequest(collection="docs", query="q"))
     )
     assert code == grpc.StatusCode.UNIMPLEMENTED and "issue #4" in message
+
+
+def test_server_refuses_work_whose_deadline_passed() -> None:
+    """check_deadline, as the servicer calls it before starting any work."""
+
+    class ExpiredContext:
+        def time_remaining(self) -> float:
+            return -0.5
+
+    with pytest.raises(DeadlineExceeded):
+        check_deadline(ExpiredContext())  # type: ignore[arg-type]
+    assert to_rpc_status(DeadlineExceeded("late")).code == code_pb2.DEADLINE_EXCEEDED
 
 
 def test_expired_deadline_is_deadline_exceeded(docs_stub: Stub) -> None:

@@ -96,8 +96,7 @@ def test_production_logs_each_startup_step_as_json(tmp_path: Path) -> None:
     try:
         wait_serving(service.address)
     finally:
-        service.proc.send_signal(signal.SIGTERM)
-        service.proc.wait(timeout=30)
+        assert service.stop() == 0
     messages = [json.loads(line)["message"] for line in service.log if line.startswith("{")]
     for step in (
         "starting metadata service",

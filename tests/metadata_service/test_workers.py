@@ -30,6 +30,21 @@ CALLS_PER_CLIENT = 250
 class ServiceProcess:
     def __init__(self, proc: subprocess.Popen[str], port: int, log: list[str]) -> None:
         self.proc, self.port, self.log = proc, port, log
+        # Keep draining stderr, or a full pipe would block the service.
+        self.drain = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+        self.drain.start()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signals the service, waits for it, and returns its exit code once
+        every log line it wrote has been read."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self.drain.join(10)
+        return code
+
+    def logged(self, message: str) -> list[dict[str, object]]:
+        entries = [json.loads(line) for line in list(self.log) if line.startswith("{")]
+        return [e for e in entries if e["message"] == message]
 
     @property
     def address(self) -> str:
@@ -54,8 +69,6 @@ def start_service(env: dict[str, str], cwd: Path) -> ServiceProcess:
         log.append(line)
         entry = json.loads(line)
         if entry["message"] == "metadata service listening":
-            # Keep draining stderr, or a full pipe would block the service.
-            threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
             return ServiceProcess(proc, int(entry["port"]), log)
     proc.kill()
     raise AssertionError("service did not start:\n" + "".join(log))
@@ -98,12 +111,21 @@ def wait_serving(address: str) -> None:
     raise AssertionError("service never became SERVING")
 
 
-def client_process(address: str, client: int, calls: int) -> list[str]:
-    """One client process firing all its calls at once; returns the errors."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.MetadataServiceStub(channel)
+CHANNELS_PER_CLIENT = 4
+
+
+def client_process(address: str, client: int, calls: int) -> tuple[list[str], set[int]]:
+    """One client process firing all its calls at once over a few separate
+    connections (SO_REUSEPORT balances connections, not calls); returns the
+    errors and the worker pids that served it."""
+    channels = [
+        grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS_PER_CLIENT)
+    ]
+    stubs = [pb_grpc.MetadataServiceStub(channel) for channel in channels]
+    try:
         futures = [
-            stub.UpsertDocuments.future(
+            stubs[i % len(stubs)].UpsertDocuments.future(
                 pb.UpsertDocumentsRequest(
                     collection="load",
                     documents=[
@@ -126,7 +148,11 @@ def client_process(address: str, client: int, calls: int) -> list[str]:
                     errors.append(result.status.message)
             except grpc.RpcError as exc:
                 errors.append(f"{exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
-        return errors
+        pids = {stub.GetStats(pb.GetStatsRequest()).worker_pid for stub in stubs}
+        return errors, pids
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 @pytest.mark.slow
@@ -146,14 +172,17 @@ def test_two_workers_four_writer_processes(
         results = pool.starmap(
             client_process, [(address, client, CALLS_PER_CLIENT) for client in range(CLIENTS)]
         )
-    errors = [error for result in results for error in result]
+    errors = [error for result_errors, _ in results for error in result_errors]
     assert errors == [], errors[:5]
+    served_by = set().union(*(pids for _, pids in results))
+    worker_pids = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
+    assert len(worker_pids) == 2
+    assert served_by == worker_pids, "both workers should have taken connections"
 
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.MetadataServiceStub(channel)
         collection = stub.GetCollection(pb.GetCollectionRequest(name="load"))
         assert collection.document_count == CLIENTS * CALLS_PER_CLIENT
-        worker_pids = {stub.GetStats(pb.GetStatsRequest()).worker_pid}
 
     with sqlite3.connect(tmp_path / "metadata.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -162,8 +191,7 @@ def test_two_workers_four_writer_processes(
         assert db.execute("SELECT count(*) FROM chunks WHERE state = 'PENDING'").fetchone()[0] > 0
 
     # SIGTERM stops the supervisor and every worker, cleanly.
-    production_service.proc.send_signal(signal.SIGTERM)
-    assert production_service.proc.wait(timeout=30) == 0
+    assert production_service.stop() == 0
     for pid in worker_pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -173,13 +201,27 @@ def test_two_workers_four_writer_processes(
 def test_a_killed_worker_is_replaced(production_service: ServiceProcess) -> None:
     address = production_service.address
     wait_serving(address)
-    with grpc.insecure_channel(address) as channel:
-        victim = pb_grpc.MetadataServiceStub(channel).GetStats(pb.GetStatsRequest()).worker_pid
+    first = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
+    victim = min(first)
     os.kill(victim, signal.SIGKILL)
-    time.sleep(1.0)
-    # New connections keep being served, by the survivor or the replacement.
-    for _ in range(5):
-        with grpc.insecure_channel(address) as channel:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        started = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
+        if started - first:
+            break
+        time.sleep(0.2)
+    replacement = started - first
+    assert len(replacement) == 1, "the supervisor did not start a replacement worker"
+    assert production_service.logged("worker died; replacing it")
+    # The replacement serves: new connections reach only live workers.
+    wait_serving(address)
+    seen = set()
+    for _ in range(20):
+        with grpc.insecure_channel(
+            address, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
             stub = pb_grpc.MetadataServiceStub(channel)
-            assert stub.GetStats(pb.GetStatsRequest(), timeout=10).worker_pid != victim
-    assert production_service.proc.poll() is None
+            seen.add(stub.GetStats(pb.GetStatsRequest(), timeout=10).worker_pid)
+    assert victim not in seen
+    assert seen <= (first - {victim}) | replacement
+    assert production_service.stop() == 0
