@@ -37,6 +37,7 @@ from metadata_service.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    MetadataError,
     NotFound,
 )
 from metadata_service.paging import decode_page_token, encode_page_token, query_fingerprint
@@ -194,6 +195,17 @@ class Catalog:
             for index, p in prepared:
                 outcomes[index] = written[p.id]
         return [outcomes[index] for index in range(len(documents))]
+
+    def ingest_batch(
+        self, collection: str, documents: Sequence[DocumentInput]
+    ) -> list[UpsertOutcome]:
+        """One batch of an ingest stream: like upsert_documents, except that a
+        batch-level problem (unknown collection, empty or oversized batch)
+        fails that batch's documents instead of ending the stream."""
+        try:
+            return self.upsert_documents(collection, documents)
+        except MetadataError as exc:
+            return [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents]
 
     def _store_documents(
         self,

@@ -7,6 +7,7 @@ cannot be expressed in the domain at all (a malformed filter tree).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -19,7 +20,7 @@ from askmojo.common.filters import (
     metadata_to_proto,
     metadata_value_from_proto,
 )
-from askmojo.common.rpc import OK_STATUS
+from askmojo.common.rpc import status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from metadata_service.db.models import IndexState
@@ -36,7 +37,7 @@ from metadata_service.domain import (
     UpsertOutcome,
     UpsertState,
 )
-from metadata_service.errors import InvalidArgument, invalid_filter, to_rpc_status
+from metadata_service.errors import InvalidArgument, invalid_filter
 
 _STATE_TO_PROTO = {
     IndexState.PENDING: pb.DOCUMENT_STATE_PENDING,
@@ -142,8 +143,7 @@ def to_proto_document(info: DocumentInfo) -> pb.Document:
     return document
 
 
-def to_proto_upsert_result(outcome: UpsertOutcome) -> pb.UpsertResult:
-    status: status_pb2.Status = OK_STATUS if outcome.error is None else to_rpc_status(outcome.error)
+def to_proto_upsert_result(outcome: UpsertOutcome, status: status_pb2.Status) -> pb.UpsertResult:
     return pb.UpsertResult(
         id=outcome.id,
         state=_UPSERT_STATE_TO_PROTO[outcome.state],
@@ -153,8 +153,12 @@ def to_proto_upsert_result(outcome: UpsertOutcome) -> pb.UpsertResult:
     )
 
 
-def to_proto_upsert_results(outcomes: list[UpsertOutcome]) -> list[pb.UpsertResult]:
-    return [to_proto_upsert_result(o) for o in outcomes]
+def to_proto_upsert_results(
+    outcomes: list[UpsertOutcome], to_status: Callable[[BaseException], status_pb2.Status]
+) -> list[pb.UpsertResult]:
+    """`to_status` is the service's error map (errors.to_rpc_status): the
+    mapping itself, with its logging, stays out of this pure module."""
+    return [to_proto_upsert_result(o, status_of(o.error, to_status)) for o in outcomes]
 
 
 def include_text(view: int, default_full: bool) -> bool:

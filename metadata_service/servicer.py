@@ -16,13 +16,7 @@ from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service import convert
 from metadata_service.catalog import Catalog
-from metadata_service.domain import UpsertOutcome, UpsertState
-from metadata_service.errors import (
-    MetadataError,
-    Unimplemented,
-    check_deadline,
-    grpc_method,
-)
+from metadata_service.errors import Unimplemented, check_deadline, grpc_method, to_rpc_status
 
 T = TypeVar("T")
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -78,7 +72,9 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         outcomes = await self._run(
             context, self._catalog.upsert_documents, request.collection, documents
         )
-        return pb.UpsertDocumentsResponse(results=convert.to_proto_upsert_results(outcomes))
+        return pb.UpsertDocumentsResponse(
+            results=convert.to_proto_upsert_results(outcomes, to_rpc_status)
+        )
 
     @grpc_method
     async def IngestDocuments(
@@ -88,15 +84,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         # response is sent, so gRPC flow control slows a fast producer down.
         async for request in request_iterator:
             documents = convert.from_proto_documents(list(request.documents))
-            try:
-                outcomes = await self._run(
-                    context, self._catalog.upsert_documents, request.collection, documents
-                )
-            except MetadataError as exc:
-                # A batch-level problem (unknown collection, empty or oversized
-                # batch) fails that batch's items, not the stream.
-                outcomes = [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents]
-            yield pb.IngestDocumentsResponse(results=convert.to_proto_upsert_results(outcomes))
+            outcomes = await self._run(
+                context, self._catalog.ingest_batch, request.collection, documents
+            )
+            yield pb.IngestDocumentsResponse(
+                results=convert.to_proto_upsert_results(outcomes, to_rpc_status)
+            )
 
     @grpc_method
     async def GetDocument(self, request: pb.GetDocumentRequest, context: Context) -> pb.Document:

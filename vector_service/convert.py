@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from google.rpc import status_pb2
@@ -13,12 +13,11 @@ from askmojo.common.filters import (
     metadata_to_proto,
     metadata_value_from_proto,
 )
-from askmojo.common.rpc import OK_STATUS
+from askmojo.common.rpc import status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from vector_service.embedding.worker import BatchResult
-from vector_service.errors import to_rpc_status
 from vector_service.operations import ModelDescription, RecordInput, RecordOutcome
 from vector_service.store import CollectionInfo, Match, Stored
 
@@ -62,10 +61,6 @@ def to_proto_model_info(
     )
 
 
-def status_of(error: BaseException | None) -> status_pb2.Status:
-    return OK_STATUS if error is None else to_rpc_status(error)
-
-
 def from_proto_record(record: vpb.VectorRecord) -> RecordInput:
     content = record.WhichOneof("content")
     return RecordInput(
@@ -80,8 +75,11 @@ def from_proto_records(records: Sequence[vpb.VectorRecord]) -> list[RecordInput]
     return [from_proto_record(r) for r in records]
 
 
-def to_proto_record_results(outcomes: Sequence[RecordOutcome]) -> list[vpb.RecordResult]:
-    return [vpb.RecordResult(id=o.id, status=status_of(o.error)) for o in outcomes]
+def to_proto_record_results(
+    outcomes: Sequence[RecordOutcome], to_status: Callable[[BaseException], status_pb2.Status]
+) -> list[vpb.RecordResult]:
+    """`to_status` is the service's error map (errors.to_rpc_status)."""
+    return [vpb.RecordResult(id=o.id, status=status_of(o.error, to_status)) for o in outcomes]
 
 
 def to_proto_collection(info: CollectionInfo) -> vpb.EnsureCollectionResponse:

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from askmojo.common.rpc import OK_STATUS
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
@@ -70,7 +71,7 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
                 yield epb.EmbedStreamResponse(
                     embeddings=convert.to_proto_embeddings(result),
                     batch_id=batch_id,
-                    status=convert.status_of(None),
+                    status=OK_STATUS,
                     model=model.name,
                     dimension=model.dimension,
                 )
@@ -118,7 +119,7 @@ class VectorServicer(vpb_grpc.VectorServiceServicer):
         check_deadline(context)
         records = convert.from_proto_records(request.records)
         outcomes = await self._index.upsert(request.collection, records, wait=False)
-        return vpb.UpsertResponse(results=convert.to_proto_record_results(outcomes))
+        return vpb.UpsertResponse(results=convert.to_proto_record_results(outcomes, to_rpc_status))
 
     @grpc_method
     async def UpsertStream(
@@ -130,7 +131,7 @@ class VectorServicer(vpb_grpc.VectorServiceServicer):
             records = convert.from_proto_records(request.records)
             try:
                 outcomes = await self._index.upsert(request.collection, records, wait=True)
-                results = convert.to_proto_record_results(outcomes)
+                results = convert.to_proto_record_results(outcomes, to_rpc_status)
             except Exception as exc:  # a batch-level failure fails its records, not the stream
                 status = to_rpc_status(exc)
                 results = [vpb.RecordResult(id=r.id, status=status) for r in records]

@@ -24,6 +24,11 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 ToStatus = Callable[[BaseException], status_pb2.Status]
 
 
+def status_of(error: BaseException | None, to_status: ToStatus) -> status_pb2.Status:
+    """OK for no error, else the service's mapping of it (per-item results)."""
+    return OK_STATUS if error is None else to_status(error)
+
+
 def make_status(
     code: grpc.StatusCode, message: str, details: Sequence[Message] = ()
 ) -> status_pb2.Status:

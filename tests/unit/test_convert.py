@@ -26,7 +26,7 @@ from metadata_service.domain import (
     UpsertOutcome,
     UpsertState,
 )
-from metadata_service.errors import InvalidArgument, NotFound
+from metadata_service.errors import InvalidArgument, NotFound, to_rpc_status
 
 CREATED = datetime(2024, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)
 UPDATED = datetime(2024, 6, 7, 8, 9, 10, tzinfo=UTC)
@@ -262,6 +262,11 @@ def test_to_proto_delete_documents() -> None:
 # --- upsert results ----------------------------------------------------------
 
 
+def upsert_result(outcome: UpsertOutcome) -> pb.UpsertResult:
+    """One outcome through the mapping the servicer uses."""
+    return convert.to_proto_upsert_results([outcome], to_rpc_status)[0]
+
+
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
@@ -272,7 +277,7 @@ def test_to_proto_delete_documents() -> None:
     ],
 )
 def test_upsert_result_success(state: UpsertState, expected: int) -> None:
-    result = convert.to_proto_upsert_result(UpsertOutcome("doc", state, None, 4, 7))
+    result = upsert_result(UpsertOutcome("doc", state, None, 4, 7))
     assert result.id == "doc"
     assert result.state == expected
     assert result.status.code == code_pb2.OK == 0
@@ -283,7 +288,7 @@ def test_upsert_result_success(state: UpsertState, expected: int) -> None:
 
 def test_upsert_result_invalid_argument_carries_bad_request() -> None:
     error = InvalidArgument("documents[2].metadata.k", "key is reserved")
-    result = convert.to_proto_upsert_result(UpsertOutcome("doc", UpsertState.FAILED, error))
+    result = upsert_result(UpsertOutcome("doc", UpsertState.FAILED, error))
     assert result.state == pb.UPSERT_STATE_FAILED
     assert result.status.code == code_pb2.INVALID_ARGUMENT == 3
     assert "key is reserved" in result.status.message
@@ -296,9 +301,7 @@ def test_upsert_result_invalid_argument_carries_bad_request() -> None:
 
 
 def test_upsert_result_other_errors_keep_their_code() -> None:
-    result = convert.to_proto_upsert_result(
-        UpsertOutcome("doc", UpsertState.FAILED, NotFound("no collection 'x'"))
-    )
+    result = upsert_result(UpsertOutcome("doc", UpsertState.FAILED, NotFound("no collection 'x'")))
     assert result.status.code == code_pb2.NOT_FOUND
     assert result.status.message == "no collection 'x'"
     assert len(result.status.details) == 0
@@ -310,14 +313,14 @@ def test_upsert_results_keep_order() -> None:
         UpsertOutcome("b", UpsertState.FAILED, InvalidArgument("id", "empty")),
         UpsertOutcome("c", UpsertState.UNCHANGED),
     ]
-    results = convert.to_proto_upsert_results(outcomes)
+    results = convert.to_proto_upsert_results(outcomes, to_rpc_status)
     assert [(r.id, r.status.code) for r in results] == [("a", 0), ("b", 3), ("c", 0)]
 
 
 def test_ok_status_is_not_shared_mutable_state() -> None:
-    first = convert.to_proto_upsert_result(UpsertOutcome("a", UpsertState.PENDING))
+    first = upsert_result(UpsertOutcome("a", UpsertState.PENDING))
     first.status.message = "mutated"
-    second = convert.to_proto_upsert_result(UpsertOutcome("b", UpsertState.PENDING))
+    second = upsert_result(UpsertOutcome("b", UpsertState.PENDING))
     assert second.status.message == ""
 
 
