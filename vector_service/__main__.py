@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -27,13 +28,23 @@ def main() -> int:
         "starting vector service",
         extra={"model": settings.model_path, "workers": settings.max_workers},
     )
+    # SIGTERM while the pool warms up: unwind through start_dependencies'
+    # cleanup so no worker process outlives us (serve() installs its own).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         dependencies = start_dependencies(settings)
     except StoreLocked as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except KeyboardInterrupt:
+        log.info("stopped during start-up")
+        return 0
     asyncio.run(serve(settings, dependencies))
     return 0
+
+
+def _exit_on_signal(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

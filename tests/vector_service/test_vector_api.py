@@ -1,0 +1,223 @@
+"""VectorService over a real socket (embedded Chroma, the real model), the
+persist-directory lock between real processes, and grpcurl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import code_pb2
+
+from askmojo.common.filters import metadata_to_proto
+from askmojo.common.v1 import common_pb2 as common
+from askmojo.vector.v1 import embedding_service_pb2 as epb
+from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
+from askmojo.vector.v1 import vector_service_pb2 as vpb
+from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
+from tests.conftest import RunningServer
+
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+
+
+@pytest.fixture(scope="module")
+def stub(vector_channel: grpc.Channel) -> vpb_grpc.VectorServiceStub:
+    return vpb_grpc.VectorServiceStub(vector_channel)
+
+
+@pytest.fixture
+def collection(stub: vpb_grpc.VectorServiceStub) -> str:
+    name = f"docs-{uuid.uuid4().hex[:8]}"
+    created = stub.EnsureCollection(vpb.EnsureCollectionRequest(name=name))
+    assert (created.dimension, created.model, created.created) == (384, "all-MiniLM-L6-v2", True)
+    return name
+
+
+def record(record_id: str, text: str, **metadata: object) -> vpb.VectorRecord:
+    values = metadata_to_proto(metadata)  # type: ignore[arg-type]
+    return vpb.VectorRecord(id=record_id, text=text, metadata=values)
+
+
+def rpc_error(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return info.value.code(), info.value.details()  # type: ignore[attr-defined]
+
+
+def test_text_records_are_embedded_and_found(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    records = [
+        record("cats", "Cats are small furry animals that purr.", topic="pets", year=2020),
+        record("sql", "SQLite stores a whole database in one file.", topic="db", year=2024),
+        record("grpc", "gRPC is a remote procedure call framework.", topic="net", year=2019),
+    ]
+    results = stub.Upsert(vpb.UpsertRequest(collection=collection, records=records)).results
+    assert [(r.id, r.status.code) for r in results] == [("cats", 0), ("sql", 0), ("grpc", 0)]
+    assert stub.Count(vpb.CountRequest(collection=collection)).count == 3
+
+    matches = stub.Query(
+        vpb.QueryRequest(collection=collection, query_text="a database file", top_k=3)
+    ).matches
+    assert matches[0].id == "sql"
+    assert matches[0].score > matches[1].score
+    assert matches[0].metadata["topic"].string_value == "db"
+
+    newer = common.Filter(
+        condition=common.Condition(
+            key="year", op=common.OPERATOR_LT, value=common.MetadataValue(int_value=2020)
+        )
+    )
+    filtered = stub.Query(
+        vpb.QueryRequest(collection=collection, query_text="a database file", top_k=3, filter=newer)
+    ).matches
+    assert [m.id for m in filtered] == ["grpc"]
+
+    got = stub.Get(vpb.GetRequest(collection=collection, ids=["cats"], include_vectors=True))
+    assert len(got.records[0].vector.values) == 384
+    page = stub.ListIds(vpb.ListIdsRequest(collection=collection, page_size=2))
+    rest = stub.ListIds(
+        vpb.ListIdsRequest(collection=collection, page_size=2, page_token=page.next_page_token)
+    )
+    assert sorted([*page.ids, *rest.ids]) == ["cats", "grpc", "sql"] and not rest.next_page_token
+    assert stub.Delete(vpb.DeleteRequest(collection=collection, ids=["cats"])).deleted_count == 1
+    assert stub.DropCollection(vpb.DropCollectionRequest(name=collection)).dropped
+
+
+def test_vectors_and_text_mix_and_bad_records_fail_alone(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    results = stub.Upsert(
+        vpb.UpsertRequest(
+            collection=collection,
+            records=[
+                vpb.VectorRecord(id="vec", vector=vpb.Vector(values=[0.1] * 384)),
+                vpb.VectorRecord(id="short", vector=vpb.Vector(values=[0.1] * 3)),
+                vpb.VectorRecord(id="", text="no id"),
+                vpb.VectorRecord(id="neither"),
+                record("ok", "fine text", flag=True),
+            ],
+        )
+    ).results
+    assert [(r.id, r.status.code) for r in results] == [
+        ("vec", code_pb2.OK),
+        ("short", code_pb2.FAILED_PRECONDITION),
+        ("", code_pb2.INVALID_ARGUMENT),
+        ("neither", code_pb2.INVALID_ARGUMENT),
+        ("ok", code_pb2.OK),
+    ]
+    assert "dimension 384" in results[1].status.message
+    assert stub.Count(vpb.CountRequest(collection=collection)).count == 2
+
+
+def test_bad_requests(stub: vpb_grpc.VectorServiceStub, collection: str) -> None:
+    code, message = rpc_error(
+        lambda: stub.Query(vpb.QueryRequest(collection="nope-nope", query_text="q", top_k=1))
+    )
+    assert code == grpc.StatusCode.NOT_FOUND and "nope-nope" in message
+    code, message = rpc_error(lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name="x")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "3 to 63 characters" in message
+    for top_k in (0, -1, 1001):
+        code, message = rpc_error(
+            lambda k=top_k: stub.Query(
+                vpb.QueryRequest(collection=collection, query_text="q", top_k=k)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in message
+    code, message = rpc_error(
+        lambda: stub.Query(
+            vpb.QueryRequest(
+                collection=collection, query_vector=vpb.Vector(values=[1.0] * 10), top_k=1
+            )
+        )
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "384" in message
+    bad_filter = common.Filter(
+        condition=common.Condition(
+            key="topic", op=common.OPERATOR_GTE, value=common.MetadataValue(string_value="a")
+        )
+    )
+    code, message = rpc_error(
+        lambda: stub.Query(
+            vpb.QueryRequest(collection=collection, query_text="q", top_k=1, filter=bad_filter)
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "numbers only" in message
+    code, _ = rpc_error(
+        lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name=collection, dimension=768))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    code, message = rpc_error(lambda: stub.Delete(vpb.DeleteRequest(collection=collection)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exactly one" in message
+    code, message = rpc_error(
+        lambda: stub.ListIds(vpb.ListIdsRequest(collection=collection, page_token="x"))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "page token" in message
+
+
+def test_upsert_stream_survives_bad_batches(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    requests = [
+        vpb.UpsertStreamRequest(collection=collection, records=[record("s1", "one")]),
+        vpb.UpsertStreamRequest(collection="missing-one", records=[record("s2", "two")]),
+        vpb.UpsertStreamRequest(collection=collection, records=[record("s3", "three")]),
+    ]
+    responses = list(stub.UpsertStream(iter(requests), timeout=60))
+    assert [[(r.id, r.status.code) for r in resp.results] for resp in responses] == [
+        [("s1", code_pb2.OK)],
+        [("s2", code_pb2.NOT_FOUND)],
+        [("s3", code_pb2.OK)],
+    ]
+
+
+def test_second_service_on_the_same_directory_exits(
+    vector_server: RunningServer, vector_channel: grpc.Channel
+) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "vector_service"],
+        env={
+            **os.environ,
+            "CHROMADB_PERSIST_DIRECTORY": vector_server.settings.chromadb_persist_directory,
+            "VECTOR_PORT": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    assert "already used by another vector service" in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr
+    # The owner is unharmed.
+    embed = epb_grpc.EmbeddingServiceStub(vector_channel)
+    assert len(embed.Embed(epb.EmbedRequest(texts=["still here"])).embeddings) == 1
+
+
+def test_grpcurl_embed_from_json(vector_server: RunningServer) -> None:
+    result = subprocess.run(
+        [
+            str(GRPCURL),
+            "-plaintext",
+            "-d",
+            '{"texts": ["hello from grpcurl"]}',
+            vector_server.address,
+            "askmojo.vector.v1.EmbeddingService/Embed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert len(reply["embeddings"][0]["values"]) == 384
+    assert reply["dimension"] == 384
