@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ SERVICE_NAME = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SHUTDOWN_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
 
 
 def prepare_database(settings: MetadataSettings) -> None:
@@ -220,11 +222,24 @@ def _reserved_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-def _worker_main(settings: MetadataSettings, port: int) -> None:
+def _die_with_supervisor(supervisor: int) -> None:
+    """Linux: have the kernel send SIGTERM to this worker when its supervisor
+    dies, even by SIGKILL, so no worker is ever orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: best effort only
+        return
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(settings: MetadataSettings, port: int, supervisor: int) -> None:
     # The child inherits the supervisor's handlers; until serve_worker installs
     # its own, SIGINT/SIGTERM must simply end it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_supervisor(supervisor)
     asyncio.run(serve_worker(settings, port))
 
 
@@ -246,7 +261,9 @@ def _supervise(settings: MetadataSettings, workers: int) -> int:
 
         def _spawn(index: int) -> multiprocessing.process.BaseProcess:
             proc = context.Process(
-                target=_worker_main, args=(settings, port), name=f"metadata-worker-{index}"
+                target=_worker_main,
+                args=(settings, port, os.getpid()),
+                name=f"metadata-worker-{index}",
             )
             proc.start()
             _LOGGER.info("worker started", extra={"worker": index, "worker_pid": proc.pid})

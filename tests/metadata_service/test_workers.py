@@ -92,8 +92,31 @@ def production_service(tmp_path: Path) -> Iterator[ServiceProcess]:
         yield service
     finally:
         if service.proc.poll() is None:
-            service.proc.kill()
+            service.proc.kill()  # workers follow (PR_SET_PDEATHSIG)
             service.proc.wait()
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_supervisor(production_service: ServiceProcess) -> None:
+    wait_serving(production_service.address)
+    workers = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
+    assert len(workers) == 2
+    production_service.proc.kill()
+    production_service.proc.wait()
+    deadline = time.monotonic() + 15
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.1)
+    assert not alive, f"orphaned workers: {alive}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wait_serving(address: str) -> None:

@@ -81,26 +81,40 @@ def ping(linger: float = 0.0) -> int:
 
 
 def embed(texts: list[str]) -> BatchResult:
+    """The batch in one forward pass: tokenized once (padded to its longest
+    text), pooled and L2-normalised by the model's own modules — exactly what
+    `SentenceTransformer.encode` computes for these texts."""
     model = _require_model()
     import torch
 
     window = int(model.max_seq_length)
-    # Token counts come from the tokenizer without truncation, so a client
-    # learns how much of a long text the model did not see.
-    counts = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    features = model.tokenize(texts)  # truncates to the window
+    seen = features["attention_mask"].sum(dim=1).tolist()
     with torch.inference_mode():
-        vectors = model.encode(
-            texts,
-            batch_size=len(texts),
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        output = model(features)
+    vectors = torch.nn.functional.normalize(output["sentence_embedding"], p=2, dim=1)
     return BatchResult(
-        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-        token_counts=[min(c, window) for c in counts],
-        truncated=[c > window for c in counts],
+        vectors=np.ascontiguousarray(vectors.numpy(), dtype=np.float32),
+        token_counts=[int(c) for c in seen],
+        truncated=_truncated(model, texts, seen, window),
     )
+
+
+def _truncated(model: Any, texts: list[str], seen: list[int], window: int) -> list[bool]:
+    """Which texts lost tokens to the window. A WordPiece token covers at least
+    one character, so only texts that filled the window and are longer than
+    it in characters need their untruncated length counted."""
+    flags = [False] * len(texts)
+    suspects = [
+        i
+        for i, (t, n) in enumerate(zip(texts, seen, strict=True))
+        if n >= window and len(t) > window - 2
+    ]
+    if suspects:
+        full = model.tokenizer([texts[i] for i in suspects], add_special_tokens=True)["input_ids"]
+        for i, ids in zip(suspects, full, strict=True):
+            flags[i] = len(ids) > window
+    return flags
 
 
 def _require_model() -> Any:
