@@ -169,6 +169,12 @@ def create_server(
 
 async def serve_worker(settings: MetadataSettings, port: int | None = None) -> None:
     """Runs one server until SIGINT/SIGTERM, then stops it gracefully."""
+    # Signal handlers first: a SIGTERM right after start-up must stop us
+    # gracefully, not interrupt us.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     server, bound = create_server(settings, port=port)
     await server.start()
     _LOGGER.info(
@@ -181,10 +187,6 @@ async def serve_worker(settings: MetadataSettings, port: int | None = None) -> N
     )
     if port is None:
         _log_listening(settings, bound, 1)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     _LOGGER.info("worker stopping")
     await server.stop(_SHUTDOWN_GRACE_S)

@@ -199,16 +199,18 @@ def create_server(
 
 
 async def serve(settings: VectorSettings, dependencies: tuple[EmbeddingPool, VectorStore]) -> None:
+    # Signal handlers first: a SIGTERM right after "listening" must stop us
+    # gracefully, not interrupt us.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     server, port = create_server(settings, dependencies)
     await server.start()
     _LOGGER.info(
         "vector service listening",
         extra={"host": settings.vector_host, "port": port, "store": server.store.mode},
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     _LOGGER.info("vector service stopping")
     await server.stop(_SHUTDOWN_GRACE_S)

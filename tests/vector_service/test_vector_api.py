@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -221,3 +222,50 @@ def test_grpcurl_embed_from_json(vector_server: RunningServer) -> None:
     reply = json.loads(result.stdout)
     assert len(reply["embeddings"][0]["values"]) == 384
     assert reply["dimension"] == 384
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_child_process_outlives_the_service(tmp_path: Path, how: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vector_service"],
+        env={
+            **os.environ,
+            "CHROMADB_PERSIST_DIRECTORY": str(tmp_path / "chroma"),
+            "VECTOR_PORT": "0",
+            "LOG_FORMAT": "json",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("{") and json.loads(line)["message"] == "vector service listening":
+                break
+        children = _children(proc.pid)
+        assert children, "the embedding pool should have worker processes"
+        proc.send_signal(getattr(signal, how))
+        code = proc.wait(timeout=30)
+        assert code == (0 if how == "SIGTERM" else -signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)], "orphaned child processes"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ def initialize(model_path: str, threads: int) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _exit_with_parent()
     import torch
 
     torch.set_num_threads(threads)
@@ -53,6 +55,20 @@ def initialize(model_path: str, threads: int) -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     global _MODEL  # noqa: PLW0603 -- the initializer hands state to later tasks this way
     _MODEL = load_model(model_path)
+
+
+def _exit_with_parent() -> None:
+    """A worker must not outlive its service, even one killed with SIGKILL
+    (which gives it no chance to stop us): once our parent is gone we are
+    re-parented, and we leave."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def load_model(model_path: str) -> Any:
