@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -269,3 +271,24 @@ def test_no_child_process_outlives_the_service(tmp_path: Path, how: str) -> None
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_readme_vector_walkthrough_runs_verbatim(vector_server: RunningServer) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(
+        r"<!-- vector-walkthrough:start -->(.*?)<!-- vector-walkthrough:end -->", readme, re.S
+    )
+    assert block, "README.md lost its vector walk-through markers"
+    outputs = []
+    for line in block.group(1).splitlines():
+        if not line.startswith(".venv/bin/grpcurl "):
+            continue
+        args = [vector_server.address if a == "localhost:50052" else a for a in shlex.split(line)]
+        result = subprocess.run(
+            [str(GRPCURL), *args[1:]], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        outputs.append(json.loads(result.stdout))
+    assert len(outputs) == 5
+    assert len(outputs[0]["embeddings"][0]["values"]) == 384
+    assert [m["id"] for m in outputs[4]["matches"]] == ["b", "a"]
