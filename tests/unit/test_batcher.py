@@ -1,0 +1,132 @@
+"""The dynamic batcher's rules, with a stand-in for the process pool (the
+pool itself is tested for real in tests/vector_service)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from vector_service.embedding.batcher import DynamicBatcher, QueueFull
+from vector_service.embedding.worker import BatchResult
+
+
+class GatedPool:
+    """Embeds a text as [len(text)]; holds each batch until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def embed(self, texts: list[str]) -> BatchResult:
+        self.batches.append(list(texts))
+        await self.gate.wait()
+        vectors = np.array([[float(len(t))] for t in texts], dtype=np.float32)
+        return BatchResult(vectors, [len(t) for t in texts], [False] * len(texts))
+
+
+def batcher(pool: GatedPool, **overrides: float) -> DynamicBatcher:
+    options: dict[str, float] = {
+        "max_batch_texts": 4,
+        "max_batch_tokens": 10_000,
+        "max_wait_ms": 5,
+        "max_queued_texts": 8,
+        "max_in_flight": 1,
+        **overrides,
+    }
+    return DynamicBatcher(pool, dimension=1, window=256, **options)  # type: ignore[arg-type]
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_concurrent_calls_share_batches_and_get_their_own_results() -> None:
+    async def scenario() -> None:
+        pool = GatedPool()
+        b = batcher(pool)
+        b.start()
+        results = await asyncio.gather(*(b.embed(["x" * n], wait=False) for n in range(1, 7)))
+        await b.stop()
+        assert [float(r.vectors[0][0]) for r in results] == [1, 2, 3, 4, 5, 6]
+        assert [len(batch) for batch in pool.batches] == [4, 2]
+
+    run(scenario())
+
+
+def test_a_call_split_across_batches_comes_back_in_order() -> None:
+    async def scenario() -> None:
+        pool = GatedPool()
+        b = batcher(pool)
+        b.start()
+        result = await b.embed(["a", "bb", "ccc", "dddd", "eeeee", "ffffff"], wait=False)
+        await b.stop()
+        assert result.vectors[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
+        assert result.token_counts == [1, 2, 3, 4, 5, 6]
+
+    run(scenario())
+
+
+def test_cancelled_calls_never_reach_the_model() -> None:
+    async def scenario() -> None:
+        pool = GatedPool()
+        pool.gate.clear()  # the first batch occupies the only worker
+        b = batcher(pool)
+        b.start()
+        first = asyncio.create_task(b.embed(["busy"], wait=False))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.create_task(b.embed(["doomed-1", "doomed-2"], wait=False))
+        kept = asyncio.create_task(b.embed(["kept"], wait=False))
+        await asyncio.sleep(0.01)
+        doomed.cancel()  # the client went away (or its deadline passed)
+        pool.gate.set()
+        await first
+        assert (await kept).vectors.shape == (1, 1)
+        await b.stop()
+        seen = [text for batch in pool.batches for text in batch]
+        assert "doomed-1" not in seen and "doomed-2" not in seen
+        assert b.stats.dropped == 2
+
+    run(scenario())
+
+
+def test_full_queue_refuses_unary_and_slows_streams() -> None:
+    async def scenario() -> None:
+        pool = GatedPool()
+        pool.gate.clear()
+        b = batcher(pool, max_queued_texts=4, max_batch_texts=2)
+        b.start()
+        busy = asyncio.create_task(b.embed(["a", "b"], wait=False))  # taken by the worker
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.embed(["c", "d", "e", "f"], wait=False))  # fills it
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await b.embed(["g"], wait=False)
+        streamed = asyncio.create_task(b.embed(["h"], wait=True))
+        await asyncio.sleep(0.05)
+        assert not streamed.done(), "a stream waits for room instead of failing"
+        pool.gate.set()
+        await asyncio.gather(busy, queued)
+        assert (await streamed).vectors.shape == (1, 1)
+        await b.stop()
+
+    run(scenario())
+
+
+def test_pool_failure_reaches_every_call_of_the_batch() -> None:
+    class BrokenPool(GatedPool):
+        async def embed(self, texts: list[str]) -> BatchResult:
+            raise RuntimeError("worker died")
+
+    async def scenario() -> None:
+        b = batcher(BrokenPool())
+        b.start()
+        outcomes = await asyncio.gather(
+            b.embed(["a"], wait=False), b.embed(["b"], wait=False), return_exceptions=True
+        )
+        await b.stop()
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+    run(scenario())
