@@ -6,25 +6,17 @@ the environment anywhere else.
 
 from __future__ import annotations
 
-import enum
 import os
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from askmojo.common.settings import ServiceSettings
 
 _CPUS = os.cpu_count() or 1
 
 
-class Environment(enum.StrEnum):
-    DEVELOPMENT = "development"
-    PRODUCTION = "production"
-
-
-class MetadataSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
-
-    environment: Environment = Environment.DEVELOPMENT
+class MetadataSettings(ServiceSettings):
     metadata_host: str = "[::]"
     # 0 picks a free port (logged at start-up); tests use it.
     metadata_port: int = Field(default=50051, ge=0, le=65535)
@@ -32,11 +24,6 @@ class MetadataSettings(BaseSettings):
     # one per CPU in production.
     workers: int | None = Field(default=None, ge=1, le=256)
     vector_service_address: str = "localhost:50052"
-    # None: on in development, off in production.
-    reflection: bool | None = None
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    # None: "json" in production, "text" in development.
-    log_format: Literal["json", "text"] | None = None
 
     # --- database (DESIGN.md §5) ---
     database_url: str = "sqlite:///./data/metadata.db"
@@ -86,22 +73,10 @@ class MetadataSettings(BaseSettings):
         return self
 
     @property
-    def is_production(self) -> bool:
-        return self.environment is Environment.PRODUCTION
-
-    @property
     def worker_count(self) -> int:
         if self.workers is not None:
             return self.workers
         return _CPUS if self.is_production else 1
-
-    @property
-    def reflection_enabled(self) -> bool:
-        return (not self.is_production) if self.reflection is None else self.reflection
-
-    @property
-    def effective_log_format(self) -> str:
-        return self.log_format or ("json" if self.is_production else "text")
 
     @property
     def effective_db_threads(self) -> int:

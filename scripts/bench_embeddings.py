@@ -17,83 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
+from bench_common import median_rate, sentences
 
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from vector_service.config import VectorSettings, packaged_model_path
 
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "for",
-    "on",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "that",
-    "this",
-    "are",
-    "be",
-    "or",
-    "it",
-    "an",
-    "was",
-    "which",
-    "storage",
-    "vector",
-    "index",
-    "query",
-    "chunk",
-    "document",
-    "metadata",
-    "service",
-    "embedding",
-    "search",
-    "model",
-    "batch",
-    "stream",
-    "filter",
-    "collection",
-    "database",
-    "write",
-    "read",
-    "pool",
-    "worker",
-    "process",
-    "latency",
-    "throughput",
-]
 
-
-def corpus(count: int, seed: int = 11) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) for _ in range(count)]
-
-
-def median_rate(run: Callable[[], None], texts: int, repeat: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return texts / statistics.median(times)
+def corpus(count: int) -> list[str]:
+    return sentences(count, 5, 15, seed=11)
 
 
 def bench_in_process(texts: list[str], threads: int, repeat: int) -> tuple[float, int]:

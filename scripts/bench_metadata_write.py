@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_common import sentences
 from sqlalchemy import insert
 
 from askmojo.common.filters import metadata_to_proto
@@ -48,60 +49,12 @@ from metadata_service.domain import ChunkingSpec, DocumentInput
 from metadata_service.server import prepare_database
 from metadata_service.validation import prepare_document
 
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "for",
-    "on",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "that",
-    "this",
-    "are",
-    "be",
-    "or",
-    "it",
-    "an",
-    "was",
-    "which",
-    "storage",
-    "vector",
-    "index",
-    "query",
-    "chunk",
-    "document",
-    "metadata",
-    "service",
-    "embedding",
-    "search",
-    "model",
-    "batch",
-    "stream",
-    "filter",
-    "collection",
-    "database",
-    "write",
-    "read",
-    "pool",
-    "worker",
-    "process",
-    "latency",
-    "throughput",
-]
-
 
 def corpus(count: int, seed: int = 7) -> list[DocumentInput]:
     rng = random.Random(seed)
     docs = []
-    for i in range(count):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120))) + "."
+    for i, words in enumerate(sentences(count, 40, 120, seed)):
+        text = words + "."
         metadata = {"source": f"site-{i % 17}", "year": 1990 + i % 35, "score": rng.random()}
         docs.append(DocumentInput(f"doc-{i:07d}", text, metadata))
     return docs

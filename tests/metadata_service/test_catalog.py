@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from askmojo.common.filters import AllOf, AnyOf, Condition, FilterNode, Op
+from askmojo.common.filters import FilterNode, Op
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
@@ -17,6 +17,7 @@ from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, Metada
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
 from metadata_service.errors import AlreadyExists, InvalidArgument, NotFound
 from metadata_service.server import prepare_database
+from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
 
 
 @pytest.fixture
@@ -227,41 +228,12 @@ def test_document_round_trip_of_every_metadata_type(catalog: Catalog) -> None:
 @pytest.fixture
 def filtered(catalog: Catalog) -> Catalog:
     catalog.upsert_documents(
-        "docs",
-        [
-            doc("int1", n=1, kind="a", flag=True),
-            doc("float25", n=2.5, kind="b", flag=False),
-            doc("int10", n=10, kind="a"),
-            doc("str", n="10", kind="c"),
-            doc("none"),
-        ],
+        "docs", [doc(record_id, **metadata) for record_id, metadata in FILTER_RECORDS.items()]
     )
     return catalog
 
 
-def cond(key: str, op: Op, *values: object) -> Condition:
-    return Condition(key, op, values)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("where", "expected"),
-    [
-        (cond("n", Op.GT, 2), ["float25", "int10"]),  # the string "10" is not a number
-        (cond("n", Op.GTE, 2.5), ["float25", "int10"]),
-        (cond("n", Op.LT, 2.5), ["int1"]),
-        (cond("n", Op.LTE, 2.5), ["float25", "int1"]),
-        (cond("n", Op.EQ, 1.0), ["int1"]),  # ints and doubles compare as numbers
-        (cond("n", Op.EQ, "10"), ["str"]),
-        (cond("n", Op.NE, 10), ["float25", "int1", "none", "str"]),  # NE matches missing keys
-        (cond("kind", Op.IN, "a", "c"), ["int1", "int10", "str"]),
-        (cond("kind", Op.NIN, "a"), ["float25", "none", "str"]),
-        (cond("n", Op.IN, 1, 2.5), ["float25", "int1"]),
-        (cond("flag", Op.EQ, True), ["int1"]),
-        (cond("flag", Op.NE, True), ["float25", "int10", "none", "str"]),
-        (AllOf((cond("kind", Op.EQ, "a"), cond("n", Op.GT, 5))), ["int10"]),
-        (AnyOf((cond("kind", Op.EQ, "b"), cond("n", Op.GT, 5))), ["float25", "int10"]),
-    ],
-)
+@pytest.mark.parametrize(("where", "expected"), FILTER_CASES)
 def test_filter_semantics(filtered: Catalog, where: FilterNode, expected: list[str]) -> None:
     assert ids(filtered, where) == expected
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from askmojo.common.filters import AllOf, AnyOf, Condition, FilterNode, Op
+from askmojo.common.filters import AllOf, AnyOf, FilterNode, Op
+from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
 from tests.vector_service.conftest import vector_settings
 from vector_service.store import (
     CollectionNotFound,
@@ -47,18 +48,8 @@ def unit(*values: float) -> np.ndarray:
 @pytest.fixture
 def filled(store: VectorStore, name: str) -> str:
     store.ensure_collection(name, 3, "toy")
-    store.upsert(
-        name,
-        ["int1", "float25", "int10", "str", "none"],
-        np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0, 0, 1), unit(1, 1, 1)]),
-        [
-            {"n": 1, "kind": "a", "flag": True},
-            {"n": 2.5, "kind": "b", "flag": False},
-            {"n": 10, "kind": "a"},
-            {"n": "10", "kind": "c"},
-            {},
-        ],
-    )
+    vectors = [unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0, 0, 1), unit(1, 1, 1)]
+    store.upsert(name, list(FILTER_RECORDS), np.stack(vectors), list(FILTER_RECORDS.values()))
     return name
 
 
@@ -83,29 +74,7 @@ def test_query_scores_are_similarities(filled: str, store: VectorStore) -> None:
     assert matches[0].metadata == {"n": 1, "kind": "a", "flag": True}
 
 
-def cond(key: str, op: Op, *values: object) -> Condition:
-    return Condition(key, op, values)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("where", "expected"),
-    [  # the same table as the metadata service's SQL filter test
-        (cond("n", Op.GT, 2), ["float25", "int10"]),
-        (cond("n", Op.GTE, 2.5), ["float25", "int10"]),
-        (cond("n", Op.LT, 2.5), ["int1"]),
-        (cond("n", Op.LTE, 2.5), ["float25", "int1"]),
-        (cond("n", Op.EQ, 1.0), ["int1"]),
-        (cond("n", Op.EQ, "10"), ["str"]),
-        (cond("n", Op.NE, 10), ["float25", "int1", "none", "str"]),
-        (cond("kind", Op.IN, "a", "c"), ["int1", "int10", "str"]),
-        (cond("kind", Op.NIN, "a"), ["float25", "none", "str"]),
-        (cond("n", Op.IN, 1, 2.5), ["float25", "int1"]),
-        (cond("flag", Op.EQ, True), ["int1"]),
-        (cond("flag", Op.NE, True), ["float25", "int10", "none", "str"]),
-        (AllOf((cond("kind", Op.EQ, "a"), cond("n", Op.GT, 5))), ["int10"]),
-        (AnyOf((cond("kind", Op.EQ, "b"), cond("n", Op.GT, 5))), ["float25", "int10"]),
-    ],
-)
+@pytest.mark.parametrize(("where", "expected"), FILTER_CASES)
 def test_filters_match_the_sql_side(
     filled: str, store: VectorStore, where: FilterNode, expected: list[str]
 ) -> None:
