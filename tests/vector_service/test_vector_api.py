@@ -13,10 +13,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from askmojo.common.filters import metadata_to_proto
 from askmojo.common.v1 import common_pb2 as common
@@ -25,6 +27,9 @@ from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from tests.conftest import RunningServer
+from tests.vector_service.conftest import CHROMA, free_port, vector_settings, wait_for_port
+from vector_service.server import create_server
+from vector_service.store import VectorStore
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
@@ -292,3 +297,70 @@ def test_readme_vector_walkthrough_runs_verbatim(vector_server: RunningServer) -
     assert len(outputs) == 5
     assert len(outputs[0]["embeddings"][0]["values"]) == 384
     assert [m["id"] for m in outputs[4]["matches"]] == ["b", "a"]
+
+
+class _BorrowedPool:
+    """A second VectorServer on the session's warm pool; stopping it leaves
+    the pool (owned by the session server) running."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.grpc_server.stop(grace)
+        await self.server.batcher.stop()
+        self.server.store.close()
+
+
+@pytest.mark.slow
+def test_health_follows_a_chroma_server(vector_server: RunningServer, tmp_path: Path) -> None:
+    """NOT_SERVING while the Chroma server is down, SERVING again once it is back."""
+    port = free_port()
+    command = [str(CHROMA), "run", "--path", str(tmp_path), "--port", str(port)]
+
+    def start_chroma() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    chroma = start_chroma()
+    settings = vector_settings(
+        tmp_path / "unused", chroma_host="127.0.0.1", chroma_port=port, reflection=False
+    )
+    pool = vector_server.server.pool
+    try:
+
+        def create() -> tuple[Any, int]:
+            store = VectorStore(settings)
+            store.open()
+            server, bound = create_server(settings, (pool, store))
+            return _BorrowedPool(server), bound
+
+        with RunningServer(create) as borrowed, grpc.insecure_channel(borrowed.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            service = health_pb2.HealthCheckRequest(service="askmojo.vector.v1.VectorService")
+
+            def status_becomes(expected: int) -> bool:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    if health.Check(service).status == expected:
+                        return True
+                    time.sleep(0.2)
+                return False
+
+            assert status_becomes(health_pb2.HealthCheckResponse.SERVING)
+            chroma.terminate()
+            chroma.wait(30)
+            assert status_becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
+            embedding = health.Check(
+                health_pb2.HealthCheckRequest(service="askmojo.vector.v1.EmbeddingService")
+            )
+            assert embedding.status == health_pb2.HealthCheckResponse.SERVING  # model still fine
+            chroma = start_chroma()
+            assert status_becomes(health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        chroma.terminate()
+        chroma.wait(30)

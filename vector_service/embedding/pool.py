@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -148,5 +149,6 @@ def _shutdown_executor(executor: concurrent.futures.ProcessPoolExecutor) -> None
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                os.kill(process.pid, signal.SIGKILL)
             process.join(1)
