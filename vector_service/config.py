@@ -64,6 +64,9 @@ class VectorSettings(ServiceSettings):
     max_top_k: int = Field(default=1000, ge=1)
     max_records_per_call: int = Field(default=1000, ge=1)
     max_page_size: int = Field(default=10000, ge=1)
+    # Room for the metadata service's own keys beside a document's 32.
+    max_metadata_keys: int = Field(default=64, ge=0)
+    max_metadata_string_bytes: int = Field(default=4096, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> VectorSettings:

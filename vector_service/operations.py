@@ -63,16 +63,20 @@ class Embedder:
             raise InvalidArgument(
                 field, f"{len(texts)} texts; the limit is {limit} per call (MAX_TEXTS_PER_CALL)"
             )
-        longest = self._settings.max_text_length
         for index, text in enumerate(texts):
-            if len(text) > longest:
-                raise InvalidArgument(
-                    f"{field}[{index}]",
-                    f"text is {len(text)} characters; the limit is {longest} (MAX_TEXT_LENGTH). "
-                    f"The model reads only its first {self.model.max_sequence_length} tokens: "
-                    "split long texts into chunks",
-                )
+            self.check_text(text, f"{field}[{index}]")
         return list(texts)
+
+    def check_text(self, text: str, field: str) -> str:
+        longest = self._settings.max_text_length
+        if len(text) > longest:
+            raise InvalidArgument(
+                field,
+                f"text is {len(text)} characters; the limit is {longest} (MAX_TEXT_LENGTH). "
+                f"The model reads only its first {self.model.max_sequence_length} tokens: "
+                "split long texts into chunks",
+            )
+        return text
 
     async def embed(self, texts: Sequence[str], *, wait: bool) -> BatchResult:
         """`wait=False` (unary calls) fails at once when the queue is full;
@@ -180,15 +184,21 @@ class Index:
         if (record.text is None) == (record.vector is None):
             raise InvalidArgument(field, "set exactly one of text and vector")
         if record.text is not None:
-            self._embedder.check_texts([record.text], f"{field}.text")
-        if record.vector is not None and len(record.vector) != dimension:
-            raise FailedPrecondition(
-                f"{field}.vector has {len(record.vector)} values; the collection has dimension "
-                f"{dimension}"
-            )
+            self._embedder.check_text(record.text, f"{field}.text")
+        if record.vector is not None:
+            if len(record.vector) != dimension:
+                raise FailedPrecondition(
+                    f"{field}.vector has {len(record.vector)} values; the collection has "
+                    f"dimension {dimension}"
+                )
+            if not np.isfinite(np.asarray(record.vector, dtype=np.float32)).all():
+                raise InvalidArgument(f"{field}.vector", "values must be finite numbers")
         try:
             return check_metadata(
-                record.metadata, max_keys=64, max_string_bytes=4096, field=f"{field}.metadata"
+                record.metadata,
+                max_keys=self._settings.max_metadata_keys,
+                max_string_bytes=self._settings.max_metadata_string_bytes,
+                field=f"{field}.metadata",
             )
         except InvalidFilterError as exc:
             raise InvalidArgument(exc.field, exc.description) from None
@@ -208,6 +218,8 @@ class Index:
             query_vector = (await self._embedder.embed([text], wait=False)).vectors[0]
         elif vector is not None:
             query_vector = np.asarray(vector, dtype=np.float32)
+            if not np.isfinite(query_vector).all():
+                raise InvalidArgument("query_vector", "values must be finite numbers")
         else:
             raise InvalidArgument("query_text", "set query_text or query_vector")
         return await self._run(self._store.query, collection, query_vector, top_k, where)

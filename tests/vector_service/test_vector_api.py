@@ -110,6 +110,8 @@ def test_vectors_and_text_mix_and_bad_records_fail_alone(
                 vpb.VectorRecord(id="", text="no id"),
                 vpb.VectorRecord(id="neither"),
                 record("ok", "fine text", flag=True),
+                vpb.VectorRecord(id="nan", vector=vpb.Vector(values=[float("nan")] * 384)),
+                record("huge", "x" * 40000),
             ],
         )
     ).results
@@ -119,7 +121,10 @@ def test_vectors_and_text_mix_and_bad_records_fail_alone(
         ("", code_pb2.INVALID_ARGUMENT),
         ("neither", code_pb2.INVALID_ARGUMENT),
         ("ok", code_pb2.OK),
+        ("nan", code_pb2.INVALID_ARGUMENT),
+        ("huge", code_pb2.INVALID_ARGUMENT),
     ]
+    assert "records[6].text" in results[6].status.message
     assert "dimension 384" in results[1].status.message
     assert stub.Count(vpb.CountRequest(collection=collection)).count == 2
 
