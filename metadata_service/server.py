@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -21,10 +22,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
 from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from metadata_service import migrations
 from metadata_service.catalog import Catalog
@@ -35,8 +35,6 @@ from metadata_service.servicer import MetadataServicer
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SHUTDOWN_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
@@ -62,68 +60,35 @@ class MetadataServer:
         server: grpc.aio.Server,
         database: Database,
         executor: ThreadPoolExecutor,
-        health: HealthServicer,
-        probe_interval: float,
+        readiness: ReadinessProbe,
     ) -> None:
         self.grpc_server = server
         self.database = database
-        self.health = health
+        self.readiness = readiness
         self._executor = executor
-        self._probe_interval = probe_interval
-        self._probe_task: asyncio.Task[None] | None = None
-        # The readiness probe has a thread of its own: RPC work queued on the
-        # main pool must not delay it, nor a hung probe delay RPCs.
-        self._probe_executor = ThreadPoolExecutor(1, thread_name_prefix="health-probe")
 
     async def start(self) -> None:
-        # gRPC's HealthServicer starts out SERVING; nothing is known yet.
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, _NOT_SERVING)
+        await self.readiness.start()
         await self.grpc_server.start()
-        await self._probe_once()
-        self._probe_task = asyncio.create_task(self._probe_forever())
 
     async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
         await self.grpc_server.stop(grace)
         # Joining threads and closing connections block: not on the loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        self._probe_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.database.dispose)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._probe_interval)
-            await self._probe_once()
 
-    async def _probe_once(self) -> None:
-        """SERVING only while the database answers and its schema is current."""
-        try:
-            # Its own thread and a time limit: a hung database (or a pool
-            # busy with RPCs) must read as "not ready", not stall the probe.
-            loop = asyncio.get_running_loop()
-            ready = await asyncio.wait_for(
-                loop.run_in_executor(self._probe_executor, self._database_ready),
-                self._probe_interval + 5,
-            )
-        except Exception as exc:  # any failure means "not ready", never a crash
-            _LOGGER.warning("readiness probe failed: %s", exc)
-            ready = False
-        status = _SERVING if ready else _NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
-
-    def _database_ready(self) -> bool:
-        self.database.ping()
-        if not migrations.is_up_to_date(self.database.engine):
-            _LOGGER.warning("database schema is not at the newest revision; run migrations")
-            return False
-        return True
+def _database_readiness(database: Database) -> dict[str, bool]:
+    """SERVING only while the database answers and its schema is current."""
+    database.ping()
+    ready = migrations.is_up_to_date(database.engine)
+    if not ready:
+        _LOGGER.warning("database schema is not at the newest revision; run migrations")
+    return {"": ready, SERVICE_NAME: ready}
 
 
 def create_server(
@@ -149,13 +114,18 @@ def create_server(
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(
         MetadataServicer(Catalog(database, settings), executor), server
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    readiness = ReadinessProbe(
+        ("", SERVICE_NAME),
+        functools.partial(_database_readiness, database),
+        interval=settings.health_probe_interval,
+        timeout=settings.health_probe_interval + 5,
+    )
+    readiness.register(server)
     if settings.reflection_enabled:
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                HEALTH_SERVICE,
                 reflection.SERVICE_NAME,
             ),
             server,
@@ -164,7 +134,7 @@ def create_server(
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"could not listen on {address}")
-    return MetadataServer(server, database, executor, health, settings.health_probe_interval), bound
+    return MetadataServer(server, database, executor, readiness), bound
 
 
 async def serve_worker(settings: MetadataSettings, port: int | None = None) -> None:

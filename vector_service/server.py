@@ -11,16 +11,16 @@ Chroma does not answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
 from askmojo.vector.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
@@ -38,8 +38,6 @@ _LOGGER = logging.getLogger(__name__)
 
 EMBEDDING_SERVICE = embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _PROBE_INTERVAL_S = 1.0
 _SHUTDOWN_GRACE_S = 5.0
 
@@ -78,63 +76,44 @@ class VectorServer:
         store: VectorStore,
         batcher: DynamicBatcher,
         executor: ThreadPoolExecutor,
-        health: HealthServicer,
+        readiness: ReadinessProbe,
     ) -> None:
         self.grpc_server = server
         self.pool = pool
         self.store = store
         self.batcher = batcher
-        self.health = health
+        self.readiness = readiness
         self._executor = executor
-        self._probe_task: asyncio.Task[None] | None = None
-        # The readiness probe has a thread of its own: RPC work queued on the
-        # main pool must not delay it, nor a hung probe delay RPCs.
-        self._probe_executor = ThreadPoolExecutor(1, thread_name_prefix="health-probe")
 
     async def start(self) -> None:
-        # gRPC's HealthServicer starts out SERVING; nothing is known yet.
-        for service in ("", EMBEDDING_SERVICE, VECTOR_SERVICE):
-            await self.health.set(service, _NOT_SERVING)
+        await self.readiness.start()
         self.batcher.start()
         await self.grpc_server.start()
-        await self._probe_once()
-        self._probe_task = asyncio.create_task(self._probe_forever())
 
     async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
         await self.grpc_server.stop(grace)
         await self.batcher.stop()
         # Joining threads and processes blocks: not on the loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        self._probe_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.pool.shutdown)
         self.store.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(_PROBE_INTERVAL_S)
-            await self._probe_once()
 
-    async def _probe_once(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-            await asyncio.wait_for(
-                loop.run_in_executor(self._probe_executor, self.store.heartbeat), 5.0
-            )
-            store_ok = True
-        except Exception as exc:  # any failure means "not ready"
-            _LOGGER.warning("chroma heartbeat failed: %s", exc)
-            store_ok = False
-        pool_ok = self.pool.ready
-        overall = _SERVING if store_ok and pool_ok else _NOT_SERVING
-        await self.health.set("", overall)
-        await self.health.set(EMBEDDING_SERVICE, _SERVING if pool_ok else _NOT_SERVING)
-        await self.health.set(VECTOR_SERVICE, overall)
+def _readiness(pool: EmbeddingPool, store: VectorStore) -> dict[str, bool]:
+    """Embeddings need the pool; the index needs the pool and Chroma."""
+    pool_ok = pool.ready
+    try:
+        store.heartbeat()
+        store_ok = True
+    except Exception as exc:  # any failure means "not ready"
+        _LOGGER.warning("chroma heartbeat failed: %s", exc)
+        store_ok = False
+    both = pool_ok and store_ok
+    return {"": both, EMBEDDING_SERVICE: pool_ok, VECTOR_SERVICE: both}
 
 
 def create_server(
@@ -177,14 +156,19 @@ def create_server(
     vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
         VectorServicer(Index(store, embedder, executor, settings)), server
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    readiness = ReadinessProbe(
+        ("", EMBEDDING_SERVICE, VECTOR_SERVICE),
+        functools.partial(_readiness, pool, store),
+        interval=_PROBE_INTERVAL_S,
+        timeout=5.0,
+    )
+    readiness.register(server)
     if settings.reflection_enabled:
         reflection.enable_server_reflection(
             (
                 EMBEDDING_SERVICE,
                 VECTOR_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                HEALTH_SERVICE,
                 reflection.SERVICE_NAME,
             ),
             server,
@@ -194,7 +178,7 @@ def create_server(
     if bound == 0:
         raise RuntimeError(f"could not listen on {address}")
     return VectorServer(
-        server, pool=pool, store=store, batcher=batcher, executor=executor, health=health
+        server, pool=pool, store=store, batcher=batcher, executor=executor, readiness=readiness
     ), bound
 
 
