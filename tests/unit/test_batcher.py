@@ -88,6 +88,30 @@ def test_cancelled_calls_never_reach_the_model() -> None:
         seen = [text for batch in pool.batches for text in batch]
         assert "doomed-1" not in seen and "doomed-2" not in seen
         assert b.stats.dropped == 2
+        assert b.queued == 0
+
+    run(scenario())
+
+
+def test_a_cancelled_call_frees_its_queue_space_at_once() -> None:
+    async def scenario() -> None:
+        pool = GatedPool()
+        pool.gate.clear()
+        b = batcher(pool, max_queued_texts=4, max_batch_texts=2)
+        b.start()
+        busy = asyncio.create_task(b.embed(["a", "b"], wait=False))  # taken by the worker
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.embed(["c", "d", "e", "f"], wait=False))
+        await asyncio.sleep(0.01)
+        assert b.queued == 4
+        queued.cancel()  # its client went away while the worker is still busy
+        await asyncio.sleep(0)
+        assert b.queued == 0
+        late = asyncio.create_task(b.embed(["g"], wait=False))  # room again, no QueueFull
+        pool.gate.set()
+        await busy
+        assert (await late).vectors.shape == (1, 1)
+        await b.stop()
 
     run(scenario())
 
@@ -118,15 +142,33 @@ def test_full_queue_refuses_unary_and_slows_streams() -> None:
 def test_pool_failure_reaches_every_call_of_the_batch() -> None:
     class BrokenPool(GatedPool):
         async def embed(self, texts: list[str]) -> BatchResult:
+            self.batches.append(list(texts))
             raise RuntimeError("worker died")
 
     async def scenario() -> None:
-        b = batcher(BrokenPool())
+        pool = BrokenPool()
+        b = batcher(pool)
         b.start()
         outcomes = await asyncio.gather(
             b.embed(["a"], wait=False), b.embed(["b"], wait=False), return_exceptions=True
         )
         await b.stop()
+        assert pool.batches == [["a", "b"]], "both calls were in the one failed batch"
         assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+    run(scenario())
+
+
+def test_a_malformed_result_fails_calls_instead_of_hanging_them() -> None:
+    class ShortPool(GatedPool):
+        async def embed(self, texts: list[str]) -> BatchResult:
+            return BatchResult(np.zeros((0, 1), dtype=np.float32), [], [])
+
+    async def scenario() -> None:
+        b = batcher(ShortPool())
+        b.start()
+        with pytest.raises(IndexError):
+            await asyncio.wait_for(b.embed(["a"], wait=False), 5)
+        await b.stop()
 
     run(scenario())

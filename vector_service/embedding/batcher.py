@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vector_service.embedding.pool import EmbeddingPool
+from vector_service.embedding.pool import EmbeddingPool, PoolUnavailable
 from vector_service.embedding.worker import BatchResult
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class _Call:
     token_counts: list[int]
     truncated: list[bool]
     remaining: int
+    queued: int  # texts still in the queue (not yet in a batch)
 
     @property
     def abandoned(self) -> bool:
@@ -92,7 +93,10 @@ class DynamicBatcher:
         self._capacity = max_queued_texts
         self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
-        self._room = asyncio.Condition()
+        self._room = asyncio.Event()  # set whenever queue space was freed
+        # Texts of live calls still queued: what capacity is measured against
+        # (texts of cancelled calls stop counting the moment they are cancelled).
+        self._waiting = 0
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -100,26 +104,37 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._waiting
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="embedding-batcher")
+        self._task.add_done_callback(self._on_run_exit)
+
+    def _on_run_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.critical("the embedding batcher died", exc_info=task.exception())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._queue:  # nobody will ever take these
+            if not item.call.future.done():
+                item.call.future.set_exception(PoolUnavailable("the service is stopping"))
+        self._queue.clear()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def embed(self, texts: list[str], *, wait: bool) -> BatchResult:
         """Embeds `texts` (in order) as part of whatever batches form."""
+        if self._task is None or self._task.done():
+            raise PoolUnavailable("the embedding batcher is not running")
         if len(texts) > self._capacity:
             raise QueueFull(f"{len(texts)} texts exceed the queue's capacity ({self._capacity})")
-        if len(self._queue) + len(texts) > self._capacity:
+        while self._waiting + len(texts) > self._capacity:
             if not wait:
                 raise QueueFull("the embedding queue is full; retry with backoff")
-            async with self._room:
-                await self._room.wait_for(lambda: len(self._queue) + len(texts) <= self._capacity)
+            self._room.clear()
+            await self._room.wait()
         loop = asyncio.get_running_loop()
         call = _Call(
             texts=texts,
@@ -128,15 +143,25 @@ class DynamicBatcher:
             token_counts=[0] * len(texts),
             truncated=[False] * len(texts),
             remaining=len(texts),
+            queued=len(texts),
         )
+        self._waiting += len(texts)
+        call.future.add_done_callback(lambda _: self._release(call))
         now = time.monotonic()
         self._queue.extend(
             _Item(call, i, estimate_tokens(text, self._window), now) for i, text in enumerate(texts)
         )
         self._arrived.set()
-        # Cancelling the caller cancels this future, which marks the call's
-        # queued texts as abandoned.
+        # Cancelling the caller (client gone, deadline passed) cancels this
+        # future; its queued texts are then skipped, never embedded.
         return await call.future
+
+    def _release(self, call: _Call) -> None:
+        """A call finished (or was cancelled): its queued texts no longer count."""
+        if call.queued:
+            self._waiting -= call.queued
+            call.queued = 0
+            self._room.set()
 
     async def _run(self) -> None:
         while True:
@@ -176,24 +201,20 @@ class DynamicBatcher:
                 break
             longest = max(longest, item.cost)
             batch.append(self._queue.popleft())
+            item.call.queued -= 1
+            self._waiting -= 1
         # Whatever is left (a batch closed on its token budget) starts the next.
         if self._queue:
             self._arrived.set()
         else:
             self._arrived.clear()
-        async with self._room:
-            self._room.notify_all()
+        self._room.set()
         return batch
 
     async def _dispatch(self, batch: list[_Item]) -> None:
+        calls = {id(item.call): item.call for item in batch}.values()
         try:
-            try:
-                result = await self._pool.embed([item.call.texts[item.index] for item in batch])
-            except Exception as exc:  # delivered to every call in the batch
-                for call in {id(item.call): item.call for item in batch}.values():
-                    if not call.future.done():
-                        call.future.set_exception(exc)
-                return
+            result = await self._pool.embed([item.call.texts[item.index] for item in batch])
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.batch_sizes[len(batch)] += 1
@@ -209,5 +230,13 @@ class DynamicBatcher:
                     call.future.set_result(
                         BatchResult(call.vectors, call.token_counts, call.truncated)
                     )
+        except BaseException as exc:  # whatever happened, no call may wait forever
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(
+                        exc if isinstance(exc, Exception) else PoolUnavailable("batch cancelled")
+                    )
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._slots.release()
