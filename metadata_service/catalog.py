@@ -198,14 +198,15 @@ class Catalog:
 
     def ingest_batch(
         self, collection: str, documents: Sequence[DocumentInput]
-    ) -> list[UpsertOutcome]:
+    ) -> tuple[list[UpsertOutcome], MetadataError | None]:
         """One batch of an ingest stream: like upsert_documents, except that a
-        batch-level problem (unknown collection, empty or oversized batch)
-        fails that batch's documents instead of ending the stream."""
+        batch-level problem (unknown collection, empty or oversized batch) is
+        returned with that batch's documents failed, instead of ending the
+        stream."""
         try:
-            return self.upsert_documents(collection, documents)
+            return self.upsert_documents(collection, documents), None
         except MetadataError as exc:
-            return [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents]
+            return [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents], exc
 
     def _store_documents(
         self,

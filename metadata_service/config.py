@@ -6,14 +6,13 @@ the environment anywhere else.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from askmojo.common.settings import ServiceSettings
+from askmojo.common.settings import ServiceSettings, usable_cpus
 
-_CPUS = os.cpu_count() or 1
+_CPUS = usable_cpus()
 
 
 class MetadataSettings(ServiceSettings):

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from askmojo.common.rpc import status_of
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service import convert
@@ -84,11 +85,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         # response is sent, so gRPC flow control slows a fast producer down.
         async for request in request_iterator:
             documents = convert.from_proto_documents(list(request.documents))
-            outcomes = await self._run(
+            outcomes, refused = await self._run(
                 context, self._catalog.ingest_batch, request.collection, documents
             )
             yield pb.IngestDocumentsResponse(
-                results=convert.to_proto_upsert_results(outcomes, to_rpc_status)
+                results=convert.to_proto_upsert_results(outcomes, to_rpc_status),
+                status=status_of(refused, to_rpc_status),
             )
 
     @grpc_method

@@ -15,6 +15,8 @@ from vector_service.config import VectorSettings
 from vector_service.server import serve, start_dependencies
 from vector_service.store import StoreLocked
 
+_LOGGER = logging.getLogger(__name__)
+
 
 def main() -> int:
     try:
@@ -23,8 +25,7 @@ def main() -> int:
         print(f"vector_service: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.effective_log_format)
-    log = logging.getLogger(__name__)
-    log.info(
+    _LOGGER.info(
         "starting vector service",
         extra={"model": settings.model_path, "workers": settings.max_workers},
     )
@@ -34,10 +35,10 @@ def main() -> int:
     try:
         dependencies = start_dependencies(settings)
     except StoreLocked as exc:
-        log.error("cannot start: %s", exc)
+        _LOGGER.error("cannot start: %s", exc)
         return 3
     except KeyboardInterrupt:
-        log.info("stopped during start-up")
+        _LOGGER.info("stopped during start-up")
         return 0
     asyncio.run(serve(settings, dependencies))
     return 0

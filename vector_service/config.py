@@ -5,13 +5,11 @@ Built once in `main()` (or by a test) and passed down.
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field, model_validator
 
-from askmojo.common.settings import ServiceSettings
+from askmojo.common.settings import ServiceSettings, usable_cpus
 
-_CPUS = os.cpu_count() or 1
+_CPUS = usable_cpus()
 
 
 def packaged_model_path() -> str:
@@ -72,6 +70,9 @@ class VectorSettings(ServiceSettings):
     def _check(self) -> VectorSettings:
         if self.max_batch_texts > self.max_queued_texts:
             raise ValueError("MAX_BATCH_TEXTS must not exceed MAX_QUEUED_TEXTS")
+        if self.max_texts_per_call > self.max_queued_texts:
+            # Such a call could never fit in the queue: refused or stalled forever.
+            raise ValueError("MAX_TEXTS_PER_CALL must not exceed MAX_QUEUED_TEXTS")
         return self
 
     @property
@@ -81,3 +82,9 @@ class VectorSettings(ServiceSettings):
     @property
     def threads_per_worker(self) -> int:
         return self.torch_threads or max(1, _CPUS // self.max_workers)
+
+    @property
+    def oversubscribed(self) -> bool:
+        """An explicit MAX_WORKERS x TORCH_THREADS above the CPUs: allowed (for
+        experiments) but warned about at start-up; it costs throughput."""
+        return self.max_workers * self.threads_per_worker > _CPUS

@@ -67,12 +67,39 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
         return make_status(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, DimensionMismatch):
         return make_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    chroma_code = _chroma_error_code(exc)
+    if chroma_code is not None:
+        return make_status(chroma_code, f"vector store refused the request: {exc}")
     if isinstance(exc, StoreError) or _is_chroma_outage(exc):
         _LOGGER.warning("vector store unavailable: %s", exc)
         return make_status(grpc.StatusCode.UNAVAILABLE, f"vector store unavailable: {exc}")
     ref = uuid.uuid4().hex[:12]
     _LOGGER.error("unexpected error [ref %s]", ref, exc_info=exc)
     return make_status(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log")
+
+
+# Chroma's own errors by the HTTP-style code each carries (chromadb.errors):
+# 4xx are the caller's doing, so they keep their meaning instead of INTERNAL.
+_CHROMA_HTTP_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _chroma_error_code(exc: BaseException) -> grpc.StatusCode | None:
+    from chromadb.errors import ChromaError
+
+    # The bare base class also says 400 but is raised for failures of any kind.
+    if not isinstance(exc, ChromaError) or type(exc) is ChromaError:
+        return None
+    return _CHROMA_HTTP_CODES.get(exc.code())
 
 
 def _is_chroma_outage(exc: BaseException) -> bool:

@@ -83,6 +83,22 @@ class Embedder:
         `wait=True` (streams) waits for room."""
         return await self._batcher.embed(self.check_texts(texts), wait=wait)
 
+    async def embed_checked(self, texts: Sequence[str], *, wait: bool) -> np.ndarray:
+        """Vectors for texts already checked one by one (record text fields),
+        however many: an Upsert may carry more records than one Embed call
+        may carry texts, so they go to the batcher in slices of the per-call
+        limit, all queued at once so the batcher can coalesce them."""
+        step = self._settings.max_texts_per_call
+        slices = [list(texts[i : i + step]) for i in range(0, len(texts), step)]
+        tasks = [asyncio.ensure_future(self._batcher.embed(s, wait=wait)) for s in slices]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one slice failed: the others must not stay queued
+                task.cancel()
+            raise
+        return np.concatenate([r.vectors for r in results])
+
 
 class Index:
     def __init__(
@@ -141,7 +157,7 @@ class Index:
         seen: set[str] = set()
         for index, record in enumerate(records):
             try:
-                metadata = self._check_record(record, index, info.dimension, seen)
+                metadata = self._check_record(record, index, info, seen)
                 valid.append((index, record, metadata))
             except (InvalidArgument, FailedPrecondition) as exc:
                 errors[index] = exc
@@ -154,15 +170,8 @@ class Index:
                 if record.vector is not None:
                     vectors[row] = np.asarray(record.vector, dtype=np.float32)
             if to_embed:
-                if info.dimension != self._embedder.model.dimension:
-                    raise InvalidArgument(
-                        "records",
-                        f"collection {collection!r} has dimension {info.dimension} but the "
-                        f"served model makes {self._embedder.model.dimension}: send vectors",
-                    )
-                embedded = await self._embedder.embed([t for _, t in to_embed], wait=wait)
-                for (row, _), vector in zip(to_embed, embedded.vectors, strict=True):
-                    vectors[row] = vector
+                embedded = await self._embedder.embed_checked([t for _, t in to_embed], wait=wait)
+                vectors[[row for row, _ in to_embed]] = embedded
             await self._run(
                 self._store.upsert,
                 collection,
@@ -173,8 +182,9 @@ class Index:
         return [RecordOutcome(r.id, errors.get(i)) for i, r in enumerate(records)]
 
     def _check_record(
-        self, record: RecordInput, index: int, dimension: int, seen: set[str]
+        self, record: RecordInput, index: int, info: CollectionInfo, seen: set[str]
     ) -> dict[str, MetadataScalar]:
+        dimension = info.dimension
         field = f"records[{index}]"
         if not record.id:
             raise InvalidArgument(f"{field}.id", "record id must not be empty")
@@ -185,6 +195,15 @@ class Index:
             raise InvalidArgument(field, "set exactly one of text and vector")
         if record.text is not None:
             self._embedder.check_text(record.text, f"{field}.text")
+            served = self._embedder.model
+            # Vectors of another model (or size) would sit among the
+            # collection's own and make its scores meaningless.
+            if info.dimension != served.dimension or (info.model and info.model != served.name):
+                raise FailedPrecondition(
+                    f"{field}.text cannot be embedded here: collection {info.name!r} holds "
+                    f"{info.model or 'unnamed'} vectors of dimension {info.dimension}, this "
+                    f"service embeds with {served.name} ({served.dimension}); send vectors instead"
+                )
         if record.vector is not None:
             if len(record.vector) != dimension:
                 raise FailedPrecondition(
@@ -214,15 +233,19 @@ class Index:
         self._name(collection)
         if not 1 <= top_k <= self._settings.max_top_k:
             raise InvalidArgument("top_k", f"must be between 1 and {self._settings.max_top_k}")
+        embedded_by = None
         if text is not None:
             query_vector = (await self._embedder.embed([text], wait=False)).vectors[0]
+            embedded_by = self._embedder.model.name
         elif vector is not None:
             query_vector = np.asarray(vector, dtype=np.float32)
             if not np.isfinite(query_vector).all():
                 raise InvalidArgument("query_vector", "values must be finite numbers")
         else:
             raise InvalidArgument("query_text", "set query_text or query_vector")
-        return await self._run(self._store.query, collection, query_vector, top_k, where)
+        return await self._run(
+            self._store.query, collection, query_vector, top_k, where, embedded_by
+        )
 
     async def get(self, collection: str, ids: Sequence[str], include_vectors: bool) -> list[Stored]:
         self._name(collection)

@@ -126,6 +126,18 @@ def create_server(
     one). Starts the pool and opens the store unless `dependencies` are given.
     Call inside the event loop that will run it."""
     pool, store = dependencies or start_dependencies(settings)
+    try:
+        return _build_server(settings, pool, store, port)
+    except BaseException:
+        if dependencies is None:  # ours to release; given ones stay the caller's
+            pool.shutdown()
+            store.close()
+        raise
+
+
+def _build_server(
+    settings: VectorSettings, pool: EmbeddingPool, store: VectorStore, port: int | None
+) -> tuple[VectorServer, int]:
     assert pool.shape is not None
     model = ModelDescription(
         name=model_name(settings),

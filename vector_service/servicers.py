@@ -54,8 +54,21 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
             try:
                 async for request in request_iterator:
                     task = asyncio.create_task(self._embedder.embed(list(request.texts), wait=True))
-                    await pending.put((request.batch_id, task))
-            finally:
+                    try:
+                        await pending.put((request.batch_id, task))
+                    except BaseException:
+                        # Cancelled while the pipeline was full: this batch
+                        # never reached the queue, so nobody else cancels it.
+                        task.cancel()
+                        raise
+            except asyncio.CancelledError:
+                # The writer cancelled us and stopped reading `pending`:
+                # waiting for room there would never end.
+                raise
+            except Exception:
+                await pending.put(None)  # the writer then re-raises via `await reader`
+                raise
+            else:
                 await pending.put(None)
 
         reader = asyncio.create_task(read())
@@ -131,11 +144,17 @@ class VectorServicer(vpb_grpc.VectorServiceServicer):
             records = convert.from_proto_records(request.records)
             try:
                 outcomes = await self._index.upsert(request.collection, records, wait=True)
-                results = convert.to_proto_record_results(outcomes, to_rpc_status)
-            except Exception as exc:  # a batch-level failure fails its records, not the stream
+            except Exception as exc:  # a refused batch is reported in-band; the stream goes on
                 status = to_rpc_status(exc)
-                results = [vpb.RecordResult(id=r.id, status=status) for r in records]
-            yield vpb.UpsertStreamResponse(results=results)
+                yield vpb.UpsertStreamResponse(
+                    results=[vpb.RecordResult(id=r.id, status=status) for r in records],
+                    status=status,
+                )
+                continue
+            yield vpb.UpsertStreamResponse(
+                results=convert.to_proto_record_results(outcomes, to_rpc_status),
+                status=OK_STATUS,
+            )
 
     @grpc_method
     async def Query(self, request: vpb.QueryRequest, context: Context) -> vpb.QueryResponse:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,13 @@ class VectorStore:
         self._settings = settings
         self._lock: DirectoryLock | None = None
         self._client: Any = None
+        # Upsert reads then writes, ensure_collection finds then creates: the
+        # thread pool must not interleave two of them. (Replicas sharing a
+        # Chroma server are not covered; the metadata service sends each
+        # record from one place at a time.)
+        self._write_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._opened = False  # open() was called and close() was not
 
     @property
     def mode(self) -> str:
@@ -130,26 +138,51 @@ class VectorStore:
             self._lock = DirectoryLock(self._settings.chromadb_persist_directory)
 
     def open(self) -> None:
-        """Opens (and verifies) the client; raises StoreLocked for a taken dir."""
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
+        """Opens (and verifies) the client; raises StoreLocked for a taken dir.
 
-        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        A Chroma server that does not answer yet is not fatal: the service
+        starts NOT_SERVING and connects when the server comes up (the health
+        probe retries), as an orchestrator starting both at once expects."""
+        self._opened = True
         if self._settings.chroma_host:
-            self._client = chromadb.HttpClient(
-                host=self._settings.chroma_host,
-                port=self._settings.chroma_port,
-                settings=chroma_settings,
-            )
+            try:
+                self._connect()
+            except StoreError as exc:
+                _LOGGER.warning("%s; NOT_SERVING until it answers", exc)
+                return
         else:
+            import chromadb
+
             self.claim_directory()
             self._client = chromadb.PersistentClient(
-                path=self._settings.chromadb_persist_directory, settings=chroma_settings
+                path=self._settings.chromadb_persist_directory, settings=_chroma_settings()
             )
-        self.heartbeat()
+            self.heartbeat()
         _LOGGER.info("chroma open", extra={"mode": self.mode})
 
+    def _connect(self) -> Any:
+        import chromadb
+
+        host = self._settings.chroma_host
+        assert host is not None  # server mode only
+        with self._connect_lock:
+            if self._client is None:
+                address = f"{host}:{self._settings.chroma_port}"
+                try:
+                    client = chromadb.HttpClient(
+                        host=host,
+                        port=self._settings.chroma_port,
+                        settings=_chroma_settings(),
+                    )
+                    client.heartbeat()
+                except Exception as exc:  # chromadb raises ValueError, httpx errors...
+                    raise StoreError(f"Chroma server at {address} is unreachable: {exc}") from exc
+                self._client = client
+                _LOGGER.info("chroma server connected", extra={"address": address})
+            return self._client
+
     def close(self) -> None:
+        self._opened = False
         self._client = None
         if self._lock is not None:
             self._lock.release()
@@ -162,22 +195,27 @@ class VectorStore:
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
         client = self._require()
-        existing = self._find(name)
-        if existing is not None:
-            info = _collection_info(existing)
-            if info.dimension != dimension or info.model != model:
-                raise DimensionMismatch(
-                    f"collection {name!r} exists with model {info.model!r} and dimension "
-                    f"{info.dimension}, not {model!r}/{dimension}"
+        with self._write_lock:
+            existing = self._find(name)
+            if existing is None:
+                # get_or_create: another replica may have created it meanwhile.
+                collection = client.get_or_create_collection(
+                    name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={"dimension": dimension, "model": model},
+                    embedding_function=None,
                 )
-            return info
-        collection = client.get_or_create_collection(
-            name,
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={"dimension": dimension, "model": model},
-            embedding_function=None,
-        )
-        return CollectionInfo(**{**_collection_info(collection).__dict__, "created": True})
+                info = _collection_info(collection)
+                created = True
+            else:
+                info = _collection_info(existing)
+                created = False
+        if info.dimension != dimension or info.model != model:
+            raise DimensionMismatch(
+                f"collection {name!r} exists with model {info.model!r} and dimension "
+                f"{info.dimension}, not {model!r}/{dimension}"
+            )
+        return CollectionInfo(info.name, info.dimension, info.model, created)
 
     def drop_collection(self, name: str) -> bool:
         if self._find(name) is None:
@@ -191,6 +229,16 @@ class VectorStore:
     # --- records
 
     def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadatas: Sequence[Mapping[str, MetadataScalar]],
+    ) -> None:
+        with self._write_lock:
+            self._upsert_locked(name, ids, vectors, metadatas)
+
+    def _upsert_locked(
         self,
         name: str,
         ids: Sequence[str],
@@ -220,10 +268,23 @@ class VectorStore:
         collection.upsert(ids=list(ids), embeddings=vectors, metadatas=replaced)
 
     def query(
-        self, name: str, vector: np.ndarray, top_k: int, where: FilterNode | None
+        self,
+        name: str,
+        vector: np.ndarray,
+        top_k: int,
+        where: FilterNode | None,
+        embedded_by: str | None = None,
     ) -> list[Match]:
+        """`embedded_by` names the model that made a query vector from text:
+        it must be the collection's, or the scores would mean nothing."""
         collection = self._get(name)
-        dimension = _collection_info(collection).dimension
+        info = _collection_info(collection)
+        dimension = info.dimension
+        if embedded_by is not None and info.model and info.model != embedded_by:
+            raise DimensionMismatch(
+                f"collection {name!r} holds {info.model} vectors but this service embeds query "
+                f"text with {embedded_by}: send query_vector instead"
+            )
         if vector.shape[0] != dimension:
             raise DimensionMismatch(
                 f"query vector has {vector.shape[0]} dimensions; collection {name!r} has "
@@ -257,6 +318,11 @@ class VectorStore:
         ]
 
     def delete(self, name: str, ids: Sequence[str], where: FilterNode | None) -> int:
+        # Under the write lock so the count returned is what this call removed.
+        with self._write_lock:
+            return self._delete_locked(name, ids, where)
+
+    def _delete_locked(self, name: str, ids: Sequence[str], where: FilterNode | None) -> int:
         collection = self._get(name)
         if ids:
             existing = collection.get(ids=list(ids), include=[])["ids"]
@@ -284,9 +350,12 @@ class VectorStore:
     # --- internals
 
     def _require(self) -> Any:
-        if self._client is None:
-            raise StoreError("the vector store is not open")
-        return self._client
+        client = self._client
+        if client is not None:
+            return client
+        if self._settings.chroma_host and self._opened:
+            return self._connect()
+        raise StoreError("the vector store is not open")
 
     def _find(self, name: str) -> Any:
         from chromadb.errors import NotFoundError
@@ -301,6 +370,12 @@ class VectorStore:
         if collection is None:
             raise CollectionNotFound(f"collection {name!r} not found")
         return collection
+
+
+def _chroma_settings() -> Any:
+    from chromadb.config import Settings as ChromaSettings
+
+    return ChromaSettings(anonymized_telemetry=False)
 
 
 def _collection_info(collection: Any) -> CollectionInfo:

@@ -5,9 +5,19 @@ then `.env`."""
 from __future__ import annotations
 
 import enum
+import os
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: a container's cpuset or `taskset` limit,
+    which os.cpu_count() ignores, so pools are not oversized."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class Environment(enum.StrEnum):

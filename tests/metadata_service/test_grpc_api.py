@@ -279,6 +279,15 @@ def test_ingest_stream_survives_bad_batches(docs_stub: Stub) -> None:
         [],
         [("s3", code_pb2.OK)],
     ]
+    # A refused batch says why in its own status; the empty one has no
+    # documents to carry it.
+    assert [resp.status.code for resp in responses] == [
+        code_pb2.OK,
+        code_pb2.NOT_FOUND,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+    ]
+    assert "missing" in responses[1].status.message
     listed = docs_stub.ListDocuments(pb.ListDocumentsRequest(collection="docs"))
     assert [d.id for d in listed.documents] == ["keep", "s1", "s3"]
 

@@ -44,7 +44,7 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A real Chroma server (`chroma run`) on a free port."""
     if not CHROMA.exists() and shutil.which("chroma") is None:
-        pytest.skip("the chroma CLI is not installed")
+        pytest.fail("the chroma CLI (installed with chromadb) is missing: run make test to install")
     port = free_port()
     path = tmp_path_factory.mktemp("chroma-server")
     proc = subprocess.Popen(

@@ -11,8 +11,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pool
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
@@ -155,6 +159,48 @@ def test_health_and_reflection_services(vector_channel: grpc.Channel) -> None:
     for service in ("", "askmojo.vector.v1.EmbeddingService", "askmojo.vector.v1.VectorService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    database = ProtoReflectionDescriptorDatabase(vector_channel)
+    assert set(database.get_services()) >= {
+        "askmojo.vector.v1.EmbeddingService",
+        "askmojo.vector.v1.VectorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    # Enough for a client holding no .proto file (grpcurl) to build requests.
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName("askmojo.vector.v1.EmbeddingService")
+    method = service.methods_by_name["Embed"]
+    assert method.input_type.full_name == "askmojo.vector.v1.EmbedRequest"
+
+
+def _wait_for_health(
+    health: health_pb2_grpc.HealthStub, expected: int, timeout: float = 120
+) -> bool:
+    request = health_pb2.HealthCheckRequest(service="askmojo.vector.v1.EmbeddingService")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health.Check(request).status == expected:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_worker_dying_while_idle_turns_health_not_serving(
+    embed_stub: epb_grpc.EmbeddingServiceStub,
+    vector_server: RunningServer,
+    vector_channel: grpc.Channel,
+) -> None:
+    """No call is running, so no call notices: the probe must."""
+    pool = vector_server.server.pool
+    victim = pool.worker_pids()[0]
+    rebuilds = pool.rebuilds
+    health = health_pb2_grpc.HealthStub(vector_channel)
+    os.kill(victim, signal.SIGKILL)
+    assert _wait_for_health(health, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10)
+    assert _wait_for_health(health, health_pb2.HealthCheckResponse.SERVING)
+    assert pool.rebuilds == rebuilds + 1 and victim not in pool.worker_pids()
+    assert len(embed_stub.Embed(epb.EmbedRequest(texts=TEXTS), timeout=30).embeddings) == len(TEXTS)
 
 
 def test_killed_worker_is_replaced(
@@ -176,12 +222,26 @@ def test_killed_worker_is_replaced(
             except grpc.RpcError as exc:
                 outcomes.append(exc.code())  # type: ignore[attr-defined]
 
-    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+    rebuilds_before = pool.rebuilds
+    health_seen: set[int] = set()
+    request = health_pb2.HealthCheckRequest(service="askmojo.vector.v1.EmbeddingService")
+    health_stub = health_pb2_grpc.HealthStub(vector_channel)
+
+    def watch_health() -> None:
+        while pool.rebuilds == rebuilds_before and time.monotonic() < stop + 120:
+            health_seen.add(health_stub.Check(request).status)
+            time.sleep(0.1)
+
+    with concurrent.futures.ThreadPoolExecutor(5) as threads:
         futures = [threads.submit(loop) for _ in range(4)]
+        watcher = threads.submit(watch_health)
         time.sleep(1.0)
         os.kill(victims[0], signal.SIGKILL)
         for future in futures:
             future.result(timeout=90)  # no call hangs
+        watcher.result(timeout=150)
+    # The rebuild loads the model again (seconds): the probe reported it.
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in health_seen
     assert set(outcomes) <= {"ok", grpc.StatusCode.UNAVAILABLE}
     assert grpc.StatusCode.UNAVAILABLE in outcomes
 
@@ -196,7 +256,7 @@ def test_killed_worker_is_replaced(
             time.sleep(0.5)
     else:
         raise AssertionError("the pool never came back")
-    assert pool.rebuilds >= 1
+    assert pool.rebuilds == rebuilds_before + 1
     assert victims[0] not in pool.worker_pids()
     # Health reports SERVING again once the probe has seen the new pool.
     time.sleep(1.5)

@@ -129,6 +129,53 @@ def test_vectors_and_text_mix_and_bad_records_fail_alone(
     assert stub.Count(vpb.CountRequest(collection=collection)).count == 2
 
 
+def test_upsert_takes_more_text_records_than_one_embed_call(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    """600 records > MAX_TEXTS_PER_CALL (512): embedded in slices, all stored."""
+    records = [record(f"r{i}", f"record number {i} about topic {i % 7}") for i in range(600)]
+    results = stub.Upsert(vpb.UpsertRequest(collection=collection, records=records), timeout=120)
+    assert [r.status.code for r in results.results] == [code_pb2.OK] * 600
+    assert stub.Count(vpb.CountRequest(collection=collection)).count == 600
+    best = stub.Query(
+        vpb.QueryRequest(
+            collection=collection, query_text="record number 599 about topic 4", top_k=1
+        )
+    )
+    assert best.matches[0].id == "r599"
+
+
+def test_text_is_refused_where_the_collection_holds_another_models_vectors(
+    stub: vpb_grpc.VectorServiceStub,
+) -> None:
+    """Vectors of two models in one collection would make scores meaningless."""
+    name = f"other-{uuid.uuid4().hex[:8]}"
+    stub.EnsureCollection(vpb.EnsureCollectionRequest(name=name, dimension=384, model="e5-small"))
+    results = stub.Upsert(
+        vpb.UpsertRequest(
+            collection=name,
+            records=[
+                record("text", "this would be embedded by the wrong model"),
+                vpb.VectorRecord(id="vec", vector=vpb.Vector(values=[0.5] * 384)),
+            ],
+        )
+    ).results
+    assert [(r.id, r.status.code) for r in results] == [
+        ("text", code_pb2.FAILED_PRECONDITION),
+        ("vec", code_pb2.OK),
+    ]
+    assert "e5-small" in results[0].status.message and "send vectors" in results[0].status.message
+    code, message = rpc_error(
+        lambda: stub.Query(vpb.QueryRequest(collection=name, query_text="q", top_k=1))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "query_vector" in message
+    found = stub.Query(
+        vpb.QueryRequest(collection=name, query_vector=vpb.Vector(values=[0.5] * 384), top_k=1)
+    )
+    assert [m.id for m in found.matches] == ["vec"]
+    assert stub.Count(vpb.CountRequest(collection=name)).count == 1
+
+
 def test_bad_requests(stub: vpb_grpc.VectorServiceStub, collection: str) -> None:
     code, message = rpc_error(
         lambda: stub.Query(vpb.QueryRequest(collection="nope-nope", query_text="q", top_k=1))
@@ -136,6 +183,10 @@ def test_bad_requests(stub: vpb_grpc.VectorServiceStub, collection: str) -> None
     assert code == grpc.StatusCode.NOT_FOUND and "nope-nope" in message
     code, message = rpc_error(lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name="x")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "3 to 63 characters" in message
+    code, message = rpc_error(
+        lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name="10.0.0.1"))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "IPv4" in message
     for top_k in (0, -1, 1001):
         code, message = rpc_error(
             lambda k=top_k: stub.Query(
@@ -180,14 +231,23 @@ def test_upsert_stream_survives_bad_batches(
     requests = [
         vpb.UpsertStreamRequest(collection=collection, records=[record("s1", "one")]),
         vpb.UpsertStreamRequest(collection="missing-one", records=[record("s2", "two")]),
+        vpb.UpsertStreamRequest(collection=collection, records=[]),
         vpb.UpsertStreamRequest(collection=collection, records=[record("s3", "three")]),
     ]
     responses = list(stub.UpsertStream(iter(requests), timeout=60))
     assert [[(r.id, r.status.code) for r in resp.results] for resp in responses] == [
         [("s1", code_pb2.OK)],
         [("s2", code_pb2.NOT_FOUND)],
+        [],
         [("s3", code_pb2.OK)],
     ]
+    assert [resp.status.code for resp in responses] == [
+        code_pb2.OK,
+        code_pb2.NOT_FOUND,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+    ]
+    assert "at least one record" in responses[2].status.message
 
 
 def test_second_service_on_the_same_directory_exits(
@@ -322,7 +382,9 @@ class _BorrowedPool:
 
 @pytest.mark.slow
 def test_health_follows_a_chroma_server(vector_server: RunningServer, tmp_path: Path) -> None:
-    """NOT_SERVING while the Chroma server is down, SERVING again once it is back."""
+    """Started before its Chroma server (as an orchestrator may do): NOT_SERVING
+    and UNAVAILABLE until the server is up; then SERVING, NOT_SERVING while it
+    is down again, SERVING once it is back."""
     port = free_port()
     command = [str(CHROMA), "run", "--path", str(tmp_path), "--port", str(port)]
 
@@ -331,16 +393,16 @@ def test_health_follows_a_chroma_server(vector_server: RunningServer, tmp_path: 
         wait_for_port(port)
         return proc
 
-    chroma = start_chroma()
     settings = vector_settings(
         tmp_path / "unused", chroma_host="127.0.0.1", chroma_port=port, reflection=False
     )
     pool = vector_server.server.pool
+    chroma: subprocess.Popen[bytes] | None = None
     try:
 
         def create() -> tuple[Any, int]:
             store = VectorStore(settings)
-            store.open()
+            store.open()  # nothing listens yet: must not raise
             server, bound = create_server(settings, (pool, store))
             return _BorrowedPool(server), bound
 
@@ -356,16 +418,30 @@ def test_health_follows_a_chroma_server(vector_server: RunningServer, tmp_path: 
                     time.sleep(0.2)
                 return False
 
+            def embedding_serving() -> bool:
+                embedding = health.Check(
+                    health_pb2.HealthCheckRequest(service="askmojo.vector.v1.EmbeddingService")
+                )
+                return embedding.status == health_pb2.HealthCheckResponse.SERVING
+
+            stub = vpb_grpc.VectorServiceStub(channel)
+            assert status_becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert embedding_serving()  # the model does not need Chroma
+            code, details = rpc_error(
+                lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name="late"))
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE and f"127.0.0.1:{port}" in details
+            chroma = start_chroma()
             assert status_becomes(health_pb2.HealthCheckResponse.SERVING)
+            assert stub.EnsureCollection(vpb.EnsureCollectionRequest(name="late")).created
             chroma.terminate()
             chroma.wait(30)
             assert status_becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
-            embedding = health.Check(
-                health_pb2.HealthCheckRequest(service="askmojo.vector.v1.EmbeddingService")
-            )
-            assert embedding.status == health_pb2.HealthCheckResponse.SERVING  # model still fine
+            assert embedding_serving()
             chroma = start_chroma()
             assert status_becomes(health_pb2.HealthCheckResponse.SERVING)
+            assert stub.Count(vpb.CountRequest(collection="late")).count == 0
     finally:
-        chroma.terminate()
-        chroma.wait(30)
+        if chroma is not None:
+            chroma.terminate()
+            chroma.wait(30)

@@ -40,6 +40,7 @@ class EmbeddingPool:
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._rebuilding = False
+        self._closed = False
         self.shape: ModelShape | None = None
         self.rebuilds = 0
 
@@ -48,16 +49,22 @@ class EmbeddingPool:
     def start(self) -> ModelShape:
         """Starts the workers and waits until every one has its model loaded."""
         started = time.monotonic()
+        if self._settings.oversubscribed:
+            _LOGGER.warning(
+                "MAX_WORKERS x TORCH_THREADS exceeds the CPUs: threads will contend",
+                extra={
+                    "workers": self._settings.max_workers,
+                    "threads_per_worker": self._settings.threads_per_worker,
+                },
+            )
         executor = self._new_executor()
-        self.shape = executor.submit(worker.model_shape).result(timeout=_WARM_UP_TIMEOUT_S)
-        pids: set[int] = set()
-        while len(pids) < self._settings.max_workers:
-            if time.monotonic() - started > _WARM_UP_TIMEOUT_S:
-                raise TimeoutError("embedding workers did not all start in time")
-            pings = [
-                executor.submit(worker.ping, 0.05) for _ in range(self._settings.max_workers * 2)
-            ]
-            pids |= {p.result(timeout=_WARM_UP_TIMEOUT_S) for p in pings}
+        try:
+            self.shape = self._warm_up(executor)
+        except BaseException:
+            # A model that fails to load (or Ctrl+C while it loads) must not
+            # leave spawned workers behind.
+            _shutdown_executor(executor)
+            raise
         with self._lock:
             self._executor = executor
         _LOGGER.info(
@@ -71,15 +78,41 @@ class EmbeddingPool:
         )
         return self.shape
 
+    def _warm_up(self, executor: concurrent.futures.ProcessPoolExecutor) -> ModelShape:
+        """Returns once every worker process answered, i.e. has its model:
+        the first real batch must not pay for loading."""
+        started = time.monotonic()
+        shape = executor.submit(worker.model_shape).result(timeout=_WARM_UP_TIMEOUT_S)
+        pids: set[int] = set()
+        while len(pids) < self._settings.max_workers:
+            if time.monotonic() - started > _WARM_UP_TIMEOUT_S:
+                raise TimeoutError("embedding workers did not all start in time")
+            pings = [
+                executor.submit(worker.ping, 0.05) for _ in range(self._settings.max_workers * 2)
+            ]
+            pids |= {p.result(timeout=_WARM_UP_TIMEOUT_S) for p in pings}
+        return shape
+
     def shutdown(self) -> None:
         with self._lock:
+            self._closed = True  # a rebuild running now discards its pool
             executor, self._executor = self._executor, None
         if executor is not None:
             _shutdown_executor(executor)
 
     @property
     def ready(self) -> bool:
-        return self._executor is not None and not self._rebuilding
+        """False while rebuilding, and as soon as a worker has died even if
+        no batch noticed yet (an idle pool): the rebuild starts here then."""
+        executor = self._executor
+        if executor is None or self._rebuilding:
+            return False
+        # ProcessPoolExecutor's manager thread watches its workers and sets
+        # `_broken` when one exits; it is the executor's own verdict.
+        if getattr(executor, "_broken", False):
+            self._schedule_rebuild(executor, reason="a worker exited while idle")
+            return False
+        return True
 
     def worker_pids(self) -> list[int]:
         executor = self._executor
@@ -126,19 +159,23 @@ class EmbeddingPool:
 
     def _rebuild(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
         _shutdown_executor(broken)
-        while True:
+        while not self._closed:
+            fresh = self._new_executor()
             try:
-                fresh = self._new_executor()
-                fresh.submit(worker.ping).result(timeout=_WARM_UP_TIMEOUT_S)
-                break
+                self._warm_up(fresh)
             except Exception as exc:  # keep trying: the service is useless without a pool
+                _shutdown_executor(fresh)
                 _LOGGER.error("embedding pool rebuild failed; retrying: %s", exc)
                 time.sleep(1.0)
-        with self._lock:
-            self._executor = fresh
-            self._rebuilding = False
-            self.rebuilds += 1
-        _LOGGER.info("embedding pool rebuilt", extra={"rebuilds": self.rebuilds})
+                continue
+            with self._lock:
+                if not self._closed:
+                    self._executor = fresh
+                    self._rebuilding = False
+                    self.rebuilds += 1
+                    _LOGGER.info("embedding pool rebuilt", extra={"rebuilds": self.rebuilds})
+                    return
+            _shutdown_executor(fresh)  # shut down while we were warming up
 
 
 def _shutdown_executor(executor: concurrent.futures.ProcessPoolExecutor) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ def initialize(model_path: str, threads: int) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     _exit_with_parent()
+    # Ctrl+C reaches the whole process group: the parent stops the pool in
+    # order; a worker dying of KeyboardInterrupt first would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(threads)

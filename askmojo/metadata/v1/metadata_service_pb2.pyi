@@ -528,18 +528,28 @@ class IngestDocumentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsertResult]:
-        """One per document of the matching request, in order."""
+        """One per document of the matching request, in order. Empty when the batch
+        as a whole was refused (see status).
+        """
+
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK, or why the whole batch was refused (empty, over the limit, unknown
+        collection...). Such a batch stores nothing; the stream goes on.
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___UpsertResult] | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from askmojo.common.v1 import common_pb2 as askmojo_dot_common_dot_v1_dot_common
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&askmojo/vector/v1/vector_service.proto\x12\x11\x61skmojo.vector.v1\x1a\x1e\x61skmojo/common/v1/common.proto\x1a\x17google/rpc/status.proto\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xf6\x01\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12+\n\x06vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.VectorH\x00\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.askmojo.vector.v1.VectorRecord.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\x42\t\n\x07\x63ontent\">\n\x0cRecordResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"I\n\x17\x45nsureCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\"[\n\x18\x45nsureCollectionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"U\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.askmojo.vector.v1.VectorRecord\"B\n\x0eUpsertResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.RecordResult\"[\n\x13UpsertStreamRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.askmojo.vector.v1.VectorRecord\"H\n\x14UpsertStreamResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.RecordResult\"\xae\x01\n\x0cQueryRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\nquery_text\x18\x02 \x01(\tH\x00\x12\x31\n\x0cquery_vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12)\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x19.askmojo.common.v1.FilterB\x07\n\x05query\"\xaf\x01\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x38\n\x08metadata\x18\x03 \x03(\x0b\x32&.askmojo.vector.v1.Match.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\":\n\rQueryResponse\x12)\n\x07matches\x18\x01 \x03(\x0b\x32\x18.askmojo.vector.v1.Match\"F\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\"\xd9\x01\n\x0cStoredRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12?\n\x08metadata\x18\x02 \x03(\x0b\x32-.askmojo.vector.v1.StoredRecord.MetadataEntry\x12)\n\x06vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.Vector\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\"?\n\x0bGetResponse\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.StoredRecord\"[\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"\'\n\x0e\x44\x65leteResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"v\n\x0eListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"7\n\x0fListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x96\x06\n\rVectorService\x12k\n\x10\x45nsureCollection\x12*.askmojo.vector.v1.EnsureCollectionRequest\x1a+.askmojo.vector.v1.EnsureCollectionResponse\x12\x65\n\x0e\x44ropCollection\x12(.askmojo.vector.v1.DropCollectionRequest\x1a).askmojo.vector.v1.DropCollectionResponse\x12M\n\x06Upsert\x12 .askmojo.vector.v1.UpsertRequest\x1a!.askmojo.vector.v1.UpsertResponse\x12\x63\n\x0cUpsertStream\x12&.askmojo.vector.v1.UpsertStreamRequest\x1a\'.askmojo.vector.v1.UpsertStreamResponse(\x01\x30\x01\x12J\n\x05Query\x12\x1f.askmojo.vector.v1.QueryRequest\x1a .askmojo.vector.v1.QueryResponse\x12\x44\n\x03Get\x12\x1d.askmojo.vector.v1.GetRequest\x1a\x1e.askmojo.vector.v1.GetResponse\x12M\n\x06\x44\x65lete\x12 .askmojo.vector.v1.DeleteRequest\x1a!.askmojo.vector.v1.DeleteResponse\x12J\n\x05\x43ount\x12\x1f.askmojo.vector.v1.CountRequest\x1a .askmojo.vector.v1.CountResponse\x12P\n\x07ListIds\x12!.askmojo.vector.v1.ListIdsRequest\x1a\".askmojo.vector.v1.ListIdsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&askmojo/vector/v1/vector_service.proto\x12\x11\x61skmojo.vector.v1\x1a\x1e\x61skmojo/common/v1/common.proto\x1a\x17google/rpc/status.proto\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xf6\x01\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12+\n\x06vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.VectorH\x00\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.askmojo.vector.v1.VectorRecord.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\x42\t\n\x07\x63ontent\">\n\x0cRecordResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"I\n\x17\x45nsureCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\"[\n\x18\x45nsureCollectionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"U\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.askmojo.vector.v1.VectorRecord\"B\n\x0eUpsertResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.RecordResult\"[\n\x13UpsertStreamRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.askmojo.vector.v1.VectorRecord\"l\n\x14UpsertStreamResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.RecordResult\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\xae\x01\n\x0cQueryRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\nquery_text\x18\x02 \x01(\tH\x00\x12\x31\n\x0cquery_vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12)\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x19.askmojo.common.v1.FilterB\x07\n\x05query\"\xaf\x01\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x38\n\x08metadata\x18\x03 \x03(\x0b\x32&.askmojo.vector.v1.Match.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\":\n\rQueryResponse\x12)\n\x07matches\x18\x01 \x03(\x0b\x32\x18.askmojo.vector.v1.Match\"F\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\"\xd9\x01\n\x0cStoredRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12?\n\x08metadata\x18\x02 \x03(\x0b\x32-.askmojo.vector.v1.StoredRecord.MetadataEntry\x12)\n\x06vector\x18\x03 \x01(\x0b\x32\x19.askmojo.vector.v1.Vector\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\"?\n\x0bGetResponse\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.askmojo.vector.v1.StoredRecord\"[\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"\'\n\x0e\x44\x65leteResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"v\n\x0eListIdsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"7\n\x0fListIdsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x96\x06\n\rVectorService\x12k\n\x10\x45nsureCollection\x12*.askmojo.vector.v1.EnsureCollectionRequest\x1a+.askmojo.vector.v1.EnsureCollectionResponse\x12\x65\n\x0e\x44ropCollection\x12(.askmojo.vector.v1.DropCollectionRequest\x1a).askmojo.vector.v1.DropCollectionResponse\x12M\n\x06Upsert\x12 .askmojo.vector.v1.UpsertRequest\x1a!.askmojo.vector.v1.UpsertResponse\x12\x63\n\x0cUpsertStream\x12&.askmojo.vector.v1.UpsertStreamRequest\x1a\'.askmojo.vector.v1.UpsertStreamResponse(\x01\x30\x01\x12J\n\x05Query\x12\x1f.askmojo.vector.v1.QueryRequest\x1a .askmojo.vector.v1.QueryResponse\x12\x44\n\x03Get\x12\x1d.askmojo.vector.v1.GetRequest\x1a\x1e.askmojo.vector.v1.GetResponse\x12M\n\x06\x44\x65lete\x12 .askmojo.vector.v1.DeleteRequest\x1a!.askmojo.vector.v1.DeleteResponse\x12J\n\x05\x43ount\x12\x1f.askmojo.vector.v1.CountRequest\x1a .askmojo.vector.v1.CountResponse\x12P\n\x07ListIds\x12!.askmojo.vector.v1.ListIdsRequest\x1a\".askmojo.vector.v1.ListIdsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,35 +62,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTSTREAMREQUEST']._serialized_start=862
   _globals['_UPSERTSTREAMREQUEST']._serialized_end=953
   _globals['_UPSERTSTREAMRESPONSE']._serialized_start=955
-  _globals['_UPSERTSTREAMRESPONSE']._serialized_end=1027
-  _globals['_QUERYREQUEST']._serialized_start=1030
-  _globals['_QUERYREQUEST']._serialized_end=1204
-  _globals['_MATCH']._serialized_start=1207
-  _globals['_MATCH']._serialized_end=1382
+  _globals['_UPSERTSTREAMRESPONSE']._serialized_end=1063
+  _globals['_QUERYREQUEST']._serialized_start=1066
+  _globals['_QUERYREQUEST']._serialized_end=1240
+  _globals['_MATCH']._serialized_start=1243
+  _globals['_MATCH']._serialized_end=1418
   _globals['_MATCH_METADATAENTRY']._serialized_start=299
   _globals['_MATCH_METADATAENTRY']._serialized_end=380
-  _globals['_QUERYRESPONSE']._serialized_start=1384
-  _globals['_QUERYRESPONSE']._serialized_end=1442
-  _globals['_GETREQUEST']._serialized_start=1444
-  _globals['_GETREQUEST']._serialized_end=1514
-  _globals['_STOREDRECORD']._serialized_start=1517
-  _globals['_STOREDRECORD']._serialized_end=1734
+  _globals['_QUERYRESPONSE']._serialized_start=1420
+  _globals['_QUERYRESPONSE']._serialized_end=1478
+  _globals['_GETREQUEST']._serialized_start=1480
+  _globals['_GETREQUEST']._serialized_end=1550
+  _globals['_STOREDRECORD']._serialized_start=1553
+  _globals['_STOREDRECORD']._serialized_end=1770
   _globals['_STOREDRECORD_METADATAENTRY']._serialized_start=299
   _globals['_STOREDRECORD_METADATAENTRY']._serialized_end=380
-  _globals['_GETRESPONSE']._serialized_start=1736
-  _globals['_GETRESPONSE']._serialized_end=1799
-  _globals['_DELETEREQUEST']._serialized_start=1801
-  _globals['_DELETEREQUEST']._serialized_end=1892
-  _globals['_DELETERESPONSE']._serialized_start=1894
-  _globals['_DELETERESPONSE']._serialized_end=1933
-  _globals['_COUNTREQUEST']._serialized_start=1935
-  _globals['_COUNTREQUEST']._serialized_end=1969
-  _globals['_COUNTRESPONSE']._serialized_start=1971
-  _globals['_COUNTRESPONSE']._serialized_end=2001
-  _globals['_LISTIDSREQUEST']._serialized_start=2003
-  _globals['_LISTIDSREQUEST']._serialized_end=2121
-  _globals['_LISTIDSRESPONSE']._serialized_start=2123
-  _globals['_LISTIDSRESPONSE']._serialized_end=2178
-  _globals['_VECTORSERVICE']._serialized_start=2181
-  _globals['_VECTORSERVICE']._serialized_end=2971
+  _globals['_GETRESPONSE']._serialized_start=1772
+  _globals['_GETRESPONSE']._serialized_end=1835
+  _globals['_DELETEREQUEST']._serialized_start=1837
+  _globals['_DELETEREQUEST']._serialized_end=1928
+  _globals['_DELETERESPONSE']._serialized_start=1930
+  _globals['_DELETERESPONSE']._serialized_end=1969
+  _globals['_COUNTREQUEST']._serialized_start=1971
+  _globals['_COUNTREQUEST']._serialized_end=2005
+  _globals['_COUNTRESPONSE']._serialized_start=2007
+  _globals['_COUNTRESPONSE']._serialized_end=2037
+  _globals['_LISTIDSREQUEST']._serialized_start=2039
+  _globals['_LISTIDSREQUEST']._serialized_end=2157
+  _globals['_LISTIDSRESPONSE']._serialized_start=2159
+  _globals['_LISTIDSRESPONSE']._serialized_end=2214
+  _globals['_VECTORSERVICE']._serialized_start=2217
+  _globals['_VECTORSERVICE']._serialized_end=3007
 # @@protoc_insertion_point(module_scope)

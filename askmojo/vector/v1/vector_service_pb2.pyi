@@ -294,16 +294,28 @@ class UpsertStreamResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordResult]:
+        """One per record of the matching request, in order. Empty when the batch
+        as a whole was refused (see status).
+        """
+
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK, or why the whole batch was refused (empty, over the limit, unknown
+        collection, queue full...). Such a batch stores nothing; the stream goes on.
+        """
+
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___RecordResult] | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
