@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from askmojo.common.filters import FilterNode
+from askmojo.common.filters import FilterNode, MetadataScalar
 from metadata_service import validation
 from metadata_service.config import MetadataSettings
 from metadata_service.db import repository as repo
@@ -47,9 +49,18 @@ _LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class VectorTarget:
+    """A collection as the pipeline addresses it."""
+
+    collection_id: int
+    vector_collection: str
+
+
+@dataclass(frozen=True)
 class _CollectionRef:
     id: int
     chunking: ChunkingSpec
+    vector_collection: str
 
 
 class Catalog:
@@ -94,6 +105,7 @@ class Catalog:
                     embedding_dimension=dimension,
                     chunk_size=chunking.chunk_size,
                     chunk_overlap=chunking.chunk_overlap,
+                    vector_collection=_vector_collection_name(spec.name),
                     created_at=utcnow(),
                 ),
             )
@@ -131,6 +143,11 @@ class Catalog:
             row = self._require_collection(session, name)
             counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
             repo.delete_collection(session, row.id)
+            # Its vectors go with it, now or, if the vector service is down,
+            # when it is back: the drop is recorded in this same transaction.
+            repo.add_deletions(
+                session, [{"vector_collection": row.vector_collection, **_DELETION_DEFAULTS}]
+            )
             return DeleteCollectionOutcome(counts.documents, counts.chunks)
 
         outcome = self._db.write(work)
@@ -143,10 +160,15 @@ class Catalog:
     # --- documents ------------------------------------------------------------
 
     def upsert_documents(
-        self, collection: str, documents: Sequence[DocumentInput]
+        self,
+        collection: str,
+        documents: Sequence[DocumentInput],
+        lease: datetime | None = None,
     ) -> list[UpsertOutcome]:
         """Stores a batch; returns one outcome per input, in order. Invalid
-        documents get their own error and never stop the valid ones."""
+        documents get their own error and never stop the valid ones. With a
+        `lease`, the chunks written are held under it for the caller to index
+        (the background indexer leaves them alone until it expires)."""
         if not documents:
             raise InvalidArgument("documents", "the batch is empty: send at least one document")
         limit = self._settings.max_batch_documents
@@ -190,21 +212,23 @@ class Catalog:
             written = (
                 {p.id: _unchanged(p.id, stored[p.id]) for p in valid}
                 if all(_is_unchanged(p, stored.get(p.id)) for p in valid)
-                else self._db.write(lambda s: self._store_documents(s, collection, ref.id, valid))
+                else self._db.write(
+                    lambda s: self._store_documents(s, collection, ref.id, valid, lease)
+                )
             )
             for index, p in prepared:
                 outcomes[index] = written[p.id]
         return [outcomes[index] for index in range(len(documents))]
 
     def ingest_batch(
-        self, collection: str, documents: Sequence[DocumentInput]
+        self, collection: str, documents: Sequence[DocumentInput], lease: datetime | None = None
     ) -> tuple[list[UpsertOutcome], MetadataError | None]:
         """One batch of an ingest stream: like upsert_documents, except that a
         batch-level problem (unknown collection, empty or oversized batch) is
         returned with that batch's documents failed, instead of ending the
         stream."""
         try:
-            return self.upsert_documents(collection, documents), None
+            return self.upsert_documents(collection, documents, lease), None
         except MetadataError as exc:
             return [UpsertOutcome(d.id, UpsertState.FAILED, exc) for d in documents], exc
 
@@ -214,10 +238,12 @@ class Catalog:
         collection: str,
         collection_id: int,
         docs: Sequence[PreparedDocument],
+        lease: datetime | None,
     ) -> dict[str, UpsertOutcome]:
         # The collection may have been deleted (and even re-created, with other
         # chunking settings) since it was looked up.
-        if self._collection_ref(session, collection).id != collection_id:
+        ref = self._collection_ref(session, collection)
+        if ref.id != collection_id:
             raise Aborted(
                 f"collection {collection!r} was re-created meanwhile; send the batch again"
             )
@@ -231,6 +257,7 @@ class Catalog:
         chunks_of: dict[str, PreparedDocument] = {}  # documents whose chunks are rewritten
         metadata_of: dict[str, PreparedDocument] = {}  # documents whose metadata is rewritten
         pending_again: list[int] = []  # text kept: chunks re-sent as they are
+        deletions: list[dict[str, object]] = []  # vectors of chunks a shorter text dropped
         for doc in docs:
             old = stored.get(doc.id)
             if old is None:
@@ -266,6 +293,17 @@ class Catalog:
             )
             if text_changed:
                 chunks_of[doc.id] = doc
+                if len(doc.chunks) < old.chunk_count:
+                    deletions.append(
+                        {
+                            **_DELETION_DEFAULTS,
+                            "vector_collection": ref.vector_collection,
+                            "document_id": doc.id,
+                            "incarnation": old.incarnation,
+                            "first_ordinal": len(doc.chunks),
+                            "max_generation": old.generation,
+                        }
+                    )
             else:
                 pending_again.append(old.pk)
             if doc.metadata_hash != old.metadata_hash:
@@ -289,13 +327,15 @@ class Catalog:
             {pks[i]: d.chunks for i, d in chunks_of.items()},
             now,
             replacing=[pks[i] for i in chunks_of if pks[i] in replaced],
+            lease=lease,
         )
+        repo.add_deletions(session, deletions)
         repo.write_metadata(
             session,
             {pks[i]: d.metadata for i, d in metadata_of.items()},
             replacing=[pks[i] for i in metadata_of if pks[i] in replaced],
         )
-        repo.mark_chunks_pending(session, pending_again, now)
+        repo.mark_chunks_pending(session, pending_again, now, lease=lease)
         return outcomes
 
     def get_document(self, collection: str, doc_id: str, *, include_text: bool) -> DocumentInfo:
@@ -348,19 +388,157 @@ class Catalog:
             )
         for index, doc_id in enumerate(ids):
             validation.document_id(doc_id, self._settings, f"ids[{index}]")
-        # TODO(#4): mark, remove vectors through the vector service, then delete.
 
         def work(session: Session) -> DeleteDocumentsOutcome:
             ref = self._collection_ref(session, collection)
             deleted = repo.delete_documents(
                 session, ref.id, external_ids=list(ids) if ids else None, where=where
             )
-            gone = set(deleted)
+            # The vectors' removal is recorded with the rows' (the deletion
+            # outbox): it happens now, or when the vector service is back.
+            repo.add_deletions(
+                session,
+                [
+                    {
+                        **_DELETION_DEFAULTS,
+                        "vector_collection": ref.vector_collection,
+                        "document_id": d.external_id,
+                        "incarnation": d.incarnation,
+                        "max_generation": d.generation,
+                    }
+                    for d in deleted
+                ],
+            )
+            gone = {d.external_id for d in deleted}
             return DeleteDocumentsOutcome(
                 len(deleted), [i for i in dict.fromkeys(ids) if i not in gone]
             )
 
         return self._db.write(work)
+
+    # --- the indexing pipeline's queries (pipeline.py drives them) -------------
+
+    def vector_target(self, collection: str) -> VectorTarget:
+        def work(session: Session) -> VectorTarget:
+            row = self._require_collection(session, collection)
+            return VectorTarget(row.id, row.vector_collection)
+
+        return self._db.read(work)
+
+    def document_states(
+        self, collection: str, ids: Sequence[str]
+    ) -> dict[str, tuple[IndexState, str | None]]:
+        def work(session: Session) -> dict[str, tuple[IndexState, str | None]]:
+            ref = self._collection_ref(session, collection)
+            stored = repo.find_documents(session, ref.id, set(ids))
+            states = repo.document_states(session, [d.pk for d in stored.values()])
+            return {doc_id: states[d.pk] for doc_id, d in stored.items() if d.pk in states}
+
+        return self._db.read(work)
+
+    def search_join(
+        self,
+        target: VectorTarget,
+        matches: Sequence[tuple[str, int, int, str]],
+        where: FilterNode | None,
+    ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
+        """For (document id, ordinal, incarnation, content hash prefix) of
+        vector matches: the chunk text and document metadata of those still
+        live in that very version (a deleted or rewritten document's leftover
+        vectors are never returned), and matching `where` as stored now."""
+
+        def work(
+            session: Session,
+        ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
+            live = repo.live_chunks(
+                session, target.collection_id, [(d, o) for d, o, _, _ in matches], where
+            )
+            current = {
+                (d, o): live[(d, o)]
+                for d, o, incarnation, hash_prefix in matches
+                if (d, o) in live
+                and live[(d, o)].incarnation == incarnation
+                and live[(d, o)].content_hash.startswith(hash_prefix)
+            }
+            metadata = repo.metadata_of(session, {c.document_pk for c in current.values()})
+            return {key: (c.text, metadata[c.document_pk]) for key, c in current.items()}
+
+        return self._db.read(work)
+
+    def check_vectors(
+        self,
+        target: VectorTarget,
+        vectors: Sequence[tuple[str, tuple[str, int] | None, int | None, str | None]],
+        *,
+        repair: bool,
+    ) -> tuple[list[str], int]:
+        """Reconcile, one page of vectors (id, parsed id, incarnation, hash
+        prefix): returns the orphans (no live chunk of that incarnation) and
+        the number of stale ones (an older text of a live chunk), which are
+        queued for re-indexing when `repair`."""
+
+        def work(session: Session) -> tuple[list[str], int]:
+            keys = [parsed for _, parsed, _, _ in vectors if parsed is not None]
+            live = repo.live_chunks(session, target.collection_id, keys)
+            orphans: list[str] = []
+            stale: list[int] = []
+            for vector_id, parsed, incarnation, hash_prefix in vectors:
+                chunk = live.get(parsed) if parsed is not None else None
+                if chunk is None or chunk.incarnation != incarnation:
+                    orphans.append(vector_id)
+                elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(
+                    hash_prefix or "\0"
+                ):
+                    # PENDING chunks are on their way already; only INDEXED
+                    # ones claim a vector they do not have.
+                    stale.append(chunk.chunk_id)
+            if repair and stale:
+                now = utcnow()
+                repo.refresh_document_states(session, repo.requeue_chunks(session, stale, now), now)
+            return orphans, len(stale)
+
+        return (self._db.write if repair else self._db.read)(work)
+
+    def indexed_chunks_after(
+        self, target: VectorTarget, after: int, limit: int
+    ) -> list[tuple[int, str, int]]:
+        return self._db.read(
+            lambda s: repo.indexed_chunks_after(s, target.collection_id, after, limit)
+        )
+
+    def requeue_chunks(self, chunk_ids: Sequence[int]) -> None:
+        def work(session: Session) -> None:
+            now = utcnow()
+            repo.refresh_document_states(session, repo.requeue_chunks(session, chunk_ids, now), now)
+
+        self._db.write(work)
+
+    def resume_unfinished(self, target: VectorTarget, *, repair: bool) -> int:
+        """PENDING and FAILED chunks; with `repair`, all PENDING and unleased,
+        ready for the indexer."""
+
+        def work(session: Session) -> int:
+            chunk_ids = repo.unfinished_chunks(session, target.collection_id)
+            if repair and chunk_ids:
+                now = utcnow()
+                documents = repo.requeue_chunks(session, chunk_ids, now)
+                repo.refresh_document_states(session, documents, now)
+            return len(chunk_ids)
+
+        return (self._db.write if repair else self._db.read)(work)
+
+    def claim_collection_chunks(self, target: VectorTarget, lease: datetime, limit: int) -> int:
+        return len(
+            self._db.write(
+                lambda s: repo.claim_chunks(
+                    s,
+                    now=utcnow(),
+                    lease_until=lease,
+                    limit=limit,
+                    collection_id=target.collection_id,
+                )
+            )
+        )
 
     # --- stats ----------------------------------------------------------------
 
@@ -390,7 +568,32 @@ class Catalog:
         if not name:
             raise InvalidArgument("collection", "collection name must not be empty")
         row = self._require_collection(session, name)
-        return _CollectionRef(row.id, ChunkingSpec(row.chunk_size, row.chunk_overlap))
+        return _CollectionRef(
+            row.id, ChunkingSpec(row.chunk_size, row.chunk_overlap), row.vector_collection
+        )
+
+
+# Column defaults of a vector_deletions row (Core inserts skip ORM defaults).
+_DELETION_DEFAULTS: dict[str, object] = {
+    "document_id": None,
+    "incarnation": None,
+    "first_ordinal": 0,
+    "max_generation": 0,
+    "attempts": 0,
+    "error": None,
+    "lease_until": None,
+}
+
+
+def new_incarnation() -> int:
+    """Random and positive within a signed 64-bit column (and Chroma's int)."""
+    return secrets.randbits(62) + 1
+
+
+def _vector_collection_name(name: str) -> str:
+    """`<name>-<8 hex>`: within the vector service's 63 characters, unique per
+    creation (see CollectionRow.vector_collection)."""
+    return f"{name[:54]}-{secrets.token_hex(4)}"
 
 
 def _is_unchanged(doc: PreparedDocument, old: repo.StoredDocument | None) -> bool:
@@ -418,6 +621,7 @@ def _new_document_row(collection_id: int, doc: PreparedDocument, now: object) ->
         "content_hash": doc.content_hash,
         "metadata_hash": doc.metadata_hash,
         "generation": 1,
+        "incarnation": new_incarnation(),
         "state": IndexState.PENDING,
         "error": None,
         "chunk_count": len(doc.chunks),

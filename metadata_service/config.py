@@ -22,6 +22,7 @@ class MetadataSettings(ServiceSettings):
     # Worker processes sharing the port (SO_REUSEPORT). None: 1 in development,
     # one per CPU in production.
     workers: int | None = Field(default=None, ge=1, le=256)
+    # Empty: no vector service; chunks stay PENDING until one is configured.
     vector_service_address: str = "localhost:50052"
 
     # --- database (DESIGN.md §5) ---
@@ -39,6 +40,22 @@ class MetadataSettings(ServiceSettings):
     # Threads running database work for the event loop. None: POOL_SIZE, so a
     # thread never waits for a connection.
     db_threads: int | None = Field(default=None, ge=1)
+
+    # --- indexing pipeline (DESIGN.md §6) ---
+    # Chunks per Upsert call to the vector service.
+    index_batch_records: int = Field(default=256, ge=1, le=1000)
+    # Seconds an indexer holds chunks it is sending; a crashed holder's work
+    # is taken over after this.
+    index_lease_seconds: float = Field(default=120.0, gt=0)
+    # Seconds a background indexing call may take.
+    index_call_timeout: float = Field(default=60.0, gt=0)
+    # Seconds between outbox scans when idle; the longest retry backoff.
+    index_poll_seconds: float = Field(default=2.0, gt=0)
+    index_max_backoff: float = Field(default=30.0, gt=0)
+    # Ingest calls wait for their own chunks' vectors (and report INDEXED)
+    # up to this many seconds, then leave the rest to the background loop.
+    index_on_write_timeout: float = Field(default=120.0, ge=0)
+    max_search_top_k: int = Field(default=100, ge=1)
 
     # --- collection defaults ---
     default_embedding_model: str = "all-MiniLM-L6-v2"

@@ -33,6 +33,8 @@ from metadata_service.domain import (
     DocumentInput,
     DocumentQuery,
     Page,
+    ReconcileOutcome,
+    SearchHit,
     Stats,
     UpsertOutcome,
     UpsertState,
@@ -228,4 +230,29 @@ def to_proto_stats(stats: Stats) -> pb.GetStatsResponse:
         ],
         chunk_count=stats.chunk_count,
         worker_pid=stats.worker_pid,
+    )
+
+
+def to_proto_search(hits: list[SearchHit]) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        hits=[
+            pb.SearchHit(
+                document_id=h.document_id,
+                chunk_id=h.chunk_id,
+                score=h.score,
+                text=h.text,
+                metadata=metadata_to_proto(h.metadata),
+            )
+            for h in hits
+        ]
+    )
+
+
+def to_proto_reconcile(outcome: ReconcileOutcome) -> pb.ReconcileResponse:
+    return pb.ReconcileResponse(
+        missing_vectors=outcome.missing_vectors,
+        orphan_vectors=outcome.orphan_vectors,
+        stale_vectors=outcome.stale_vectors,
+        pending_resumed=outcome.pending_resumed,
+        dry_run=outcome.dry_run,
     )

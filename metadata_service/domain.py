@@ -125,3 +125,21 @@ class Stats:
     documents_by_state: Mapping[IndexState, int] = field(default_factory=dict)
     chunk_count: int = 0
     worker_pid: int = 0
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    document_id: str
+    chunk_id: str
+    score: float
+    text: str
+    metadata: Mapping[str, MetadataScalar]
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    missing_vectors: int = 0
+    orphan_vectors: int = 0
+    stale_vectors: int = 0
+    pending_resumed: int = 0
+    dry_run: bool = False

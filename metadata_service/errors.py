@@ -27,6 +27,7 @@ from askmojo.common.rpc import (
     make_status,
 )
 from metadata_service.db.engine import DatabaseBusy
+from metadata_service.vector_client import VectorServiceError, VectorServiceUnavailable
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,6 +81,13 @@ class DeadlineExceeded(MetadataError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class IndexingFailed(MetadataError):
+    """Stored, but the vector service refused its chunks as they are (the
+    message says why); sending the document again retries it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def invalid_filter(exc: InvalidFilterError) -> InvalidArgument:
     return InvalidArgument(exc.field, exc.description)
 
@@ -94,6 +102,16 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
         return make_status(exc.code, str(exc))
     if isinstance(exc, InvalidFilterError):
         return to_rpc_status(invalid_filter(exc))
+    if isinstance(exc, VectorServiceUnavailable):
+        return make_status(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{exc}; stored work stays PENDING and is indexed when it is back",
+        )
+    if isinstance(exc, VectorServiceError):
+        # Codes that describe the request keep their meaning; the rest are
+        # the vector service's trouble, reported as such, never UNKNOWN.
+        code = exc.code if exc.code in _PASSED_ON else grpc.StatusCode.INTERNAL
+        return make_status(code, str(exc))
     if isinstance(exc, DatabaseBusy):
         return make_status(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry with backoff")
     if isinstance(exc, PoolTimeoutError):
@@ -119,6 +137,15 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
         _LOGGER.error("unexpected error [ref %s]", ref, exc_info=exc)
     return make_status(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log")
 
+
+_PASSED_ON = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 # OperationalError also covers schema and SQL mistakes (sqlite3 raises it for
 # "no such column"); only these mean "try again later".

@@ -30,7 +30,10 @@ from metadata_service import migrations
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database, build_engine
+from metadata_service.indexing import Indexer
+from metadata_service.pipeline import Pipeline
 from metadata_service.servicer import MetadataServicer
+from metadata_service.vector_client import VectorClient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,19 +64,31 @@ class MetadataServer:
         database: Database,
         executor: ThreadPoolExecutor,
         readiness: ReadinessProbe,
+        *,
+        indexer: Indexer | None = None,
+        vector_client: VectorClient | None = None,
     ) -> None:
         self.grpc_server = server
         self.database = database
         self.readiness = readiness
+        self.indexer = indexer
+        self._vector_client = vector_client
         self._executor = executor
 
     async def start(self) -> None:
         await self.readiness.start()
         await self.grpc_server.start()
+        if self.indexer is not None:
+            # Resumes whatever PENDING work a previous run left behind.
+            self.indexer.start()
 
     async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
         await self.readiness.stop()
         await self.grpc_server.stop(grace)
+        if self.indexer is not None:
+            await self.indexer.stop()
+        if self._vector_client is not None:
+            await self._vector_client.close()
         # Joining threads and closing connections block: not on the loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self.database.dispose)
@@ -111,8 +126,14 @@ def create_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
+    catalog = Catalog(database, settings)
+    vector_client = indexer = None
+    if settings.vector_service_address:
+        vector_client = VectorClient(settings.vector_service_address, settings.max_message_bytes)
+        indexer = Indexer(database, vector_client, executor, settings)
+    pipeline = Pipeline(catalog, executor, settings, indexer, vector_client)
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(
-        MetadataServicer(Catalog(database, settings), executor), server
+        MetadataServicer(catalog, pipeline, executor, settings), server
     )
     readiness = ReadinessProbe(
         ("", SERVICE_NAME),
@@ -134,7 +155,9 @@ def create_server(
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"could not listen on {address}")
-    return MetadataServer(server, database, executor, readiness), bound
+    return MetadataServer(
+        server, database, executor, readiness, indexer=indexer, vector_client=vector_client
+    ), bound
 
 
 async def serve_worker(settings: MetadataSettings, port: int | None = None) -> None:

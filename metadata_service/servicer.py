@@ -12,21 +12,39 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-from askmojo.common.rpc import status_of
+from askmojo.common.rpc import call_deadline, status_of
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service import convert
 from metadata_service.catalog import Catalog
-from metadata_service.errors import Unimplemented, check_deadline, grpc_method, to_rpc_status
+from metadata_service.config import MetadataSettings
+from metadata_service.errors import check_deadline, grpc_method, to_rpc_status
+from metadata_service.pipeline import Pipeline
 
 T = TypeVar("T")
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class MetadataServicer(pb_grpc.MetadataServiceServicer):
-    def __init__(self, catalog: Catalog, executor: ThreadPoolExecutor) -> None:
+    """Calls that touch only the database go to the catalog (on the thread
+    pool); calls that span both stores go to the pipeline."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        pipeline: Pipeline,
+        executor: ThreadPoolExecutor,
+        settings: MetadataSettings,
+    ) -> None:
         self._catalog = catalog
+        self._pipeline = pipeline
         self._executor = executor
+        self._settings = settings
+
+    def _deadline(self, context: Context) -> float:
+        """The call's own deadline, passed down to the vector service."""
+        check_deadline(context)
+        return call_deadline(context, self._settings.index_on_write_timeout)
 
     async def _run(self, context: Context, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs blocking catalog work off the event loop, on the bounded pool."""
@@ -62,7 +80,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     async def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: Context
     ) -> pb.DeleteCollectionResponse:
-        outcome = await self._run(context, self._catalog.delete_collection, request.name)
+        outcome = await self._pipeline.delete_collection(request.name, self._deadline(context))
         return convert.to_proto_delete_collection(outcome)
 
     @grpc_method
@@ -70,8 +88,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.UpsertDocumentsRequest, context: Context
     ) -> pb.UpsertDocumentsResponse:
         documents = convert.from_proto_documents(list(request.documents))
-        outcomes = await self._run(
-            context, self._catalog.upsert_documents, request.collection, documents
+        outcomes = await self._pipeline.upsert_documents(
+            request.collection, documents, self._deadline(context)
         )
         return pb.UpsertDocumentsResponse(
             results=convert.to_proto_upsert_results(outcomes, to_rpc_status)
@@ -81,12 +99,13 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     async def IngestDocuments(
         self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: Context
     ) -> AsyncIterator[pb.IngestDocumentsResponse]:
-        # One batch in flight: the next request is read only after this one's
-        # response is sent, so gRPC flow control slows a fast producer down.
+        # One batch in flight: the next request is read only after this one
+        # is stored and indexed and its response sent, so gRPC flow control
+        # slows a fast producer down end to end.
         async for request in request_iterator:
             documents = convert.from_proto_documents(list(request.documents))
-            outcomes, refused = await self._run(
-                context, self._catalog.ingest_batch, request.collection, documents
+            outcomes, refused = await self._pipeline.ingest_batch(
+                request.collection, documents, self._deadline(context)
             )
             yield pb.IngestDocumentsResponse(
                 results=convert.to_proto_upsert_results(outcomes, to_rpc_status),
@@ -117,22 +136,27 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.DeleteDocumentsRequest, context: Context
     ) -> pb.DeleteDocumentsResponse:
         where = convert.from_proto_filter(request.filter, request.HasField("filter"))
-        outcome = await self._run(
-            context, self._catalog.delete_documents, request.collection, list(request.ids), where
+        outcome = await self._pipeline.delete_documents(
+            request.collection, list(request.ids), where, self._deadline(context)
         )
         return convert.to_proto_delete_documents(outcome)
 
     @grpc_method
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
-        raise Unimplemented("Search needs the indexing pipeline to the vector service (issue #4)")
+        where = convert.from_proto_filter(request.filter, request.HasField("filter"))
+        hits = await self._pipeline.search(
+            request.collection, request.query, request.top_k, where, self._deadline(context)
+        )
+        return convert.to_proto_search(hits)
 
     @grpc_method
     async def Reconcile(
         self, request: pb.ReconcileRequest, context: Context
     ) -> pb.ReconcileResponse:
-        raise Unimplemented(
-            "Reconcile needs the indexing pipeline to the vector service (issue #4)"
+        outcome = await self._pipeline.reconcile(
+            request.collection, request.dry_run, self._deadline(context)
         )
+        return convert.to_proto_reconcile(outcome)
 
     @grpc_method
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:

@@ -38,6 +38,8 @@ def settings(tmp_path: Path) -> MetadataSettings:
         metadata_port=0,
         metadata_host="127.0.0.1",
         health_probe_interval=0.2,
+        # The metadata service alone; tests/pipeline/ pairs it with a vector service.
+        vector_service_address="",
     )
 
 

@@ -121,6 +121,29 @@ def metadata_to_proto(
     return {key: metadata_value_to_proto(value) for key, value in metadata.items()}
 
 
+_TO_PROTO_OP = {op: proto for proto, op in _FROM_PROTO_OP.items()}
+
+
+def filter_to_proto(node: FilterNode) -> common_pb2.Filter:
+    """The wire form of a (parsed) filter: the metadata service hands the
+    filters it builds or received to the vector service this way."""
+    if isinstance(node, AllOf):
+        return common_pb2.Filter(
+            all=common_pb2.FilterList(filters=[filter_to_proto(f) for f in node.filters])
+        )
+    if isinstance(node, AnyOf):
+        return common_pb2.Filter(
+            any=common_pb2.FilterList(filters=[filter_to_proto(f) for f in node.filters])
+        )
+    values = [metadata_value_to_proto(v) for v in node.values]
+    condition = (
+        common_pb2.Condition(key=node.key, op=_TO_PROTO_OP[node.op], values=values)
+        if node.op in LIST_OPS
+        else common_pb2.Condition(key=node.key, op=_TO_PROTO_OP[node.op], value=values[0])
+    )
+    return common_pb2.Filter(condition=condition)
+
+
 def check_metadata(
     metadata: Mapping[str, MetadataScalar | None],
     *,

@@ -109,3 +109,10 @@ def _log_ok(name: str, started: float) -> None:
 def deadline_passed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def call_deadline(context: grpc.aio.ServicerContext[Any, Any], default_seconds: float) -> float:
+    """The call's deadline as a time.monotonic() instant, for downstream
+    calls; `default_seconds` from now when the client set none."""
+    remaining = context.time_remaining()
+    return time.monotonic() + (default_seconds if remaining is None else remaining)

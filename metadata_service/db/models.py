@@ -85,6 +85,10 @@ class CollectionRow(Base):
     embedding_dimension: Mapped[int] = mapped_column(Integer)
     chunk_size: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
+    # The vector service's collection: the name plus a random suffix, so a
+    # collection deleted and created again never shares vectors (or a pending
+    # drop) with its predecessor.
+    vector_collection: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -108,6 +112,10 @@ class DocumentRow(Base):
     metadata_hash: Mapped[str] = mapped_column(String(64))
     # Bumped on every change; vectors carry it, so stale ones are recognisable.
     generation: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Random, fixed for the row's life: vectors carry it, so a pending
+    # deletion of this document never touches the vectors of a document
+    # created later under the same id.
+    incarnation: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[IndexState] = mapped_column(_STATE, default=IndexState.PENDING)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     chunk_count: Mapped[int] = mapped_column(Integer)
@@ -173,3 +181,31 @@ class ChunkRow(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set while one indexer (an ingest call or the background one) is sending
+    # the chunk; others skip it until then. Also the claim's token: an
+    # acknowledgement only lands if the lease is still the one it took.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class VectorDeletionRow(Base):
+    """Vectors to remove (the deletion outbox), written in the transaction
+    that deletes or shrinks their documents or drops their collection, so a
+    crash at any point leaves the work recorded. Each names its vectors by
+    the document's incarnation and generation, never by id alone, so it can
+    run late without hitting a newer version."""
+
+    __tablename__ = "vector_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vector_collection: Mapped[str] = mapped_column(String(128))
+    # None: drop the whole vector collection.
+    document_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    incarnation: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Vectors of chunk ordinals >= this (0: every chunk) ...
+    first_ordinal: Mapped[int] = mapped_column(Integer, default=0)
+    # ... and of generations <= this.
+    max_generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

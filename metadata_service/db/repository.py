@@ -19,6 +19,7 @@ from sqlalchemy import (
     Double,
     Table,
     and_,
+    case,
     delete,
     exists,
     func,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session, defer, selectinload
@@ -47,6 +49,7 @@ from metadata_service.db.models import (
     DocumentRow,
     IndexState,
     MetadataRow,
+    VectorDeletionRow,
 )
 
 # Bulk inserts go through Core tables: the ORM's bulk path splits rows whose
@@ -54,6 +57,7 @@ from metadata_service.db.models import (
 _DOCUMENTS = cast(Table, DocumentRow.__table__)
 _CHUNKS = cast(Table, ChunkRow.__table__)
 _METADATA = cast(Table, MetadataRow.__table__)
+_DELETIONS = cast(Table, VectorDeletionRow.__table__)
 
 # --- collections -------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class StoredDocument:
     generation: int
     chunk_count: int
     state: IndexState
+    incarnation: int
 
 
 def find_documents(
@@ -132,6 +137,7 @@ def find_documents(
         DocumentRow.generation,
         DocumentRow.chunk_count,
         DocumentRow.state,
+        DocumentRow.incarnation,
     ).where(
         DocumentRow.collection_id == collection_id,
         DocumentRow.external_id.in_(list(external_ids)),
@@ -210,9 +216,11 @@ def write_chunks(
     now: datetime,
     *,
     replacing: Collection[int],
+    lease: datetime | None = None,
 ) -> None:
     """Writes the chunks of the given documents, all PENDING (the outbox),
-    first deleting the old chunks of those in `replacing`."""
+    first deleting the old chunks of those in `replacing`; held under
+    `lease` when the writer indexes them itself."""
     if replacing:
         session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(list(replacing))))
     rows = [
@@ -226,6 +234,7 @@ def write_chunks(
             "error": None,
             "attempts": 0,
             "updated_at": now,
+            "lease_until": lease,
         }
         for pk, chunks in chunks_by_pk.items()
         for chunk in chunks
@@ -234,12 +243,21 @@ def write_chunks(
         session.execute(insert(_CHUNKS), rows)
 
 
-def mark_chunks_pending(session: Session, document_pks: Collection[int], now: datetime) -> None:
+def mark_chunks_pending(
+    session: Session,
+    document_pks: Collection[int],
+    now: datetime,
+    *,
+    lease: datetime | None = None,
+) -> None:
+    """Queues the chunks again (metadata changed, or indexing failed). A new
+    lease (or none) also voids any older one: an acknowledgement still in
+    flight for the old content then lands nowhere."""
     if document_pks:
         session.execute(
             update(ChunkRow)
             .where(ChunkRow.document_id.in_(list(document_pks)))
-            .values(state=IndexState.PENDING, error=None, updated_at=now)
+            .values(state=IndexState.PENDING, error=None, updated_at=now, lease_until=lease)
         )
 
 
@@ -295,15 +313,25 @@ def delete_documents(
     *,
     external_ids: Collection[str] | None = None,
     where: FilterNode | None = None,
-) -> list[str]:
-    """Deletes by ids or by filter (chunks and metadata cascade); returns the
-    external ids deleted."""
+) -> list[DeletedDocument]:
+    """Deletes by ids or by filter (chunks and metadata cascade); returns
+    what the vectors' deletion needs of each."""
     stmt = delete(DocumentRow).where(DocumentRow.collection_id == collection_id)
     if external_ids is not None:
         stmt = stmt.where(DocumentRow.external_id.in_(list(external_ids)))
     if where is not None:
         stmt = stmt.where(filter_clause(where))
-    return list(session.scalars(stmt.returning(DocumentRow.external_id)))
+    returned = session.execute(
+        stmt.returning(DocumentRow.external_id, DocumentRow.incarnation, DocumentRow.generation)
+    )
+    return [DeletedDocument(*row) for row in returned]
+
+
+@dataclass(frozen=True)
+class DeletedDocument:
+    external_id: str
+    incarnation: int
+    generation: int
 
 
 def documents_by_state(session: Session, collection_id: int | None) -> dict[IndexState, int]:
@@ -382,3 +410,312 @@ _COMPARE: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
     Op.LT: operator.lt,
     Op.LTE: operator.le,
 }
+
+
+# --- the indexing pipeline: chunk outbox and deletion outbox ----------------
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    """A chunk an indexer holds the lease of, with what its vector needs."""
+
+    chunk_id: int
+    ordinal: int
+    text: str
+    document_pk: int
+    document_id: str
+    incarnation: int
+    generation: int
+    content_hash: str
+    vector_collection: str
+    model: str
+    dimension: int
+
+
+def claim_chunks(
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    collection_id: int | None = None,
+) -> list[int]:
+    """Leases up to `limit` PENDING chunks nobody holds (or whose holder's
+    lease ran out: it crashed), oldest first; returns their ids."""
+    stmt = (
+        select(ChunkRow.id)
+        .where(
+            ChunkRow.state == IndexState.PENDING,
+            or_(ChunkRow.lease_until.is_(None), ChunkRow.lease_until < now),
+        )
+        .order_by(ChunkRow.id)
+        .limit(limit)
+    )
+    if collection_id is not None:
+        stmt = stmt.join(DocumentRow, DocumentRow.id == ChunkRow.document_id).where(
+            DocumentRow.collection_id == collection_id
+        )
+    ids = list(session.scalars(stmt.with_for_update(skip_locked=True, of=ChunkRow)))
+    if ids:
+        session.execute(
+            update(ChunkRow).where(ChunkRow.id.in_(ids)).values(lease_until=lease_until)
+        )
+    return ids
+
+
+def claimed_chunks(session: Session, lease: datetime) -> list[ClaimedChunk]:
+    """The chunks held under this lease, with their documents and collections."""
+    stmt = (
+        select(
+            ChunkRow.id,
+            ChunkRow.ordinal,
+            ChunkRow.text,
+            DocumentRow.id,
+            DocumentRow.external_id,
+            DocumentRow.incarnation,
+            DocumentRow.generation,
+            DocumentRow.content_hash,
+            CollectionRow.vector_collection,
+            CollectionRow.embedding_model,
+            CollectionRow.embedding_dimension,
+        )
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .join(CollectionRow, CollectionRow.id == DocumentRow.collection_id)
+        .where(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+        .order_by(ChunkRow.id)
+    )
+    return [ClaimedChunk(*row) for row in session.execute(stmt)]
+
+
+def metadata_of(session: Session, document_pks: Collection[int]) -> dict[int, dict[str, Any]]:
+    rows = session.scalars(
+        select(MetadataRow).where(MetadataRow.document_id.in_(list(document_pks)))
+    )
+    result: dict[int, dict[str, Any]] = {pk: {} for pk in document_pks}
+    for row in rows:
+        result[row.document_id][row.key] = metadata_value(row)
+    return result
+
+
+def settle_chunks(
+    session: Session,
+    lease: datetime,
+    *,
+    indexed: Collection[int],
+    failed: Mapping[int, str],
+    released: Collection[int],
+    now: datetime,
+) -> list[int]:
+    """Records what the vector service said, for chunks still held under
+    `lease` (a chunk rewritten meanwhile lost its lease and is left alone);
+    returns the documents touched, whose state must be refreshed."""
+    held = and_(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+    if indexed:
+        session.execute(
+            update(ChunkRow)
+            .where(held, ChunkRow.id.in_(list(indexed)))
+            .values(state=IndexState.INDEXED, error=None, lease_until=None, updated_at=now)
+        )
+    for chunk_id, error in failed.items():
+        session.execute(
+            update(ChunkRow)
+            .where(held, ChunkRow.id == chunk_id)
+            .values(
+                state=IndexState.FAILED,
+                error=error[:2000],
+                attempts=ChunkRow.attempts + 1,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+    if released:
+        session.execute(
+            update(ChunkRow)
+            .where(held, ChunkRow.id.in_(list(released)))
+            .values(lease_until=None, attempts=ChunkRow.attempts + 1)
+        )
+    ids = [*indexed, *failed, *released]
+    return list(
+        session.scalars(select(ChunkRow.document_id).where(ChunkRow.id.in_(ids)).distinct())
+    )
+
+
+def refresh_document_states(session: Session, document_pks: Collection[int], now: datetime) -> None:
+    """A document is FAILED if any chunk is, PENDING if any chunk waits,
+    INDEXED when every chunk has its vector."""
+    if not document_pks:
+        return
+    failed = exists().where(
+        ChunkRow.document_id == DocumentRow.id, ChunkRow.state == IndexState.FAILED
+    )
+    pending = exists().where(
+        ChunkRow.document_id == DocumentRow.id, ChunkRow.state == IndexState.PENDING
+    )
+    first_error = (
+        select(ChunkRow.error)
+        .where(ChunkRow.document_id == DocumentRow.id, ChunkRow.state == IndexState.FAILED)
+        .order_by(ChunkRow.ordinal)
+        .limit(1)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(DocumentRow)
+        .where(DocumentRow.id.in_(list(document_pks)))
+        .values(
+            state=case(
+                (failed, literal(IndexState.FAILED.value)),
+                (pending, literal(IndexState.PENDING.value)),
+                else_=literal(IndexState.INDEXED.value),
+            ),
+            error=first_error,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def document_states(
+    session: Session, document_pks: Collection[int]
+) -> dict[int, tuple[IndexState, str | None]]:
+    stmt = select(DocumentRow.id, DocumentRow.state, DocumentRow.error).where(
+        DocumentRow.id.in_(list(document_pks))
+    )
+    return {pk: (IndexState(state), error) for pk, state, error in session.execute(stmt)}
+
+
+def add_deletions(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(_DELETIONS), list(rows))
+
+
+def claim_deletions(
+    session: Session, *, now: datetime, lease_until: datetime, limit: int
+) -> list[VectorDeletionRow]:
+    stmt = (
+        select(VectorDeletionRow)
+        .where(or_(VectorDeletionRow.lease_until.is_(None), VectorDeletionRow.lease_until < now))
+        .order_by(VectorDeletionRow.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list(session.scalars(stmt))
+    for row in rows:
+        row.lease_until = lease_until
+    session.flush()
+    for row in rows:
+        session.expunge(row)
+    return rows
+
+
+def finish_deletions(session: Session, ids: Collection[int]) -> None:
+    if ids:
+        session.execute(delete(VectorDeletionRow).where(VectorDeletionRow.id.in_(list(ids))))
+
+
+def release_deletions(session: Session, ids: Collection[int], error: str) -> None:
+    if ids:
+        session.execute(
+            update(VectorDeletionRow)
+            .where(VectorDeletionRow.id.in_(list(ids)))
+            .values(lease_until=None, attempts=VectorDeletionRow.attempts + 1, error=error[:2000])
+        )
+
+
+def pending_deletions(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(VectorDeletionRow)).scalar_one())
+
+
+# --- search and reconcile ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveChunk:
+    chunk_id: int
+    document_pk: int
+    text: str
+    incarnation: int
+    generation: int
+    content_hash: str
+    state: IndexState
+
+
+def live_chunks(
+    session: Session,
+    collection_id: int,
+    keys: Collection[tuple[str, int]],
+    where: FilterNode | None = None,
+) -> dict[tuple[str, int], LiveChunk]:
+    """The chunks at these (document id, ordinal) places, if they exist (and
+    their documents match `where`, checked against the stored metadata)."""
+    if not keys:
+        return {}
+    stmt = (
+        select(
+            DocumentRow.external_id,
+            ChunkRow.ordinal,
+            ChunkRow.id,
+            DocumentRow.id,
+            ChunkRow.text,
+            DocumentRow.incarnation,
+            DocumentRow.generation,
+            DocumentRow.content_hash,
+            ChunkRow.state,
+        )
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            tuple_(DocumentRow.external_id, ChunkRow.ordinal).in_(list(keys)),
+        )
+    )
+    if where is not None:
+        stmt = stmt.where(filter_clause(where))
+    return {
+        (row[0], row[1]): LiveChunk(*row[2:8], IndexState(row[8])) for row in session.execute(stmt)
+    }
+
+
+def indexed_chunks_after(
+    session: Session, collection_id: int, after: int, limit: int
+) -> list[tuple[int, str, int]]:
+    """INDEXED chunks of a collection in id order after `after`: (chunk id,
+    document id, ordinal) — reconcile's keyset scan."""
+    stmt = (
+        select(ChunkRow.id, DocumentRow.external_id, ChunkRow.ordinal)
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            ChunkRow.state == IndexState.INDEXED,
+            ChunkRow.id > after,
+        )
+        .order_by(ChunkRow.id)
+        .limit(limit)
+    )
+    return [(int(a), str(b), int(c)) for a, b, c in session.execute(stmt)]
+
+
+def requeue_chunks(session: Session, chunk_ids: Collection[int], now: datetime) -> list[int]:
+    """Back to PENDING (and unleased); returns their documents."""
+    if not chunk_ids:
+        return []
+    session.execute(
+        update(ChunkRow)
+        .where(ChunkRow.id.in_(list(chunk_ids)))
+        .values(state=IndexState.PENDING, error=None, lease_until=None, updated_at=now)
+    )
+    return list(
+        session.scalars(
+            select(ChunkRow.document_id).where(ChunkRow.id.in_(list(chunk_ids))).distinct()
+        )
+    )
+
+
+def unfinished_chunks(session: Session, collection_id: int) -> list[int]:
+    """PENDING and FAILED chunks of a collection."""
+    stmt = (
+        select(ChunkRow.id)
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            ChunkRow.state.in_([IndexState.PENDING, IndexState.FAILED]),
+        )
+    )
+    return list(session.scalars(stmt))

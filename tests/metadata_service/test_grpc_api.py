@@ -292,11 +292,11 @@ def test_ingest_stream_survives_bad_batches(docs_stub: Stub) -> None:
     assert [d.id for d in listed.documents] == ["keep", "s1", "s3"]
 
 
-def test_not_yet_built_rpcs_say_so(docs_stub: Stub) -> None:
+def test_search_without_a_vector_service_says_so(docs_stub: Stub) -> None:
     code, message, _ = rpc_error(
         lambda: docs_stub.Search(pb.SearchRequest(collection="docs", query="q"))
     )
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "issue #4" in message
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "VECTOR_SERVICE_ADDRESS" in message
 
 
 def test_server_refuses_work_whose_deadline_passed() -> None:

@@ -1,0 +1,314 @@
+"""The indexing pipeline: drains the database's outboxes into the vector service.
+
+Two outboxes, both written in the same transaction as the change that needs
+them (DESIGN.md §6):
+- chunks in state PENDING: each becomes a vector, id `<document id>#<ordinal>`,
+  whose metadata is the document's plus reserved keys naming its document,
+  incarnation, generation and content hash;
+- rows of `vector_deletions`: vectors to remove after a delete, a shrink or a
+  dropped collection.
+
+Work is leased (`lease_until`), so an ingest call that indexes its own chunks
+and the background loop never send the same chunk at once, and the work of a
+process that crashed is taken over when its lease runs out. An acknowledgement
+is recorded only if the chunk still carries the lease it was sent under: a
+document rewritten meanwhile keeps its new chunks PENDING.
+
+Deletions name their vectors by incarnation (random per document row) and
+generation, so one that runs late never removes the vectors of a newer
+version or of a document created again under the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from metadata_service.config import MetadataSettings
+from metadata_service.db import repository as repo
+from metadata_service.db.engine import Database
+from metadata_service.db.models import VectorDeletionRow, utcnow
+from metadata_service.vector_client import (
+    VectorClient,
+    VectorRecord,
+    VectorServiceError,
+    VectorServiceUnavailable,
+)
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Reserved vector metadata keys ("_" starts no client key: validation.py).
+DOC_KEY = "_doc"
+ORDINAL_KEY = "_ord"
+INCARNATION_KEY = "_inc"
+GENERATION_KEY = "_gen"
+HASH_KEY = "_hash"
+# Enough of the sha256 to tell versions apart.
+_HASH_CHARS = 16
+
+
+def vector_id(document_id: str, ordinal: int) -> str:
+    """Deterministic: a replay overwrites the same vector instead of adding one."""
+    return f"{document_id}#{ordinal}"
+
+
+def parse_vector_id(value: str) -> tuple[str, int] | None:
+    document_id, sep, ordinal = value.rpartition("#")
+    if not sep or not ordinal.isdigit():
+        return None
+    return document_id, int(ordinal)
+
+
+def vector_metadata(
+    chunk: repo.ClaimedChunk, document_metadata: dict[str, MetadataScalar]
+) -> dict[str, MetadataScalar]:
+    return {
+        **document_metadata,
+        DOC_KEY: chunk.document_id,
+        ORDINAL_KEY: chunk.ordinal,
+        INCARNATION_KEY: chunk.incarnation,
+        GENERATION_KEY: chunk.generation,
+        HASH_KEY: chunk.content_hash[:_HASH_CHARS],
+    }
+
+
+def deletion_filter(row: VectorDeletionRow) -> FilterNode:
+    """The vectors a deletion row stands for (never a newer version's)."""
+    assert row.incarnation is not None
+    conditions: list[FilterNode] = [
+        Condition(INCARNATION_KEY, Op.EQ, (row.incarnation,)),
+        Condition(GENERATION_KEY, Op.LTE, (row.max_generation,)),
+    ]
+    if row.first_ordinal > 0:
+        conditions.append(Condition(ORDINAL_KEY, Op.GTE, (row.first_ordinal,)))
+    return AllOf(tuple(conditions))
+
+
+@dataclass(frozen=True)
+class IndexingReport:
+    """What one pass did (for logs, Reconcile and tests)."""
+
+    indexed: int = 0
+    failed: int = 0
+    released: int = 0
+
+
+class Indexer:
+    """Sends leased work to the vector service. Async (it runs on the gRPC
+    event loop); database work goes to the service's thread pool."""
+
+    def __init__(
+        self,
+        db: Database,
+        client: VectorClient,
+        executor: ThreadPoolExecutor,
+        settings: MetadataSettings,
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._executor = executor
+        self._settings = settings
+        self._ensured: set[str] = set()  # vector collections known to exist
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- leases ------------------------------------------------------------
+
+    def new_lease(self) -> datetime:
+        """A lease expiry that doubles as the claim's token: the random
+        microseconds keep two claims in the same instant apart."""
+        lease = timedelta(seconds=self._settings.index_lease_seconds)
+        return utcnow() + lease + timedelta(microseconds=random.randrange(1_000_000))
+
+    # --- sending -----------------------------------------------------------
+
+    async def index_leased(self, lease: datetime, deadline: float) -> IndexingReport:
+        """Sends every chunk held under `lease` and records the answers. On
+        an outage the chunks are released (PENDING) and the error re-raised."""
+        claimed = await self._db_call(self._db.read, functools.partial(_load_claimed, lease))
+        chunks, metadata = claimed
+        if not chunks:
+            return IndexingReport()
+        indexed: list[int] = []
+        failed: dict[int, str] = {}
+        released: list[int] = []
+        try:
+            by_collection: dict[str, list[repo.ClaimedChunk]] = defaultdict(list)
+            for chunk in chunks:
+                by_collection[chunk.vector_collection].append(chunk)
+            for name, group in by_collection.items():
+                await self._ensure_collection(group[0], deadline)
+                step = self._settings.index_batch_records
+                for start in range(0, len(group), step):
+                    part = group[start : start + step]
+                    records = [
+                        VectorRecord(
+                            vector_id(c.document_id, c.ordinal),
+                            c.text,
+                            vector_metadata(c, metadata[c.document_pk]),
+                        )
+                        for c in part
+                    ]
+                    acks = await self._client.upsert(name, records, deadline)
+                    for chunk, ack in zip(part, acks, strict=True):
+                        if ack.ok:
+                            indexed.append(chunk.chunk_id)
+                        elif ack.transient:
+                            released.append(chunk.chunk_id)
+                        else:
+                            failed[chunk.chunk_id] = ack.message
+        except VectorServiceUnavailable:
+            done = {*indexed, *failed, *released}
+            released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
+            await self._settle(lease, indexed, failed, released)
+            raise
+        except VectorServiceError as exc:
+            # The vector service refused the whole request (e.g. the collection
+            # exists there with another model): a per-chunk failure to report.
+            done = {*indexed, *failed, *released}
+            failed.update({c.chunk_id: str(exc) for c in chunks if c.chunk_id not in done})
+        await self._settle(lease, indexed, failed, released)
+        return IndexingReport(len(indexed), len(failed), len(released))
+
+    async def _ensure_collection(self, chunk: repo.ClaimedChunk, deadline: float) -> None:
+        name = chunk.vector_collection
+        if name not in self._ensured:
+            await self._client.ensure_collection(name, chunk.dimension, chunk.model, deadline)
+            self._ensured.add(name)
+
+    async def _settle(
+        self,
+        lease: datetime,
+        indexed: Collection[int],
+        failed: dict[int, str],
+        released: Collection[int],
+    ) -> None:
+        def work(session: Session) -> None:
+            now = utcnow()
+            documents = repo.settle_chunks(
+                session, lease, indexed=indexed, failed=failed, released=released, now=now
+            )
+            repo.refresh_document_states(session, documents, now)
+
+        await self._db_call(self._db.write, work)
+
+    async def delete_pending(self, deadline: float) -> int:
+        """Runs the deletion outbox; returns how many rows it completed."""
+        lease = self.new_lease()
+        rows = await self._db_call(
+            self._db.write,
+            lambda s: repo.claim_deletions(
+                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
+            ),
+        )
+        done: list[int] = []
+        error: Exception | None = None
+        for row in rows:
+            try:
+                if row.document_id is None:
+                    await self._client.drop_collection(row.vector_collection, deadline)
+                    self._ensured.discard(row.vector_collection)
+                else:
+                    await self._client.delete(row.vector_collection, deletion_filter(row), deadline)
+            except (VectorServiceUnavailable, VectorServiceError) as exc:
+                error = exc
+                break
+            done.append(row.id)
+        undone = [r.id for r in rows if r.id not in set(done)]
+
+        def settle(session: Session) -> None:
+            repo.finish_deletions(session, done)
+            repo.release_deletions(session, undone, str(error))
+
+        await self._db_call(self._db.write, settle)
+        if error is not None:
+            raise error
+        return len(done)
+
+    async def drain_once(self, deadline: float) -> IndexingReport:
+        """One pass of the background loop: deletions first, then one leased
+        batch of PENDING chunks."""
+        await self.delete_pending(deadline)
+        lease = self.new_lease()
+        claimed = await self._db_call(
+            self._db.write,
+            lambda s: repo.claim_chunks(
+                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
+            ),
+        )
+        if not claimed:
+            return IndexingReport()
+        return await self.index_leased(lease, deadline)
+
+    # --- the background loop ---------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="indexer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """New work exists (or the vector service may be back): drain now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        """Resumes PENDING work at start-up and whenever woken; polls at
+        INDEX_POLL_SECONDS, backing off while the vector service is down."""
+        backoff = 0.0
+        while True:
+            try:
+                report = await self.drain_once(time.monotonic() + self._settings.index_call_timeout)
+                backoff = 0.0
+                if report.indexed or report.failed or report.released:
+                    _LOGGER.info(
+                        "indexed pending chunks",
+                        extra={"indexed": report.indexed, "failed": report.failed},
+                    )
+                    continue  # more may wait: no sleep between full batches
+            except VectorServiceUnavailable as exc:
+                backoff = min(max(backoff * 2, 0.5), self._settings.index_max_backoff)
+                _LOGGER.warning("vector service unavailable; retrying in %.1fs: %s", backoff, exc)
+            except VectorServiceError as exc:
+                backoff = self._settings.index_max_backoff
+                _LOGGER.error("vector service refused deletions; retrying later: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                backoff = self._settings.index_max_backoff
+                _LOGGER.exception("indexing pass failed; retrying later")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), backoff or self._settings.index_poll_seconds
+                )
+
+    async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+
+def _load_claimed(
+    lease: datetime, session: Session
+) -> tuple[list[repo.ClaimedChunk], dict[int, dict[str, MetadataScalar]]]:
+    chunks = repo.claimed_chunks(session, lease)
+    metadata = repo.metadata_of(session, {c.document_pk for c in chunks})
+    return chunks, metadata

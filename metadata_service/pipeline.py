@@ -1,0 +1,323 @@
+"""The RPCs that span both stores: writes that index their own documents,
+deletes that take their vectors along, Search and Reconcile.
+
+Async (it waits on the vector service); every database step is a `Catalog`
+call run on the thread pool, so the session rules of catalog.py hold. Each
+method takes the absolute deadline (time.monotonic()) of the call it serves,
+and passes it down to the vector service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from askmojo.common.filters import FilterNode
+from metadata_service.catalog import Catalog, VectorTarget
+from metadata_service.config import MetadataSettings
+from metadata_service.db.models import IndexState
+from metadata_service.domain import (
+    DeleteCollectionOutcome,
+    DeleteDocumentsOutcome,
+    DocumentInput,
+    ReconcileOutcome,
+    SearchHit,
+    UpsertOutcome,
+    UpsertState,
+)
+from metadata_service.errors import (
+    FailedPrecondition,
+    IndexingFailed,
+    InvalidArgument,
+    MetadataError,
+)
+from metadata_service.indexing import (
+    DOC_KEY,
+    HASH_KEY,
+    INCARNATION_KEY,
+    Indexer,
+    parse_vector_id,
+    vector_id,
+)
+from metadata_service.vector_client import (
+    VectorClient,
+    VectorCollectionNotFound,
+    VectorServiceUnavailable,
+)
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_TOP_K = 10
+# Vectors compared per reconcile step: bounded memory on any collection size.
+_RECONCILE_PAGE = 500
+
+
+class Pipeline:
+    def __init__(
+        self,
+        catalog: Catalog,
+        executor: ThreadPoolExecutor,
+        settings: MetadataSettings,
+        indexer: Indexer | None,
+        client: VectorClient | None,
+    ) -> None:
+        self._catalog = catalog
+        self._executor = executor
+        self._settings = settings
+        self._indexer = indexer
+        self._client = client
+
+    # --- writes ------------------------------------------------------------------
+
+    async def upsert_documents(
+        self, collection: str, documents: Sequence[DocumentInput], deadline: float
+    ) -> list[UpsertOutcome]:
+        lease = self._indexer.new_lease() if self._indexer else None
+        outcomes = await self._db(self._catalog.upsert_documents, collection, documents, lease)
+        return await self._index_written(collection, outcomes, lease, deadline)
+
+    async def ingest_batch(
+        self, collection: str, documents: Sequence[DocumentInput], deadline: float
+    ) -> tuple[list[UpsertOutcome], MetadataError | None]:
+        lease = self._indexer.new_lease() if self._indexer else None
+        outcomes, refused = await self._db(self._catalog.ingest_batch, collection, documents, lease)
+        if refused is not None:
+            return outcomes, refused
+        return await self._index_written(collection, outcomes, lease, deadline), None
+
+    async def _index_written(
+        self,
+        collection: str,
+        outcomes: list[UpsertOutcome],
+        lease: Any,
+        deadline: float,
+    ) -> list[UpsertOutcome]:
+        """Indexes the chunks this call wrote (held under its lease) and
+        reports each document as it ended: INDEXED, FAILED, or still PENDING
+        when the vector service is away (the background loop takes over)."""
+        written = [o.id for o in outcomes if o.state is UpsertState.PENDING]
+        if self._indexer is None or not written:
+            return outcomes
+        limit = min(deadline, time.monotonic() + self._settings.index_on_write_timeout)
+        try:
+            await self._indexer.index_leased(lease, limit)
+        except VectorServiceUnavailable as exc:
+            _LOGGER.warning("indexing deferred: %s", exc)
+            self._indexer.wake()
+            return outcomes
+        states = await self._db(self._catalog.document_states, collection, written)
+        return [_with_state(o, states.get(o.id)) for o in outcomes]
+
+    async def delete_documents(
+        self, collection: str, ids: Sequence[str], where: FilterNode | None, deadline: float
+    ) -> DeleteDocumentsOutcome:
+        outcome = await self._db(self._catalog.delete_documents, collection, ids, where)
+        await self._delete_vectors_now(deadline)
+        return outcome
+
+    async def delete_collection(self, name: str, deadline: float) -> DeleteCollectionOutcome:
+        outcome = await self._db(self._catalog.delete_collection, name)
+        await self._delete_vectors_now(deadline)
+        return outcome
+
+    async def _delete_vectors_now(self, deadline: float) -> None:
+        """The rows are gone and the vectors' removal is recorded; try it now
+        so the caller sees a clean index, else the background loop retries."""
+        if self._indexer is None:
+            return
+        try:
+            await self._indexer.delete_pending(deadline)
+        except Exception as exc:  # recorded; retried by the background loop
+            _LOGGER.warning("vector deletion deferred: %s", exc)
+            self._indexer.wake()
+
+    # --- search --------------------------------------------------------------------
+
+    async def search(
+        self,
+        collection: str,
+        query: str,
+        top_k: int,
+        where: FilterNode | None,
+        deadline: float,
+    ) -> list[SearchHit]:
+        if not query.strip():
+            raise InvalidArgument("query", "the query is empty: send some text to search for")
+        limit = self._settings.max_search_top_k
+        if top_k < 0 or top_k > limit:
+            raise InvalidArgument("top_k", f"must be between 1 and {limit} (0 means 10)")
+        top_k = top_k or DEFAULT_TOP_K
+        client = self._require_client()
+        target = await self._db(self._catalog.vector_target, collection)
+        # The filter runs inside the index (no "top k, then filter" loss).
+        # A few extra candidates cover vectors the join drops: leftovers of
+        # deleted or rewritten documents not yet cleaned up.
+        fetch = min(limit, top_k + max(4, top_k // 4))
+        try:
+            matches = await client.query(target.vector_collection, query, fetch, where, deadline)
+        except VectorCollectionNotFound:
+            return []  # nothing indexed yet
+        keyed = []
+        for match in matches:
+            parsed = parse_vector_id(match.id)
+            incarnation = match.metadata.get(INCARNATION_KEY)
+            hash_prefix = match.metadata.get(HASH_KEY)
+            if parsed and isinstance(incarnation, int) and isinstance(hash_prefix, str):
+                keyed.append((parsed, incarnation, hash_prefix, match.score))
+        joined = await self._db(
+            self._catalog.search_join,
+            target,
+            [(d, o, inc, h) for (d, o), inc, h, _ in keyed],
+            where,
+        )
+        hits = [
+            SearchHit(doc, vector_id(doc, ordinal), score, *joined[(doc, ordinal)])
+            for (doc, ordinal), _, _, score in keyed
+            if (doc, ordinal) in joined
+        ]
+        return hits[:top_k]
+
+    # --- reconcile -------------------------------------------------------------------
+
+    async def reconcile(self, collection: str, dry_run: bool, deadline: float) -> ReconcileOutcome:
+        """Compares both stores page by page and repairs unless `dry_run`:
+        orphan vectors are deleted, stale and missing ones re-queued, PENDING
+        and FAILED work sent again (as far as the deadline allows; the
+        background loop finishes the rest)."""
+        client = self._require_client()
+        indexer = self._indexer
+        assert indexer is not None
+        repair = not dry_run
+        target = await self._db(self._catalog.vector_target, collection)
+        if repair:
+            await indexer.delete_pending(deadline)  # recorded deletions first
+        orphans, stale = await self._scan_vectors(client, target, repair, deadline)
+        missing = await self._scan_missing(client, target, repair, deadline)
+        unfinished = await self._db(self._catalog.resume_unfinished, target, repair=repair)
+        if repair:
+            if orphans:
+                for start in range(0, len(orphans), _RECONCILE_PAGE):
+                    part = orphans[start : start + _RECONCILE_PAGE]
+                    await client.delete_ids(target.vector_collection, part, deadline)
+            await self._drain_collection(target, deadline)
+        outcome = ReconcileOutcome(
+            missing_vectors=missing,
+            orphan_vectors=len(orphans),
+            stale_vectors=stale,
+            pending_resumed=unfinished,
+            dry_run=dry_run,
+        )
+        _LOGGER.info("reconciled", extra={"collection": collection, **dataclasses.asdict(outcome)})
+        return outcome
+
+    async def _scan_vectors(
+        self, client: VectorClient, target: VectorTarget, repair: bool, deadline: float
+    ) -> tuple[list[str], int]:
+        orphans: list[str] = []
+        stale = 0
+        token = ""
+        while True:
+            try:
+                ids, token = await client.list_ids(
+                    target.vector_collection, token, _RECONCILE_PAGE, deadline
+                )
+            except VectorCollectionNotFound:
+                return [], 0  # no vector collection: nothing can be orphaned
+            if not ids:
+                break
+            metadata = await client.get(target.vector_collection, ids, deadline)
+            page = []
+            for vid in ids:
+                meta = metadata.get(vid, {})
+                incarnation = meta.get(INCARNATION_KEY)
+                hash_prefix = meta.get(HASH_KEY)
+                page.append(
+                    (
+                        vid,
+                        parse_vector_id(vid) if isinstance(meta.get(DOC_KEY), str) else None,
+                        incarnation if isinstance(incarnation, int) else None,
+                        hash_prefix if isinstance(hash_prefix, str) else None,
+                    )
+                )
+            page_orphans, page_stale = await self._db(
+                self._catalog.check_vectors, target, page, repair=repair
+            )
+            orphans.extend(page_orphans)
+            stale += page_stale
+            if not token:
+                break
+        return orphans, stale
+
+    async def _scan_missing(
+        self, client: VectorClient, target: VectorTarget, repair: bool, deadline: float
+    ) -> int:
+        missing = 0
+        after = 0
+        while True:
+            rows = await self._db(
+                self._catalog.indexed_chunks_after, target, after, _RECONCILE_PAGE
+            )
+            if not rows:
+                return missing
+            after = rows[-1][0]
+            ids = {vector_id(doc, ordinal): chunk_id for chunk_id, doc, ordinal in rows}
+            try:
+                present = await client.get(target.vector_collection, list(ids), deadline)
+            except VectorCollectionNotFound:
+                present = {}
+            absent = [chunk_id for vid, chunk_id in ids.items() if vid not in present]
+            missing += len(absent)
+            if repair and absent:
+                await self._db(self._catalog.requeue_chunks, absent)
+
+    async def _drain_collection(self, target: VectorTarget, deadline: float) -> None:
+        indexer = self._indexer
+        assert indexer is not None
+        while time.monotonic() < deadline:
+            lease = indexer.new_lease()
+            claimed = await self._db(
+                self._catalog.claim_collection_chunks,
+                target,
+                lease,
+                self._settings.index_batch_records,
+            )
+            if not claimed:
+                return
+            await indexer.index_leased(lease, deadline)
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _require_client(self) -> VectorClient:
+        if self._client is None:
+            raise FailedPrecondition(
+                "no vector service is configured (VECTOR_SERVICE_ADDRESS is empty)"
+            )
+        return self._client
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+
+def _with_state(
+    outcome: UpsertOutcome, state: tuple[IndexState, str | None] | None
+) -> UpsertOutcome:
+    if outcome.state is not UpsertState.PENDING or state is None:
+        return outcome
+    index_state, error = state
+    if index_state is IndexState.INDEXED:
+        return dataclasses.replace(outcome, state=UpsertState.INDEXED)
+    if index_state is IndexState.FAILED:
+        return dataclasses.replace(
+            outcome,
+            state=UpsertState.FAILED,
+            error=IndexingFailed(f"stored, but not indexed: {error or 'unknown error'}"),
+        )
+    return outcome

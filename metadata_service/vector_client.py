@@ -1,0 +1,206 @@
+"""The metadata service's client of the vector service (asyncio gRPC).
+
+One channel per worker process, created inside its event loop. Every call
+takes an absolute deadline (time.monotonic()): the caller passes its own
+call's, so no downstream call outlives the call that caused it.
+Transport failures become `VectorServiceUnavailable`; the pipeline then
+leaves its work PENDING and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+
+from askmojo.common.filters import FilterNode, MetadataScalar, filter_to_proto, metadata_to_proto
+from askmojo.common.filters import metadata_value_from_proto as from_value
+from askmojo.vector.v1 import vector_service_pb2 as vpb
+from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
+
+_LOGGER = logging.getLogger(__name__)
+
+# Codes that say "the vector service cannot answer now", not "this request is
+# wrong": the work is retried later instead of being marked FAILED.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+_TRANSIENT_CODES = frozenset(c.value[0] for c in _TRANSIENT)
+
+
+class VectorServiceUnavailable(Exception):
+    """The vector service is down, overloaded or too slow; retry later."""
+
+
+class VectorServiceError(Exception):
+    """The vector service refused a request (a bug or a mismatch, not an outage)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"vector service: {code.name}: {message}")
+        self.code = code
+
+
+class VectorCollectionNotFound(VectorServiceError):
+    """The vector collection does not exist (yet): nothing was ever indexed."""
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    id: str
+    text: str
+    metadata: Mapping[str, MetadataScalar]
+
+
+@dataclass(frozen=True)
+class RecordAck:
+    id: str
+    ok: bool
+    transient: bool  # not stored now, may succeed later (queue full...)
+    message: str
+
+
+@dataclass(frozen=True)
+class VectorMatch:
+    id: str
+    score: float
+    metadata: dict[str, MetadataScalar]
+
+
+class VectorClient:
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # Reconnect quickly after the vector service restarts.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 5000),
+            ],
+        )
+        self._stub = vpb_grpc.VectorServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def ensure_collection(
+        self, name: str, dimension: int, model: str, deadline: float
+    ) -> None:
+        await self._call(
+            self._stub.EnsureCollection,
+            vpb.EnsureCollectionRequest(name=name, dimension=dimension, model=model),
+            deadline,
+        )
+
+    async def drop_collection(self, name: str, deadline: float) -> None:
+        await self._call(self._stub.DropCollection, vpb.DropCollectionRequest(name=name), deadline)
+
+    async def upsert(
+        self, collection: str, records: Sequence[VectorRecord], deadline: float
+    ) -> list[RecordAck]:
+        request = vpb.UpsertRequest(
+            collection=collection,
+            records=[
+                vpb.VectorRecord(id=r.id, text=r.text, metadata=metadata_to_proto(r.metadata))
+                for r in records
+            ],
+        )
+        response: vpb.UpsertResponse = await self._call(self._stub.Upsert, request, deadline)
+        return [
+            RecordAck(
+                r.id,
+                r.status.code == code_pb2.OK,
+                r.status.code in _TRANSIENT_CODES,
+                r.status.message,
+            )
+            for r in response.results
+        ]
+
+    async def delete(self, collection: str, where: FilterNode, deadline: float) -> int:
+        """Deletes the matching vectors; a missing collection has none."""
+        try:
+            response: vpb.DeleteResponse = await self._call(
+                self._stub.Delete,
+                vpb.DeleteRequest(collection=collection, filter=filter_to_proto(where)),
+                deadline,
+            )
+        except VectorCollectionNotFound:
+            return 0
+        return int(response.deleted_count)
+
+    async def query(
+        self,
+        collection: str,
+        text: str,
+        top_k: int,
+        where: FilterNode | None,
+        deadline: float,
+    ) -> list[VectorMatch]:
+        request = vpb.QueryRequest(collection=collection, query_text=text, top_k=top_k)
+        if where is not None:
+            request.filter.CopyFrom(filter_to_proto(where))
+        response: vpb.QueryResponse = await self._call(self._stub.Query, request, deadline)
+        return [VectorMatch(m.id, m.score, _metadata(m.metadata)) for m in response.matches]
+
+    async def list_ids(
+        self, collection: str, page_token: str, page_size: int, deadline: float
+    ) -> tuple[list[str], str]:
+        response: vpb.ListIdsResponse = await self._call(
+            self._stub.ListIds,
+            vpb.ListIdsRequest(collection=collection, page_size=page_size, page_token=page_token),
+            deadline,
+        )
+        return list(response.ids), response.next_page_token
+
+    async def get(
+        self, collection: str, ids: Sequence[str], deadline: float
+    ) -> dict[str, dict[str, MetadataScalar]]:
+        response: vpb.GetResponse = await self._call(
+            self._stub.Get, vpb.GetRequest(collection=collection, ids=list(ids)), deadline
+        )
+        return {r.id: _metadata(r.metadata) for r in response.records}
+
+    async def delete_ids(self, collection: str, ids: Sequence[str], deadline: float) -> int:
+        response: vpb.DeleteResponse = await self._call(
+            self._stub.Delete, vpb.DeleteRequest(collection=collection, ids=list(ids)), deadline
+        )
+        return int(response.deleted_count)
+
+    async def _call(self, method: Any, request: Any, deadline: float) -> Any:
+        # `deadline` is absolute (time.monotonic()); gRPC carries what is left
+        # of it to the vector service, which drops work nobody waits for.
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise VectorServiceUnavailable("no time left for the vector service call")
+        try:
+            return await method(request, timeout=remaining)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in _TRANSIENT:
+                raise VectorServiceUnavailable(
+                    f"vector service at {self.address}: {code.name}: {exc.details()}"
+                ) from None
+            if code is grpc.StatusCode.NOT_FOUND:
+                raise VectorCollectionNotFound(code, exc.details() or "") from None
+            raise VectorServiceError(code, exc.details() or "") from None
+
+
+def _metadata(values: Mapping[str, object]) -> dict[str, MetadataScalar]:
+    result: dict[str, MetadataScalar] = {}
+    for key, value in values.items():
+        scalar = from_value(value)  # type: ignore[arg-type]
+        if scalar is not None:
+            result[key] = scalar
+    return result
