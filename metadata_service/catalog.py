@@ -640,6 +640,7 @@ def _collection_info(row: CollectionRow, counts: repo.CollectionCounts) -> Colle
         document_count=counts.documents,
         chunk_count=counts.chunks,
         created_at=row.created_at,
+        vector_collection=row.vector_collection,
     )
 
 

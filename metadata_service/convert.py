@@ -97,6 +97,7 @@ def to_proto_collection(info: CollectionInfo) -> pb.Collection:
             chunk_size=info.chunking.chunk_size, chunk_overlap=info.chunking.chunk_overlap
         ),
         create_time=to_proto_timestamp(info.created_at),
+        vector_collection=info.vector_collection,
     )
 
 

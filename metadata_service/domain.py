@@ -47,6 +47,7 @@ class CollectionInfo:
     document_count: int
     chunk_count: int
     created_at: datetime
+    vector_collection: str = ""
 
 
 @dataclass(frozen=True)

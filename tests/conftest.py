@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from askmojo.metadata.v1 import metadata_service_pb2_grpc
 from metadata_service.config import MetadataSettings
 from metadata_service.server import create_server, prepare_database
+from vector_service.config import VectorSettings
+from vector_service.server import create_server as create_vector_server
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "POSTGRES_TEST_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -145,3 +147,25 @@ def channel(server: RunningServer) -> Iterator[grpc.Channel]:
 @pytest.fixture
 def stub(channel: grpc.Channel) -> metadata_service_pb2_grpc.MetadataServiceStub:
     return metadata_service_pb2_grpc.MetadataServiceStub(channel)
+
+
+def vector_settings(persist: Path, **overrides: object) -> VectorSettings:
+    values: dict[str, object] = {
+        "chromadb_persist_directory": str(persist),
+        "vector_port": 0,
+        "vector_host": "127.0.0.1",
+        "max_workers": 1,
+        "max_message_bytes": 4 * 1024 * 1024,
+        "max_queued_texts": 700,
+        **overrides,
+    }
+    return VectorSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def vector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One warm vector service (the pool loads the model in ~10 s) shared by
+    every test of the session that needs one."""
+    settings = vector_settings(tmp_path_factory.mktemp("vector") / "chroma")
+    with RunningServer(lambda: create_vector_server(settings), settings) as running:
+        yield running

@@ -1,6 +1,5 @@
-"""Vector-service fixtures: a real `chroma run` server, and one warm vector
-service (the embedding pool takes ~10 s to load the model) shared by the
-session's tests."""
+"""Vector-service fixtures: a real `chroma run` server and a channel to the
+session's warm vector service (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +16,6 @@ import grpc
 import pytest
 
 from tests.conftest import RunningServer
-from vector_service.config import VectorSettings
-from vector_service.server import create_server
 
 CHROMA = Path(sys.executable).parent / "chroma"
 
@@ -59,26 +56,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def vector_settings(persist: Path, **overrides: object) -> VectorSettings:
-    values: dict[str, object] = {
-        "chromadb_persist_directory": str(persist),
-        "vector_port": 0,
-        "vector_host": "127.0.0.1",
-        "max_workers": 1,
-        "max_message_bytes": 4 * 1024 * 1024,
-        "max_queued_texts": 700,
-        **overrides,
-    }
-    return VectorSettings(_env_file=None, **values)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def vector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = vector_settings(tmp_path_factory.mktemp("vector") / "chroma")
-    with RunningServer(lambda: create_server(settings), settings) as running:
-        yield running
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from askmojo.common.filters import AllOf, AnyOf, FilterNode, Op
+from tests.conftest import vector_settings
 from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
-from tests.vector_service.conftest import vector_settings
 from vector_service.store import (
     CollectionNotFound,
     DimensionMismatch,

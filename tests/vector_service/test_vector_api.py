@@ -26,8 +26,8 @@ from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
-from tests.conftest import RunningServer
-from tests.vector_service.conftest import CHROMA, free_port, vector_settings, wait_for_port
+from tests.conftest import RunningServer, vector_settings
+from tests.vector_service.conftest import CHROMA, free_port, wait_for_port
 from vector_service.server import create_server
 from vector_service.store import VectorStore
 

@@ -151,6 +151,7 @@ class Collection(_message.Message):
     CHUNKING_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VECTOR_COLLECTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """3 to 63 characters of [A-Za-z0-9._-], starting and ending with a letter
     or digit, without "..".
@@ -164,6 +165,11 @@ class Collection(_message.Message):
     """Output only."""
     chunk_count: _builtins.int
     """Output only."""
+    vector_collection: _builtins.str
+    """Output only. The vector service collection holding this collection's
+    vectors: the name plus a suffix unique to this creation, so a collection
+    deleted and created again never meets its predecessor's vectors.
+    """
     @_builtins.property
     def chunking(self) -> Global___ChunkingConfig: ...
     @_builtins.property
@@ -181,10 +187,11 @@ class Collection(_message.Message):
         chunking: Global___ChunkingConfig | None = ...,
         chunk_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        vector_collection: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunking", b"chunking", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "chunking", b"chunking", "create_time", b"create_time", "description", b"description", "dimension", b"dimension", "document_count", b"document_count", "model", b"model", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "chunking", b"chunking", "create_time", b"create_time", "description", b"description", "dimension", b"dimension", "document_count", b"document_count", "model", b"model", "name", b"name", "vector_collection", b"vector_collection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
