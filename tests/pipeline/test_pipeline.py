@@ -3,6 +3,7 @@ changes replace, deletes cascade, reconcile finds and repairs drift."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import grpc
@@ -74,11 +75,11 @@ def test_ingested_documents_are_indexed_and_found(stub: Stub, collection: str) -
     states = upsert(stub, collection, *(doc(k, v, topic=k) for k, v in TEXTS.items()))
     assert states == [(k, pb.UPSERT_STATE_INDEXED) for k in TEXTS]
     hits = search(stub, collection, "Which database allows concurrent readers?", top_k=3)
-    assert [h.document_id for h in hits][0] == "sqlite"
     best = hits[0]
+    assert best.document_id == "sqlite"
     assert best.chunk_id == "sqlite#0" and best.text == TEXTS["sqlite"]
     assert best.metadata["topic"].string_value == "sqlite"
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     assert not any(k.startswith("_") for h in hits for k in h.metadata)  # reserved keys stay inside
     listed = stub.ListDocuments(pb.ListDocumentsRequest(collection=collection))
     assert {d.state for d in listed.documents} == {pb.DOCUMENT_STATE_INDEXED}
