@@ -1,0 +1,61 @@
+"""`python -m askmojo.healthcheck HOST:PORT [SERVICE]`: a container health
+probe through grpc.health.v1.
+
+Exit 0 if and only if the server reports SERVING for SERVICE (default "",
+the whole server), 1 otherwise: NOT_SERVING, an unknown service, no answer
+within the deadline, or nothing listening. One line of output either way, so
+`docker inspect` shows why a container is unhealthy. Both services flip their
+status with real readiness (database migrated; model loaded and Chroma open),
+so this says "ready", not merely "the port is open".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_TIMEOUT = 3.0
+
+
+def check(address: str, service: str = "", timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
+    """(serving?, the line to print)."""
+    target = f"{address} {service}" if service else address
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            details = " ".join((exc.details() or "").split())
+            if code == grpc.StatusCode.NOT_FOUND and not details:
+                details = "the server does not know this service name"
+            return False, f"{target}: {code.name}" + (f": {details}" if details else "")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return response.status == health_pb2.HealthCheckResponse.SERVING, f"{target}: {status}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m askmojo.healthcheck",
+        description="Exit 0 if the gRPC server at HOST:PORT reports SERVING, else 1.",
+    )
+    parser.add_argument("address", metavar="HOST:PORT")
+    parser.add_argument("service", nargs="?", default="", help='default "": the whole server')
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default 3)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        serving, line = check(args.address, args.service, args.timeout)
+    except KeyboardInterrupt:
+        return 130
+    print(line)
+    return 0 if serving else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

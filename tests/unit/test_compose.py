@@ -1,0 +1,371 @@
+"""compose.yaml and the Dockerfile, checked against the code they deploy.
+
+No Docker daemon is needed: every name the files use (settings, modules,
+ports, services, health service names, paths) is checked against the real
+thing, so renaming a setting or moving a module breaks a test here instead of
+a deployment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import importlib.util
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from sqlalchemy.engine import make_url
+
+from askmojo.common.settings import ServiceSettings
+from askmojo.metadata.v1 import metadata_service_pb2
+from askmojo.vector.v1 import vector_service_pb2
+from metadata_service.config import MetadataSettings
+from vector_service.config import VectorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+# The settings class of the service each module runs.
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "metadata_service": MetadataSettings,
+    "vector_service": VectorSettings,
+}
+PORT_SETTING = {"metadata_service": "metadata_port", "vector_service": "vector_port"}
+HEALTH_SERVICE = {
+    "metadata_service": metadata_service_pb2.DESCRIPTOR.services_by_name[
+        "MetadataService"
+    ].full_name,
+    "vector_service": vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name,
+}
+POSTGRES_PORT = 5432
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` with the default, as on a machine that sets
+    none of the variables."""
+
+    def default(match: re.Match[str]) -> str:
+        assert match.group(2) is not None, f"${{{match.group(1)}}} has no default"
+        return match.group(2)
+
+    return _VARIABLE.sub(default, value)
+
+
+def load_compose() -> dict[str, Any]:
+    # safe_load resolves the file's anchors and `<<` merge keys as compose does.
+    document = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def python_module(argv: list[str]) -> str | None:
+    """X of `python -m X ...`."""
+    if len(argv) >= 3 and argv[0] in ("python", "python3") and argv[1] == "-m":
+        return argv[2]
+    return None
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), comment lines dropped and continuations joined
+    as Docker does."""
+    lines = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def dockerfile_cmd() -> list[str]:
+    cmds = [json.loads(args) for keyword, args in dockerfile_instructions() if keyword == "CMD"]
+    assert len(cmds) == 1, "exactly one CMD, in exec (JSON) form"
+    return [str(a) for a in cmds[0]]
+
+
+def module_of(service: dict[str, Any]) -> str | None:
+    """The Python module a compose service runs (its command, or the image's CMD)."""
+    if "command" in service:
+        return python_module(as_argv(service["command"]))
+    if "build" in service:
+        return python_module(dockerfile_cmd())
+    return None
+
+
+OURS = {name: s for name, s in SERVICES.items() if module_of(s) in SETTINGS}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def effective_port(service: dict[str, Any]) -> int:
+    module = module_of(service)
+    assert module is not None
+    field = PORT_SETTING[module]
+    given = environment(service).get(field.upper())
+    default = SETTINGS[module].model_fields[field].default
+    return int(given) if given is not None else int(default)
+
+
+def container_ports(service: dict[str, Any]) -> list[int]:
+    ports = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports.append(int(entry["target"]))
+        else:
+            ports.append(int(str(entry).rsplit(":", 1)[-1].split("/")[0]))
+    return ports
+
+
+def healthcheck_argv(service: dict[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    argv = as_argv(test)
+    assert argv[0] in ("CMD", "CMD-SHELL"), argv
+    return argv[1:] if argv[0] == "CMD" else shlex.split(argv[1])
+
+
+def profiles(service: dict[str, Any]) -> set[str]:
+    return set(service.get("profiles", []))
+
+
+# --- compose.yaml --------------------------------------------------------------
+
+
+def test_compose_has_the_pair_chroma_and_an_optional_postgres() -> None:
+    assert {"metadata", "vector", "chroma", "postgres", "metadata-pg"} <= set(SERVICES)
+    assert module_of(SERVICES["metadata"]) == "metadata_service"
+    assert module_of(SERVICES["metadata-pg"]) == "metadata_service"
+    assert module_of(SERVICES["vector"]) == "vector_service"
+    # `docker compose up` starts the SQLite setup; PostgreSQL only on request.
+    for name in ("metadata", "vector", "chroma"):
+        assert not profiles(SERVICES[name]), name
+    for name in ("postgres", "metadata-pg"):
+        assert profiles(SERVICES[name]) == {"postgres"}, name
+
+
+def test_our_services_build_this_repository() -> None:
+    assert set(OURS) == {"metadata", "vector", "metadata-pg"}
+    for name, service in OURS.items():
+        assert service["build"] == ".", name
+        assert (ROOT / "Dockerfile").is_file()
+
+
+def test_chroma_server_matches_the_pinned_client() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [p for p in pins if p.startswith("chromadb==")]
+    version = pin.removeprefix("chromadb==")
+    assert importlib.metadata.version("chromadb") == version
+    assert SERVICES["chroma"]["image"] == f"chromadb/chroma:{version}"
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_environment_keys_are_settings_of_the_service(name: str) -> None:
+    service = OURS[name]
+    module = module_of(service)
+    assert module is not None
+    settings_class = SETTINGS[module]
+    env = environment(service)
+    known = {field.upper() for field in settings_class.model_fields}
+    unknown = set(env) - known
+    assert not unknown, f"{name}: {sorted(unknown)} are not {settings_class.__name__} fields"
+    # And the values validate (a typo such as WORKERS: four fails here);
+    # model_validate reads neither the environment nor a .env file.
+    settings = settings_class.model_validate({k.lower(): v for k, v in env.items()})
+    assert settings.environment.value == "production", name
+
+
+def test_metadata_service_settings() -> None:
+    env = environment(SERVICES["metadata"])
+    assert env["WORKERS"] == "4"
+    assert env["VECTOR_SERVICE_ADDRESS"] == "vector:50052"
+    assert make_url(env["DATABASE_URL"]).get_backend_name() == "sqlite"
+    pg_env = environment(SERVICES["metadata-pg"])
+    assert make_url(pg_env["DATABASE_URL"]).drivername == "postgresql+psycopg"
+    # Everything but the database is the same service.
+    assert {k: v for k, v in pg_env.items() if k != "DATABASE_URL"} == {
+        k: v for k, v in env.items() if k != "DATABASE_URL"
+    }
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_ports_match_the_settings(name: str) -> None:
+    service = OURS[name]
+    port = effective_port(service)
+    assert container_ports(service) == [port]
+    argv = healthcheck_argv(service)
+    assert python_module(argv) == "askmojo.healthcheck"
+    address, health_service = argv[3], argv[4]
+    assert urlsplit(f"//{address}").port == port
+    module = module_of(service)
+    assert module is not None
+    assert health_service == HEALTH_SERVICE[module]
+
+
+def test_published_host_ports_do_not_collide() -> None:
+    published = [
+        str(entry).rsplit(":", 1)[0]
+        for service in SERVICES.values()
+        for entry in service.get("ports", [])
+    ]
+    assert len(published) == len(set(published)), published
+
+
+def test_vector_service_address_names_the_vector_service() -> None:
+    for name in ("metadata", "metadata-pg"):
+        address = environment(SERVICES[name])["VECTOR_SERVICE_ADDRESS"]
+        host, port = address.rsplit(":", 1)
+        assert host in OURS and module_of(OURS[host]) == "vector_service"
+        assert int(port) == effective_port(OURS[host])
+
+
+def test_chroma_host_and_port_name_the_chroma_server() -> None:
+    env = environment(SERVICES["vector"])
+    assert env["CHROMA_HOST"] == "chroma"
+    port = int(env.get("CHROMA_PORT", VectorSettings.model_fields["chroma_port"].default))
+    # The port the server's own health check uses is the port it listens on.
+    (url,) = [a for a in healthcheck_argv(SERVICES["chroma"]) if a.startswith("http")]
+    assert urlsplit(url).port == port
+    assert urlsplit(url).path == "/api/v2/heartbeat"
+
+
+def test_sqlite_database_lives_on_a_volume() -> None:
+    service = SERVICES["metadata"]
+    database = make_url(environment(service)["DATABASE_URL"]).database
+    assert database is not None and database.startswith("/")
+    targets = {str(v).split(":")[1] for v in service["volumes"]}
+    assert str(Path(database).parent) in targets
+
+
+def test_postgres_url_matches_the_postgres_service() -> None:
+    url = make_url(environment(SERVICES["metadata-pg"])["DATABASE_URL"])
+    postgres = SERVICES["postgres"]
+    env = environment(postgres)
+    assert url.host == "postgres"
+    assert url.port == POSTGRES_PORT
+    assert (url.username, url.password, url.database) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert profiles(postgres) == profiles(SERVICES["metadata-pg"])
+
+
+def test_start_up_waits_for_health() -> None:
+    expected = {
+        "vector": {"chroma"},
+        "metadata": {"vector"},
+        "metadata-pg": {"vector", "postgres"},
+    }
+    for name, dependencies in expected.items():
+        depends_on = SERVICES[name]["depends_on"]
+        assert set(depends_on) == dependencies, name
+        for dependency, condition in depends_on.items():
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            assert "healthcheck" in SERVICES[dependency], dependency
+
+
+def test_named_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes", {}))
+    used = {
+        str(v).split(":")[0]
+        for service in SERVICES.values()
+        for v in service.get("volumes", [])
+        if not str(v).startswith((".", "/"))
+    }
+    assert used == declared
+
+
+def test_every_command_runs_an_existing_module() -> None:
+    for name, service in SERVICES.items():
+        commands = []
+        if "command" in service:
+            commands.append(as_argv(service["command"]))
+        if "healthcheck" in service:
+            commands.append(healthcheck_argv(service))
+        for argv in commands:
+            module = python_module(argv)
+            if argv[0].startswith("python"):
+                assert module is not None, (name, argv)
+            if module is not None:
+                assert importlib.util.find_spec(module) is not None, (name, module)
+
+
+# --- Dockerfile --------------------------------------------------------------
+
+
+def test_dockerfile_base_user_and_offline_model() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    env: dict[str, str] = {}
+    for keyword, args in instructions:
+        if keyword == "ENV":
+            for item in shlex.split(args):
+                key, _, value = item.partition("=")
+                env[key] = value
+    assert env["HF_HUB_OFFLINE"] == "1"
+    # Settings the image presets are real ones; the rest configure Python and pip.
+    known = {f.upper() for cls in SETTINGS.values() for f in cls.model_fields}
+    others = {k for k in env if k not in known}
+    assert all(k.startswith(("PYTHON", "PIP_", "HF_", "TRANSFORMERS_")) for k in others), others
+
+
+def test_dockerfile_installs_the_cpu_torch_wheel() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch==2.13.0" in pins
+    runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in runs
+
+
+def test_dockerfile_cmd_runs_a_service_module() -> None:
+    module = python_module(dockerfile_cmd())
+    assert module in SETTINGS
+    assert importlib.util.find_spec(f"{module}.__main__") is not None
+    assert not [k for k, _ in dockerfile_instructions() if k == "ENTRYPOINT"]
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_dockerfile_copies_files_that_exist_and_reach_the_build() -> None:
+    sources = []
+    for keyword, args in dockerfile_instructions():
+        if keyword in ("COPY", "ADD"):
+            parts = [p for p in shlex.split(args) if not p.startswith("--")]
+            assert not args.startswith("--from"), "no multi-stage copies expected"
+            sources.extend(parts[:-1])
+    assert {"pyproject.toml", "README.md", "askmojo", "metadata_service", "vector_service"} <= set(
+        sources
+    )
+    patterns = dockerignore_patterns()
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not any(fnmatch.fnmatch(source, p) for p in patterns), (
+            f".dockerignore drops {source}"
+        )
