@@ -6,7 +6,7 @@
     askmojo stats [--collection NAME]
     askmojo reconcile --collection NAME [--dry-run]
 
-It talks to the metadata service only (`--address`, or ASKMOJO_ADDRESS,
+It talks to the metadata service only (`--address`, or METADATA_ADDRESS,
 default localhost:50051). Every failure is one line on stderr: exit 2 for bad
 usage, 1 for anything else (a failed call, or documents that failed), 130 for
 Ctrl-C. Parsing and rendering live in cli_format.py, file walking in
@@ -103,7 +103,7 @@ def _seconds(text: str) -> float:
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    default_address = environ.get("ASKMOJO_ADDRESS") or DEFAULT_ADDRESS
+    default_address = environ.get("METADATA_ADDRESS") or DEFAULT_ADDRESS
     parser = _Parser(
         prog="askmojo",
         description="Command-line client of the ASKMOJO metadata service.",
@@ -116,7 +116,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         p.add_argument(
             "--address",
             default=default_address if defaults else argparse.SUPPRESS,
-            help=f"metadata service HOST:PORT (env ASKMOJO_ADDRESS; default {DEFAULT_ADDRESS})",
+            help=f"metadata service HOST:PORT (env METADATA_ADDRESS; default {DEFAULT_ADDRESS})",
         )
         p.add_argument(
             "--timeout",

@@ -148,6 +148,8 @@ def bench_grpc(
         "ENVIRONMENT": "production",
         "WORKERS": str(workers),
         "LOG_FORMAT": "json",
+        # The database write path alone; indexing is measured with the pair.
+        "VECTOR_SERVICE_ADDRESS": "",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "metadata_service"], env=env, stderr=subprocess.PIPE, text=True

@@ -196,7 +196,7 @@ def closed_port() -> int:
 def test_console_script_ingests_with_the_address_from_the_environment(
     server: RunningServer, corpus: Path
 ) -> None:
-    done = askmojo("ingest", str(corpus), "-c", "docs", env={"ASKMOJO_ADDRESS": server.address})
+    done = askmojo("ingest", str(corpus), "-c", "docs", env={"METADATA_ADDRESS": server.address})
     assert done.returncode == 1, done.stderr
     assert done.stderr == ""
     assert "5 documents into docs" in done.stdout

@@ -541,7 +541,7 @@ def test_rpc_errors_are_one_line(code: str, details: str, expected: str) -> None
 
 def test_address_comes_from_the_flag_then_the_environment() -> None:
     assert build_parser({}).parse_args(["collections"]).address == "localhost:50051"
-    env = {"ASKMOJO_ADDRESS": "db:1"}
+    env = {"METADATA_ADDRESS": "db:1"}
     assert build_parser(env).parse_args(["collections"]).address == "db:1"
     assert build_parser(env).parse_args(["--address", "x:2", "collections"]).address == "x:2"
     # Also accepted after the command, where people tend to type it.

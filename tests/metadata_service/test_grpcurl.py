@@ -1,5 +1,6 @@
-"""Real grpcurl against a real server: reflection, health, JSON requests — and
-the README's walk-through, run verbatim so it cannot rot."""
+"""Real grpcurl against a real server: reflection, health, JSON requests.
+(The README's walk-through runs in tests/pipeline/test_readme.py, against
+both services.)"""
 
 from __future__ import annotations
 
@@ -75,20 +76,6 @@ def test_grpcurl_lists_services_and_calls_from_json(server: RunningServer) -> No
     )
     assert missing.returncode != 0
     assert "NotFound" in missing.stderr and "collection 'nope' not found" in missing.stderr
-
-
-def test_readme_walkthrough_runs_verbatim(server: RunningServer) -> None:
-    outputs = []
-    for command in walkthrough_commands():
-        assert command[0] == ".venv/bin/grpcurl"
-        args = [server.address if arg == README_ADDRESS else arg for arg in command[1:]]
-        result = grpcurl(*args)
-        assert result.returncode == 0, f"{shlex.join(command)}\n{result.stderr}"
-        outputs.append(result.stdout)
-    assert "askmojo.metadata.v1.MetadataService" in outputs[0]
-    assert '"status": "SERVING"' in outputs[1]
-    listed = next(json.loads(o) for o in outputs if '"documents"' in o)
-    assert [d["id"] for d in listed["documents"]] == ["wal.md"]
 
 
 def test_reflection_can_be_turned_off(settings: MetadataSettings) -> None:
