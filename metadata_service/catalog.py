@@ -450,18 +450,17 @@ class Catalog:
         def work(
             session: Session,
         ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
-            live = repo.live_chunks(
+            live = repo.chunks_with_metadata(
                 session, target.collection_id, [(d, o) for d, o, _, _ in matches], where
             )
-            current = {
-                (d, o): live[(d, o)]
-                for d, o, incarnation, hash_prefix in matches
-                if (d, o) in live
-                and live[(d, o)].incarnation == incarnation
-                and live[(d, o)].content_hash.startswith(hash_prefix)
-            }
-            metadata = repo.metadata_of(session, {c.document_pk for c in current.values()})
-            return {key: (c.text, metadata[c.document_pk]) for key, c in current.items()}
+            joined = {}
+            for d, o, incarnation, hash_prefix in matches:
+                if (d, o) not in live:
+                    continue
+                chunk, metadata = live[(d, o)]
+                if chunk.incarnation == incarnation and chunk.content_hash.startswith(hash_prefix):
+                    joined[(d, o)] = (chunk.text, metadata)
+            return joined
 
         return self._db.read(work)
 

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -155,14 +155,7 @@ class Indexer:
                 step = self._settings.index_batch_records
                 for start in range(0, len(group), step):
                     part = group[start : start + step]
-                    records = [
-                        VectorRecord(
-                            vector_id(c.document_id, c.ordinal),
-                            c.text,
-                            vector_metadata(c, metadata[c.document_pk]),
-                        )
-                        for c in part
-                    ]
+                    records = await self._records(name, part, metadata, deadline)
                     acks = await self._client.upsert(name, records, deadline)
                     for chunk, ack in zip(part, acks, strict=True):
                         if ack.ok:
@@ -183,6 +176,35 @@ class Indexer:
             failed.update({c.chunk_id: str(exc) for c in chunks if c.chunk_id not in done})
         await self._settle(lease, indexed, failed, released)
         return IndexingReport(len(indexed), len(failed), len(released))
+
+    async def _records(
+        self,
+        collection: str,
+        chunks: Sequence[repo.ClaimedChunk],
+        metadata: dict[int, dict[str, MetadataScalar]],
+        deadline: float,
+    ) -> list[VectorRecord]:
+        """The records to upsert: a chunk whose vector is already stored for
+        this very content (a metadata-only change, a replay after a crash)
+        sends that vector back with its new metadata instead of its text, so
+        unchanged content is never embedded again."""
+        ids = [vector_id(c.document_id, c.ordinal) for c in chunks]
+        stored = await self._client.get(collection, ids, deadline, vectors=True)
+        records = []
+        for vid, chunk in zip(ids, chunks, strict=True):
+            meta = vector_metadata(chunk, metadata[chunk.document_pk])
+            old = stored.get(vid)
+            same_content = (
+                old is not None
+                and old.vector is not None
+                and old.metadata.get(INCARNATION_KEY) == chunk.incarnation
+                and old.metadata.get(HASH_KEY) == meta[HASH_KEY]
+            )
+            if same_content and old is not None:
+                records.append(VectorRecord(vid, None, meta, vector=old.vector))
+            else:
+                records.append(VectorRecord(vid, chunk.text, meta))
+        return records
 
     async def _ensure_collection(self, chunk: repo.ClaimedChunk, deadline: float) -> None:
         name = chunk.vector_collection

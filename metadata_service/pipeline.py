@@ -232,10 +232,10 @@ class Pipeline:
                 return [], 0  # no vector collection: nothing can be orphaned
             if not ids:
                 break
-            metadata = await client.get(target.vector_collection, ids, deadline)
+            stored = await client.get(target.vector_collection, ids, deadline)
             page = []
             for vid in ids:
-                meta = metadata.get(vid, {})
+                meta = stored[vid].metadata if vid in stored else {}
                 incarnation = meta.get(INCARNATION_KEY)
                 hash_prefix = meta.get(HASH_KEY)
                 page.append(

@@ -57,9 +57,18 @@ class VectorCollectionNotFound(VectorServiceError):
 
 @dataclass(frozen=True)
 class VectorRecord:
+    """Exactly one of `text` (embedded by the vector service) and `vector`."""
+
     id: str
-    text: str
+    text: str | None
     metadata: Mapping[str, MetadataScalar]
+    vector: Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    metadata: dict[str, MetadataScalar]
+    vector: list[float] | None
 
 
 @dataclass(frozen=True)
@@ -112,10 +121,7 @@ class VectorClient:
     ) -> list[RecordAck]:
         request = vpb.UpsertRequest(
             collection=collection,
-            records=[
-                vpb.VectorRecord(id=r.id, text=r.text, metadata=metadata_to_proto(r.metadata))
-                for r in records
-            ],
+            records=[_to_proto_record(r) for r in records],
         )
         response: vpb.UpsertResponse = await self._call(self._stub.Upsert, request, deadline)
         return [
@@ -165,12 +171,19 @@ class VectorClient:
         return list(response.ids), response.next_page_token
 
     async def get(
-        self, collection: str, ids: Sequence[str], deadline: float
-    ) -> dict[str, dict[str, MetadataScalar]]:
+        self, collection: str, ids: Sequence[str], deadline: float, *, vectors: bool = False
+    ) -> dict[str, StoredVector]:
         response: vpb.GetResponse = await self._call(
-            self._stub.Get, vpb.GetRequest(collection=collection, ids=list(ids)), deadline
+            self._stub.Get,
+            vpb.GetRequest(collection=collection, ids=list(ids), include_vectors=vectors),
+            deadline,
         )
-        return {r.id: _metadata(r.metadata) for r in response.records}
+        return {
+            r.id: StoredVector(
+                _metadata(r.metadata), list(r.vector.values) if r.HasField("vector") else None
+            )
+            for r in response.records
+        }
 
     async def delete_ids(self, collection: str, ids: Sequence[str], deadline: float) -> int:
         response: vpb.DeleteResponse = await self._call(
@@ -195,6 +208,15 @@ class VectorClient:
             if code is grpc.StatusCode.NOT_FOUND:
                 raise VectorCollectionNotFound(code, exc.details() or "") from None
             raise VectorServiceError(code, exc.details() or "") from None
+
+
+def _to_proto_record(record: VectorRecord) -> vpb.VectorRecord:
+    metadata = metadata_to_proto(record.metadata)
+    if record.vector is not None:
+        return vpb.VectorRecord(
+            id=record.id, vector=vpb.Vector(values=record.vector), metadata=metadata
+        )
+    return vpb.VectorRecord(id=record.id, text=record.text or "", metadata=metadata)
 
 
 def _metadata(values: Mapping[str, object]) -> dict[str, MetadataScalar]:

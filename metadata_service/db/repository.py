@@ -31,7 +31,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm import Session, aliased, defer, selectinload
 
 from askmojo.common.filters import (
     AllOf,
@@ -671,6 +671,53 @@ def live_chunks(
     return {
         (row[0], row[1]): LiveChunk(*row[2:8], IndexState(row[8])) for row in session.execute(stmt)
     }
+
+
+def chunks_with_metadata(
+    session: Session,
+    collection_id: int,
+    keys: Collection[tuple[str, int]],
+    where: FilterNode | None,
+) -> dict[tuple[str, int], tuple[LiveChunk, dict[str, MetadataScalar]]]:
+    """Search's join, in one query: the chunks at these (document id,
+    ordinal) places whose documents match `where` as stored now, each with
+    its document's metadata (one row per metadata key, outer-joined)."""
+    if not keys:
+        return {}
+    # An alias: the filter's EXISTS subqueries on document_metadata must not
+    # correlate to this join of the same table.
+    entries = aliased(MetadataRow)
+    stmt = (
+        select(
+            DocumentRow.external_id,
+            ChunkRow.ordinal,
+            ChunkRow.id,
+            DocumentRow.id,
+            ChunkRow.text,
+            DocumentRow.incarnation,
+            DocumentRow.generation,
+            DocumentRow.content_hash,
+            ChunkRow.state,
+            entries,
+        )
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .outerjoin(entries, entries.document_id == DocumentRow.id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            tuple_(DocumentRow.external_id, ChunkRow.ordinal).in_(list(keys)),
+        )
+    )
+    if where is not None:
+        stmt = stmt.where(filter_clause(where))
+    found: dict[tuple[str, int], tuple[LiveChunk, dict[str, MetadataScalar]]] = {}
+    for row in session.execute(stmt):
+        key = (row[0], row[1])
+        if key not in found:
+            found[key] = (LiveChunk(*row[2:8], IndexState(row[8])), {})
+        entry = row[9]
+        if entry is not None:
+            found[key][1][entry.key] = metadata_value(entry)
+    return found
 
 
 def indexed_chunks_after(

@@ -25,8 +25,11 @@ from tests.conftest import RunningServer
 
 
 @pytest.fixture
-def paired_settings(settings: MetadataSettings, vector_server: RunningServer) -> MetadataSettings:
-    return settings.model_copy(
+def paired_settings(
+    backend_settings: MetadataSettings, vector_server: RunningServer
+) -> MetadataSettings:
+    """On SQLite, then on PostgreSQL (skipped with a reason when absent)."""
+    return backend_settings.model_copy(
         update={
             "vector_service_address": vector_server.address,
             "index_poll_seconds": 0.2,

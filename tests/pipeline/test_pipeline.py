@@ -241,3 +241,22 @@ def test_per_item_results_of_the_ingest_stream(stub: Stub, collection: str) -> N
         [("a", pb.UPSERT_STATE_UNCHANGED)],
     ]
     assert responses[0].results[1].status.code == code_pb2.INVALID_ARGUMENT
+
+
+def test_metadata_changes_and_replays_embed_nothing(
+    stub: Stub, collection: str, vector_server: RunningServer
+) -> None:
+    """A metadata-only change updates the vectors' metadata (filters see it)
+    with the stored vectors: the model sees no text."""
+    upsert(stub, collection, *(doc(k, v, topic=k, year=2020) for k, v in TEXTS.items()))
+    embedded = vector_server.server.batcher.stats.texts
+    changed = upsert(stub, collection, doc("cats", TEXTS["cats"], topic="cats", year=2024))
+    assert changed == [("cats", pb.UPSERT_STATE_INDEXED)]
+    assert vector_server.server.batcher.stats.texts == embedded
+    newer = common.Filter(
+        condition=common.Condition(
+            key="year", op=common.OPERATOR_GT, value=common.MetadataValue(int_value=2022)
+        )
+    )
+    hits = search(stub, collection, "animals", top_k=3, filter=newer)
+    assert [(h.document_id, h.metadata["year"].int_value) for h in hits] == [("cats", 2024)]
