@@ -450,8 +450,12 @@ class Catalog:
         def work(
             session: Session,
         ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
-            live = repo.chunks_with_metadata(
-                session, target.collection_id, [(d, o) for d, o, _, _ in matches], where
+            live = repo.live_chunks(
+                session,
+                target.collection_id,
+                [(d, o) for d, o, _, _ in matches],
+                where,
+                with_metadata=True,
             )
             joined = {}
             for d, o, incarnation, hash_prefix in matches:
@@ -482,7 +486,7 @@ class Catalog:
             orphans: list[str] = []
             stale: list[int] = []
             for vector_id, parsed, incarnation, hash_prefix in vectors:
-                chunk = live.get(parsed) if parsed is not None else None
+                chunk = live[parsed][0] if parsed in live else None
                 if chunk is None or chunk.incarnation != incarnation:
                     orphans.append(vector_id)
                 elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(

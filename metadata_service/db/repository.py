@@ -643,45 +643,13 @@ def live_chunks(
     collection_id: int,
     keys: Collection[tuple[str, int]],
     where: FilterNode | None = None,
-) -> dict[tuple[str, int], LiveChunk]:
-    """The chunks at these (document id, ordinal) places, if they exist (and
-    their documents match `where`, checked against the stored metadata)."""
-    if not keys:
-        return {}
-    stmt = (
-        select(
-            DocumentRow.external_id,
-            ChunkRow.ordinal,
-            ChunkRow.id,
-            DocumentRow.id,
-            ChunkRow.text,
-            DocumentRow.incarnation,
-            DocumentRow.generation,
-            DocumentRow.content_hash,
-            ChunkRow.state,
-        )
-        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
-        .where(
-            DocumentRow.collection_id == collection_id,
-            tuple_(DocumentRow.external_id, ChunkRow.ordinal).in_(list(keys)),
-        )
-    )
-    if where is not None:
-        stmt = stmt.where(filter_clause(where))
-    return {
-        (row[0], row[1]): LiveChunk(*row[2:8], IndexState(row[8])) for row in session.execute(stmt)
-    }
-
-
-def chunks_with_metadata(
-    session: Session,
-    collection_id: int,
-    keys: Collection[tuple[str, int]],
-    where: FilterNode | None,
+    *,
+    with_metadata: bool = False,
 ) -> dict[tuple[str, int], tuple[LiveChunk, dict[str, MetadataScalar]]]:
-    """Search's join, in one query: the chunks at these (document id,
-    ordinal) places whose documents match `where` as stored now, each with
-    its document's metadata (one row per metadata key, outer-joined)."""
+    """The chunks at these (document id, ordinal) places that exist and whose
+    documents match `where` as stored now; with each, its document's
+    metadata when asked (Search's join: one query, the metadata rows
+    outer-joined, one row per key), else an empty dict (Reconcile)."""
     if not keys:
         return {}
     # An alias: the filter's EXISTS subqueries on document_metadata must not
@@ -698,23 +666,36 @@ def chunks_with_metadata(
             DocumentRow.generation,
             DocumentRow.content_hash,
             ChunkRow.state,
-            entries,
         )
         .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
-        .outerjoin(entries, entries.document_id == DocumentRow.id)
         .where(
             DocumentRow.collection_id == collection_id,
             tuple_(DocumentRow.external_id, ChunkRow.ordinal).in_(list(keys)),
         )
     )
+    if with_metadata:
+        stmt = stmt.add_columns(entries).outerjoin(entries, entries.document_id == DocumentRow.id)
     if where is not None:
         stmt = stmt.where(filter_clause(where))
     found: dict[tuple[str, int], tuple[LiveChunk, dict[str, MetadataScalar]]] = {}
     for row in session.execute(stmt):
-        key = (row[0], row[1])
+        values: tuple[Any, ...] = tuple(row)  # 9 columns, then the metadata entry if joined
+        key = (values[0], values[1])
         if key not in found:
-            found[key] = (LiveChunk(*row[2:8], IndexState(row[8])), {})
-        entry = row[9]
+            chunk_id, document_pk, text, incarnation, generation, content_hash = values[2:8]
+            found[key] = (
+                LiveChunk(
+                    chunk_id,
+                    document_pk,
+                    text,
+                    incarnation,
+                    generation,
+                    content_hash,
+                    IndexState(values[8]),
+                ),
+                {},
+            )
+        entry = values[9] if with_metadata else None
         if entry is not None:
             found[key][1][entry.key] = metadata_value(entry)
     return found
