@@ -43,6 +43,7 @@ from metadata_service.db.engine import Database
 from metadata_service.db.models import VectorDeletionRow, utcnow
 from metadata_service.vector_client import (
     VectorClient,
+    VectorCollectionNotFound,
     VectorRecord,
     VectorServiceError,
     VectorServiceUnavailable,
@@ -137,8 +138,10 @@ class Indexer:
     # --- sending -----------------------------------------------------------
 
     async def index_leased(self, lease: datetime, deadline: float) -> IndexingReport:
-        """Sends every chunk held under `lease` and records the answers. On
-        an outage the chunks are released (PENDING) and the error re-raised."""
+        """Sends every chunk held under `lease` through the vector service's
+        UpsertStream (batches of INDEX_BATCH_RECORDS) and records the answers.
+        On an outage the chunks not yet acknowledged are released (PENDING)
+        and the error re-raised."""
         claimed = await self._db_call(self._db.read, functools.partial(_load_claimed, lease))
         chunks, metadata = claimed
         if not chunks:
@@ -153,21 +156,33 @@ class Indexer:
             for name, group in by_collection.items():
                 await self._ensure_collection(group[0], deadline)
                 step = self._settings.index_batch_records
-                for start in range(0, len(group), step):
-                    part = group[start : start + step]
-                    records = await self._records(name, part, metadata, deadline)
-                    acks = await self._client.upsert(name, records, deadline)
-                    for chunk, ack in zip(part, acks, strict=True):
+                batches = [
+                    await self._records(name, group[start : start + step], metadata, deadline)
+                    for start in range(0, len(group), step)
+                ]
+                chunk_of = {vector_id(c.document_id, c.ordinal): c.chunk_id for c in group}
+                async for acks in self._client.upsert_stream(name, batches, deadline):
+                    for ack in acks:
                         if ack.ok:
-                            indexed.append(chunk.chunk_id)
-                        elif ack.transient:
-                            released.append(chunk.chunk_id)
+                            indexed.append(chunk_of[ack.id])
+                        elif ack.transient or ack.collection_missing:
+                            if ack.collection_missing:
+                                self._ensured.discard(name)  # re-created on the next pass
+                            released.append(chunk_of[ack.id])
                         else:
-                            failed[chunk.chunk_id] = ack.message
+                            failed[chunk_of[ack.id]] = ack.message
         except VectorServiceUnavailable:
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
             await self._settle(lease, indexed, failed, released)
+            raise
+        except asyncio.CancelledError:
+            # Shutdown or a client that went away: record what was
+            # acknowledged and give the rest back now, instead of leaving it
+            # leased (untouchable) until INDEX_LEASE_SECONDS pass.
+            done = {*indexed, *failed, *released}
+            released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
+            await asyncio.shield(self._settle(lease, indexed, failed, released))
             raise
         except VectorServiceError as exc:
             # The vector service refused the whole request (e.g. the collection
@@ -189,7 +204,14 @@ class Indexer:
         sends that vector back with its new metadata instead of its text, so
         unchanged content is never embedded again."""
         ids = [vector_id(c.document_id, c.ordinal) for c in chunks]
-        stored = await self._client.get(collection, ids, deadline, vectors=True)
+        try:
+            stored = await self._client.get(collection, ids, deadline, vectors=True)
+        except VectorCollectionNotFound:
+            # Dropped behind our back (or a vector store rebuilt from nothing):
+            # the database is the source of truth, so create it again.
+            self._ensured.discard(collection)
+            await self._ensure_collection(chunks[0], deadline)
+            stored = {}
         records = []
         for vid, chunk in zip(ids, chunks, strict=True):
             meta = vector_metadata(chunk, metadata[chunk.document_pk])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,9 @@ class RecordAck:
     ok: bool
     transient: bool  # not stored now, may succeed later (queue full...)
     message: str
+    # The vector collection is gone (dropped, or a vector store rebuilt from
+    # nothing): create it again and resend.
+    collection_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,23 +119,38 @@ class VectorClient:
     async def drop_collection(self, name: str, deadline: float) -> None:
         await self._call(self._stub.DropCollection, vpb.DropCollectionRequest(name=name), deadline)
 
-    async def upsert(
-        self, collection: str, records: Sequence[VectorRecord], deadline: float
-    ) -> list[RecordAck]:
-        request = vpb.UpsertRequest(
-            collection=collection,
-            records=[_to_proto_record(r) for r in records],
-        )
-        response: vpb.UpsertResponse = await self._call(self._stub.Upsert, request, deadline)
-        return [
-            RecordAck(
-                r.id,
-                r.status.code == code_pb2.OK,
-                r.status.code in _TRANSIENT_CODES,
-                r.status.message,
+    async def upsert_stream(
+        self, collection: str, batches: Sequence[Sequence[VectorRecord]], deadline: float
+    ) -> AsyncIterator[list[RecordAck]]:
+        """Sends the batches over one `UpsertStream` and yields each batch's
+        acknowledgements as they come. The vector service reads a batch only
+        after storing the one before, so this side never runs ahead of it."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise VectorServiceUnavailable("no time left for the vector service call")
+        requests = (
+            vpb.UpsertStreamRequest(
+                collection=collection, records=[_to_proto_record(r) for r in batch]
             )
-            for r in response.results
-        ]
+            for batch in batches
+        )
+        call = self._stub.UpsertStream(requests, timeout=remaining)
+        try:
+            async for response in call:
+                # A refused batch (e.g. its collection was dropped meanwhile)
+                # carries that status on each of its records too.
+                yield [
+                    RecordAck(
+                        r.id,
+                        r.status.code == code_pb2.OK,
+                        r.status.code in _TRANSIENT_CODES,
+                        r.status.message,
+                        r.status.code == code_pb2.NOT_FOUND,
+                    )
+                    for r in response.results
+                ]
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
 
     async def delete(self, collection: str, where: FilterNode, deadline: float) -> int:
         """Deletes the matching vectors; a missing collection has none."""
@@ -200,14 +218,17 @@ class VectorClient:
         try:
             return await method(request, timeout=remaining)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in _TRANSIENT:
-                raise VectorServiceUnavailable(
-                    f"vector service at {self.address}: {code.name}: {exc.details()}"
-                ) from None
-            if code is grpc.StatusCode.NOT_FOUND:
-                raise VectorCollectionNotFound(code, exc.details() or "") from None
-            raise VectorServiceError(code, exc.details() or "") from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> Exception:
+        code = exc.code()
+        if code in _TRANSIENT:
+            return VectorServiceUnavailable(
+                f"vector service at {self.address}: {code.name}: {exc.details()}"
+            )
+        if code is grpc.StatusCode.NOT_FOUND:
+            return VectorCollectionNotFound(code, exc.details() or "")
+        return VectorServiceError(code, exc.details() or "")
 
 
 def _to_proto_record(record: VectorRecord) -> vpb.VectorRecord:

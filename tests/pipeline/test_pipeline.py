@@ -260,3 +260,17 @@ def test_metadata_changes_and_replays_embed_nothing(
     )
     hits = search(stub, collection, "animals", top_k=3, filter=newer)
     assert [(h.document_id, h.metadata["year"].int_value) for h in hits] == [("cats", 2024)]
+
+
+def test_reconcile_rebuilds_a_lost_vector_collection(
+    stub: Stub, collection: str, vectors: vpb_grpc.VectorServiceStub
+) -> None:
+    """Chroma is rebuildable: the database is the source of truth."""
+    upsert(stub, collection, *(doc(k, v, topic=k) for k, v in TEXTS.items()))
+    name = vector_name(stub, collection)
+    vectors.DropCollection(vpb.DropCollectionRequest(name=name))
+    fixed = stub.Reconcile(pb.ReconcileRequest(collection=collection), timeout=120)
+    assert (fixed.missing_vectors, fixed.orphan_vectors) == (3, 0)
+    eventually(lambda: vector_count(vectors, name) == 3, what="the vectors rebuilt")
+    hits = search(stub, collection, "Which database allows concurrent readers?", top_k=1)
+    assert [h.document_id for h in hits] == ["sqlite"]
