@@ -61,7 +61,7 @@ def test_ingest_a_folder(
     code, lines = ingest(run_cli, server, str(corpus), "--collection", "docs", "--batch", "2")
     assert code == 1  # one file failed
     assert lines[0] == (
-        "created collection docs (all-MiniLM-L6-v2, 384 dimensions, chunks of 800 characters)"
+        "created collection docs (all-MiniLM-L6-v2, 384 dimensions, chunks of 400 characters)"
     )
     assert lines[1].startswith("5 documents into docs in ")
     assert summary_counts(lines[1]) == {"indexed": 0, "unchanged": 0, "pending": 4, "failed": 1}
