@@ -138,7 +138,12 @@ class Catalog:
 
         return self._db.read(work)
 
-    def delete_collection(self, name: str) -> DeleteCollectionOutcome:
+    def delete_collection(
+        self, name: str, lease: datetime | None = None
+    ) -> DeleteCollectionOutcome:
+        """With a `lease`, the vector deletion recorded is held for the caller
+        to carry out (the background loop takes it if the lease runs out)."""
+
         def work(session: Session) -> DeleteCollectionOutcome:
             row = self._require_collection(session, name)
             counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
@@ -146,7 +151,14 @@ class Catalog:
             # Its vectors go with it, now or, if the vector service is down,
             # when it is back: the drop is recorded in this same transaction.
             repo.add_deletions(
-                session, [{"vector_collection": row.vector_collection, **_DELETION_DEFAULTS}]
+                session,
+                [
+                    {
+                        **_DELETION_DEFAULTS,
+                        "vector_collection": row.vector_collection,
+                        "lease_until": lease,
+                    }
+                ],
             )
             return DeleteCollectionOutcome(counts.documents, counts.chunks)
 
@@ -375,7 +387,11 @@ class Catalog:
         return self._db.read(work)
 
     def delete_documents(
-        self, collection: str, ids: Sequence[str], where: FilterNode | None
+        self,
+        collection: str,
+        ids: Sequence[str],
+        where: FilterNode | None,
+        lease: datetime | None = None,
     ) -> DeleteDocumentsOutcome:
         if bool(ids) == (where is not None):
             raise InvalidArgument(
@@ -405,6 +421,7 @@ class Catalog:
                         "document_id": d.external_id,
                         "incarnation": d.incarnation,
                         "max_generation": d.generation,
+                        "lease_until": lease,
                     }
                     for d in deleted
                 ],

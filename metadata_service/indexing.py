@@ -250,15 +250,23 @@ class Indexer:
 
         await self._db_call(self._db.write, work)
 
-    async def delete_pending(self, deadline: float) -> int:
-        """Runs the deletion outbox; returns how many rows it completed."""
-        lease = self.new_lease()
-        rows = await self._db_call(
-            self._db.write,
-            lambda s: repo.claim_deletions(
-                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
-            ),
-        )
+    async def delete_pending(self, deadline: float, lease: datetime | None = None) -> int:
+        """Runs the deletion outbox: the rows held under `lease` (a delete
+        call's own), else a batch claimed from those nobody holds. Returns how
+        many rows it completed."""
+        if lease is not None:
+            rows = await self._db_call(
+                self._db.read, functools.partial(repo.leased_deletions, lease=lease)
+            )
+        else:
+            lease = self.new_lease()
+            claim = lease
+            rows = await self._db_call(
+                self._db.write,
+                lambda s: repo.claim_deletions(
+                    s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
+                ),
+            )
         done: list[int] = []
         error: Exception | None = None
         for row in rows:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 from askmojo.common.filters import FilterNode
@@ -96,14 +97,14 @@ class Pipeline:
         self,
         collection: str,
         outcomes: list[UpsertOutcome],
-        lease: Any,
+        lease: datetime | None,
         deadline: float,
     ) -> list[UpsertOutcome]:
         """Indexes the chunks this call wrote (held under its lease) and
         reports each document as it ended: INDEXED, FAILED, or still PENDING
         when the vector service is away (the background loop takes over)."""
         written = [o.id for o in outcomes if o.state is UpsertState.PENDING]
-        if self._indexer is None or not written:
+        if self._indexer is None or lease is None or not written:
             return outcomes
         limit = min(deadline, time.monotonic() + self._settings.index_on_write_timeout)
         try:
@@ -118,22 +119,25 @@ class Pipeline:
     async def delete_documents(
         self, collection: str, ids: Sequence[str], where: FilterNode | None, deadline: float
     ) -> DeleteDocumentsOutcome:
-        outcome = await self._db(self._catalog.delete_documents, collection, ids, where)
-        await self._delete_vectors_now(deadline)
+        lease = self._indexer.new_lease() if self._indexer else None
+        outcome = await self._db(self._catalog.delete_documents, collection, ids, where, lease)
+        await self._delete_vectors_now(lease, deadline)
         return outcome
 
     async def delete_collection(self, name: str, deadline: float) -> DeleteCollectionOutcome:
-        outcome = await self._db(self._catalog.delete_collection, name)
-        await self._delete_vectors_now(deadline)
+        lease = self._indexer.new_lease() if self._indexer else None
+        outcome = await self._db(self._catalog.delete_collection, name, lease)
+        await self._delete_vectors_now(lease, deadline)
         return outcome
 
-    async def _delete_vectors_now(self, deadline: float) -> None:
-        """The rows are gone and the vectors' removal is recorded; try it now
-        so the caller sees a clean index, else the background loop retries."""
-        if self._indexer is None:
+    async def _delete_vectors_now(self, lease: datetime | None, deadline: float) -> None:
+        """The rows are gone and the vectors' removal is recorded under this
+        call's lease; carry it out now so the caller sees a clean index (the
+        background loop cannot take it meanwhile), else it retries later."""
+        if self._indexer is None or lease is None:
             return
         try:
-            await self._indexer.delete_pending(deadline)
+            await self._indexer.delete_pending(deadline, lease)
         except Exception as exc:  # recorded; retried by the background loop
             _LOGGER.warning("vector deletion deferred: %s", exc)
             self._indexer.wake()

@@ -606,6 +606,19 @@ def claim_deletions(
     return rows
 
 
+def leased_deletions(session: Session, lease: datetime) -> list[VectorDeletionRow]:
+    rows = list(
+        session.scalars(
+            select(VectorDeletionRow)
+            .where(VectorDeletionRow.lease_until == lease)
+            .order_by(VectorDeletionRow.id)
+        )
+    )
+    for row in rows:
+        session.expunge(row)
+    return rows
+
+
 def finish_deletions(session: Session, ids: Collection[int]) -> None:
     if ids:
         session.execute(delete(VectorDeletionRow).where(VectorDeletionRow.id.in_(list(ids))))

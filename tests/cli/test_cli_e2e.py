@@ -137,7 +137,7 @@ def test_collections_and_stats(run_cli: Runner, server: RunningServer, corpus: P
     assert (listed.code, listed.err) == (0, "")
     rows = {line.split()[1]: line for line in listed.out.splitlines() if "all-MiniLM" in line}
     assert set(rows) == {"docs", "more-docs"}
-    assert re.search(r"│\s+4\s+│\s+4\s+│ all-MiniLM-L6-v2\s+│\s+384\s+│\s+800/100", rows["docs"])
+    assert re.search(r"│\s+4\s+│\s+4\s+│ all-MiniLM-L6-v2\s+│\s+384\s+│\s+400/50", rows["docs"])
     assert re.search(r"│\s+2\s+│", rows["more-docs"])
 
     stats = run_cli("stats", "--address", server.address)
