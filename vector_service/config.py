@@ -44,7 +44,7 @@ class VectorSettings(ServiceSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     # Dynamic batching: a batch closes at this many texts, this many tokens
     # (padded), or this long after its first text arrived, whichever is first.
-    # 128 measured fastest for short texts on this CPU (scripts/bench_embeddings.py).
+    # 128 measured fastest for short texts on this CPU (`make bench`).
     max_batch_texts: int = Field(default=128, ge=1)
     max_batch_tokens: int = Field(default=32768, ge=256)
     max_batch_wait_ms: float = Field(default=4.0, ge=0)

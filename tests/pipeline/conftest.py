@@ -3,18 +3,12 @@ real vector service (real model, embedded Chroma)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -77,52 +71,3 @@ def eventually(
         time.sleep(0.1)
     state = f"; last seen: {describe()}" if describe is not None else ""
     raise AssertionError(f"{what} did not hold within {timeout} s{state}")
-
-
-class ServiceProcess:
-    """`python -m <module>` as a real process on a fixed port, for tests
-    that kill it with SIGKILL and start it again on the same port."""
-
-    def __init__(self, module: str, port: int, env: dict[str, str], log: Path) -> None:
-        self.module = module
-        self.port = port
-        self.env = {**os.environ, **env, "LOG_FORMAT": "json"}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=log
-            )
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"{self.module} exited: {self.log.read_text()}"
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise AssertionError(f"{self.module} did not become SERVING: {self.log.read_text()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)

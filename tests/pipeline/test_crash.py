@@ -15,11 +15,11 @@ from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
+from bench.services import ServiceProcess, free_port
 from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
 from tests.conftest import RunningServer
-from tests.pipeline.conftest import ServiceProcess, eventually
-from tests.vector_service.conftest import free_port
+from tests.pipeline.conftest import eventually
 
 pytestmark = pytest.mark.slow
 

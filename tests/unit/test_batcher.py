@@ -172,3 +172,28 @@ def test_a_malformed_result_fails_calls_instead_of_hanging_them() -> None:
         await b.stop()
 
     run(scenario())
+
+
+def test_batches_group_texts_of_similar_length_and_always_take_the_oldest() -> None:
+    """Padding to the longest text of a batch wastes least when its texts are
+    alike in length; the oldest queued text is always in the next batch, so
+    sorting never starves a text."""
+
+    async def scenario() -> None:
+        pool = GatedPool()
+        pool.gate.clear()
+        b = batcher(pool, max_queued_texts=16)
+        b.start()
+        busy = asyncio.create_task(b.embed(["busy"], wait=False))
+        await asyncio.sleep(0.05)
+        long, short = "l" * 80, "s"
+        texts = [long + str(i) if i % 2 == 0 else short + str(i) for i in range(8)]
+        calls = [asyncio.create_task(b.embed([t], wait=False)) for t in texts]
+        await asyncio.sleep(0.05)
+        pool.gate.set()
+        results = await asyncio.gather(busy, *calls)
+        await b.stop()
+        assert pool.batches[1:] == [texts[0::2], texts[1::2]]
+        assert [float(r.vectors[0][0]) for r in results[1:]] == [len(t) for t in texts]
+
+    run(scenario())

@@ -15,15 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.services import free_port
 from tests.conftest import RunningServer
 
 CHROMA = Path(sys.executable).parent / "chroma"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 60) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ from vector_service.embedding.pool import EmbeddingPool, PoolUnavailable
 from vector_service.embedding.worker import BatchResult
 
 _LOGGER = logging.getLogger(__name__)
+
+
+# How many batches' worth of queued texts a batch is chosen from.
+LOOKAHEAD = 4
 
 
 class QueueFull(Exception):
@@ -188,27 +193,53 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._arrived.wait(), left)
             except TimeoutError:
                 break
-        batch: list[_Item] = []
-        longest = 0
-        while self._queue and len(batch) < self._max_texts:
-            item = self._queue[0]
-            if item.call.abandoned:
-                self._queue.popleft()
-                self.stats.dropped += 1
-                continue
-            padded = max(longest, item.cost) * (len(batch) + 1)
-            if batch and padded > self._max_tokens:
-                break
-            longest = max(longest, item.cost)
-            batch.append(self._queue.popleft())
-            item.call.queued -= 1
-            self._waiting -= 1
+        batch = self._take_batch()
         # Whatever is left (a batch closed on its token budget) starts the next.
         if self._queue:
             self._arrived.set()
         else:
             self._arrived.clear()
         self._room.set()
+        return batch
+
+    def _take_batch(self) -> list[_Item]:
+        """Removes the next batch from the queue: the oldest live text and,
+        from the texts queued behind it (up to LOOKAHEAD batches' worth), the
+        ones closest to it in length, shorter first. A batch is padded to its
+        longest text, so texts of similar length waste the least compute —
+        what `SentenceTransformer.encode` gets by sorting its whole input.
+        Every batch takes the oldest text, so none waits more than
+        LOOKAHEAD batches."""
+        window: list[_Item] = []
+        while self._queue and len(window) < self._max_texts * LOOKAHEAD:
+            item = self._queue.popleft()
+            if item.call.abandoned:
+                self.stats.dropped += 1  # its call's count was released already
+            else:
+                window.append(item)
+        if not window:
+            return []
+        oldest = window[0]
+        # Nearest in length first: those no longer than the oldest (longest
+        # first), then longer ones (shortest first); ties go oldest first.
+        behind = window[1:]
+        shorter = sorted((i for i in behind if i.cost <= oldest.cost), key=lambda i: -i.cost)
+        longer = sorted((i for i in behind if i.cost > oldest.cost), key=lambda i: i.cost)
+        batch = [oldest]
+        longest = oldest.cost
+        for item in itertools.chain(shorter, longer):
+            if len(batch) == self._max_texts:
+                break
+            if max(longest, item.cost) * (len(batch) + 1) > self._max_tokens:
+                break  # candidates only grow from here on
+            longest = max(longest, item.cost)
+            batch.append(item)
+        taken = {id(item) for item in batch}
+        # The rest goes back to the head of the queue in arrival order.
+        self._queue.extendleft(reversed([i for i in window if id(i) not in taken]))
+        for item in batch:
+            item.call.queued -= 1
+        self._waiting -= len(batch)
         return batch
 
     async def _dispatch(self, batch: list[_Item]) -> None:

@@ -1,0 +1,237 @@
+"""The metadata write path alone (no vector service), and writer contention.
+
+* `metadata_write_ratio`: documents/s through `UpsertDocuments` (production
+  mode, WORKERS=2, fed by 4 writer processes, each with its own channel
+  so SO_REUSEPORT spreads them) over SQLAlchemy Core executemany of the very
+  rows the service writes (documents, typed metadata, chunks), prepared
+  before the clock starts, one transaction per batch, same engine settings;
+* contention: the same run's rows/s and count of "database is locked" errors
+  (which must be 0: writes wait on `BEGIN IMMEDIATE` with a busy timeout).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import insert
+
+from askmojo.common.filters import metadata_to_proto
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from bench.context import Context, Ratio
+from bench.corpora import metadata_for, word_texts
+from bench.services import ServiceProcess
+from metadata_service.config import MetadataSettings
+from metadata_service.db.engine import build_engine
+from metadata_service.db.models import (
+    ChunkRow,
+    CollectionRow,
+    DocumentRow,
+    IndexState,
+    MetadataRow,
+    utcnow,
+)
+from metadata_service.db.repository import metadata_row
+from metadata_service.domain import ChunkingSpec, DocumentInput
+from metadata_service.server import prepare_database
+from metadata_service.validation import prepare_document
+
+BATCH = 100
+WRITERS = 4
+SERVICE_WORKERS = 2
+
+
+def documents(count: int) -> list[DocumentInput]:
+    return [
+        DocumentInput(f"doc-{i:07d}", text, metadata_for(i))
+        for i, text in enumerate(word_texts(count, 40, 120, seed=7))
+    ]
+
+
+def sqlalchemy_core(database: Path, docs: list[DocumentInput]) -> float:
+    settings = MetadataSettings(database_url=f"sqlite:///{database}")
+    prepare_database(settings)
+    engine = build_engine(settings)
+    with engine.begin() as conn:
+        collection_id = conn.execute(
+            insert(CollectionRow).returning(CollectionRow.id),
+            {
+                "name": "bench",
+                "description": "",
+                "embedding_model": "m",
+                "embedding_dimension": 384,
+                "chunk_size": 400,
+                "chunk_overlap": 50,
+                "created_at": utcnow(),
+                "vector_collection": "bench-00000000",
+            },
+        ).scalar_one()
+    spec = ChunkingSpec(400, 50)
+    prepared = [prepare_document(d, spec, settings, "d") for d in docs]
+    now = utcnow()
+    batches = [prepared[start : start + BATCH] for start in range(0, len(prepared), BATCH)]
+    started = time.perf_counter()
+    for part in batches:
+        with engine.begin() as conn:
+            pks = dict(
+                conn.execute(
+                    insert(DocumentRow).returning(
+                        DocumentRow.external_id, DocumentRow.id, sort_by_parameter_order=True
+                    ),
+                    [
+                        {
+                            "collection_id": collection_id,
+                            "external_id": p.id,
+                            "text": p.text,
+                            "content_hash": p.content_hash,
+                            "metadata_hash": p.metadata_hash,
+                            "generation": 1,
+                            "incarnation": 1,
+                            "state": IndexState.PENDING,
+                            "error": None,
+                            "chunk_count": len(p.chunks),
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for p in part
+                    ],
+                ).all()
+            )
+            conn.execute(
+                insert(ChunkRow),
+                [
+                    {
+                        "document_id": pks[p.id],
+                        "ordinal": c.ordinal,
+                        "text": c.text,
+                        "start_offset": c.start,
+                        "end_offset": c.end,
+                        "state": IndexState.PENDING,
+                        "error": None,
+                        "attempts": 0,
+                        "updated_at": now,
+                    }
+                    for p in part
+                    for c in p.chunks
+                ],
+            )
+            conn.execute(
+                insert(MetadataRow),
+                [metadata_row(pks[p.id], k, v) for p in part for k, v in p.metadata.items()],
+            )
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return len(docs) / elapsed
+
+
+def _writer(address: str, requests: list[bytes], ready: Any, go: Any, out: Any) -> None:
+    """One writer process: its own channel, its share of the batches; it
+    starts writing when every writer is connected (process start-up is not
+    part of the measure)."""
+    locked = failed = 0
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.MetadataServiceStub(channel)
+        ready.put(True)
+        go.wait()
+        for raw in requests:
+            try:
+                response = stub.UpsertDocuments(
+                    pb.UpsertDocumentsRequest.FromString(raw), timeout=120
+                )
+            except grpc.RpcError as exc:
+                failed += 1
+                locked += "locked" in (exc.details() or "")
+                continue
+            for result in response.results:
+                if result.status.code:
+                    failed += 1
+                    locked += "locked" in result.status.message
+    out.put((locked, failed))
+
+
+def grpc_writers(
+    ctx: Context, docs: list[DocumentInput]
+) -> tuple[float, int, int, dict[str, float]]:
+    service: ServiceProcess = ctx.metadata_service(
+        "metadata-write",
+        ctx.dir("metadata-write") / "metadata.db",
+        ENVIRONMENT="production",
+        WORKERS=str(SERVICE_WORKERS),
+        VECTOR_SERVICE_ADDRESS="",
+    )
+    requests = [
+        pb.UpsertDocumentsRequest(
+            collection="bench",
+            documents=[
+                pb.Document(id=d.id, text=d.text, metadata=metadata_to_proto(d.metadata))  # type: ignore[arg-type]
+                for d in docs[start : start + BATCH]
+            ],
+        ).SerializeToString()
+        for start in range(0, len(docs), BATCH)
+    ]
+    with service, grpc.insecure_channel(service.address) as channel:
+        pb_grpc.MetadataServiceStub(channel).CreateCollection(
+            pb.CreateCollectionRequest(name="bench")
+        )
+        context = multiprocessing.get_context("spawn")
+        ready, go, out = context.Queue(), context.Event(), context.Queue()
+        writers = [
+            context.Process(
+                target=_writer, args=(service.address, requests[i::WRITERS], ready, go, out)
+            )
+            for i in range(WRITERS)
+        ]
+        for writer in writers:
+            writer.start()
+        for _ in writers:
+            ready.get(timeout=120)
+        started = time.perf_counter()
+        go.set()
+        counts = [out.get(timeout=600) for _ in writers]
+        elapsed = time.perf_counter() - started
+        for writer in writers:
+            writer.join(30)
+        memory = service.rss_mib()
+    locked = sum(c[0] for c in counts)
+    failed = sum(c[1] for c in counts)
+    return len(docs) / elapsed, locked, failed, memory
+
+
+def run(ctx: Context) -> None:
+    docs = documents(ctx.sizes.metadata_docs)
+    core = []
+    served = []
+    for _ in range(ctx.sizes.repeat):
+        core.append(sqlalchemy_core(ctx.dir("core") / "core.db", docs))
+        served.append(grpc_writers(ctx, docs))
+    core.sort()
+    served.sort(key=lambda s: s[0])
+    median_core = core[len(core) // 2]
+    rate, _, _, memory = served[len(served) // 2]
+    ctx.ratio(
+        Ratio(
+            "metadata_write_ratio",
+            rate,
+            f"UpsertDocuments, WORKERS={SERVICE_WORKERS}, "
+            f"{WRITERS} writer processes, batches of {BATCH}",
+            median_core,
+            "SQLAlchemy Core executemany, one transaction per batch",
+            "documents/s",
+            0.50,
+        )
+    )
+    ctx.measure(
+        "writer_contention",
+        {
+            "writer_processes": WRITERS,
+            "documents_per_s": round(rate, 1),
+            "database_is_locked_errors": sum(s[1] for s in served),
+            "failed_documents": sum(s[2] for s in served),
+        },
+    )
+    ctx.measure("memory_mib_metadata_production", memory)

@@ -1,0 +1,322 @@
+"""The pair end to end, against the original single-process design: one
+script that chunks, encodes, adds to Chroma and writes SQLite rows itself.
+
+* `ingest_ratio`: `IngestDocuments` chunks/s until every document is INDEXED
+  (the stream answers a document once its chunks are acknowledged by the
+  vector service), over the in-process script's chunks/s;
+* `search_ratio`: `Search` QPS from 8 concurrent clients over the in-process
+  loop (encode the query, Chroma query, SQLite join of chunks and documents);
+* latency: p50/p99 of one client's `Search` calls, idle and while a bulk
+  ingest runs beside it;
+* `scale_ingest_ratio`: chunks/s of the last `scale_small` chunks of a
+  `scale_large`-chunk ingest over the first `scale_small`.
+Corpus: the real one (stdlib module documentation) for ingest and search;
+short texts for the scale run; passages for the bulk ingest under latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from askmojo.common.filters import metadata_to_proto
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from bench.context import Context, Ratio, baseline_model
+from bench.corpora import metadata_for, passages, short_texts
+from bench.timing import percentile
+from metadata_service.chunking import chunk_text
+from tests.known_item import Document, corpus
+
+CHUNK_SIZE, CHUNK_OVERLAP = 400, 50  # the service's defaults
+TOP_K = 10
+SEARCH_CLIENTS = 8
+STREAM_DOCS = 16  # documents per IngestDocuments message
+
+
+# --- the in-process baseline ------------------------------------------------------
+
+
+class InProcessStore:
+    """What the original app did in one process: sentence-transformers,
+    embedded Chroma, sqlite3."""
+
+    def __init__(self, ctx: Context, path: Path) -> None:
+        import chromadb
+
+        self.model = baseline_model(ctx.thread_budget)
+        client = chromadb.PersistentClient(path=str(path / "chroma"))
+        self.chroma = client.get_or_create_collection(
+            "baseline", configuration={"hnsw": {"space": "cosine"}}
+        )
+        self.db = sqlite3.connect(path / "baseline.db", check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            """
+            CREATE TABLE documents (id INTEGER PRIMARY KEY, external_id TEXT UNIQUE, text TEXT);
+            CREATE TABLE metadata (document_id INTEGER, key TEXT, value TEXT);
+            CREATE INDEX metadata_document ON metadata (document_id);
+            CREATE TABLE chunks (id INTEGER PRIMARY KEY, document_id INTEGER,
+                                 ordinal INTEGER, text TEXT, vector_id TEXT UNIQUE);
+            """
+        )
+
+    def ingest(self, documents: Sequence[Document], batch_chunks: int = 256) -> int:
+        rows = [(d, c) for d in documents for c in chunk_text(d.text, CHUNK_SIZE, CHUNK_OVERLAP)]
+        for start in range(0, len(rows), batch_chunks):
+            part = rows[start : start + batch_chunks]
+            texts = [c.text for _, c in part]
+            vectors = self.model.encode(texts, batch_size=64, normalize_embeddings=True)
+            ids = [f"{d.id}:{c.ordinal}" for d, c in part]
+            self.chroma.add(
+                ids=ids,
+                embeddings=vectors,
+                metadatas=[{"document_id": d.id, **d.metadata} for d, _ in part],
+            )
+            with self.db:
+                for document in {d.id: d for d, _ in part}.values():
+                    cursor = self.db.execute(
+                        "INSERT OR IGNORE INTO documents (external_id, text) VALUES (?, ?)",
+                        (document.id, document.text),
+                    )
+                    if cursor.rowcount:
+                        self.db.executemany(
+                            "INSERT INTO metadata VALUES (?, ?, ?)",
+                            [(cursor.lastrowid, k, str(v)) for k, v in document.metadata.items()],
+                        )
+                self.db.executemany(
+                    "INSERT INTO chunks (document_id, ordinal, text, vector_id) "
+                    "SELECT id, ?, ?, ? FROM documents WHERE external_id = ?",
+                    [(c.ordinal, c.text, f"{d.id}:{c.ordinal}", d.id) for d, c in part],
+                )
+        return len(rows)
+
+    def search(self, query: str) -> list[tuple[Any, ...]]:
+        vector = self.model.encode([query], normalize_embeddings=True)
+        found = self.chroma.query(query_embeddings=vector, n_results=TOP_K)
+        ids = found["ids"][0]
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            "SELECT c.vector_id, d.external_id, c.text, m.key, m.value FROM chunks c "
+            "JOIN documents d ON d.id = c.document_id "
+            "LEFT JOIN metadata m ON m.document_id = d.id "
+            f"WHERE c.vector_id IN ({marks})",
+            ids,
+        ).fetchall()
+        return rows
+
+
+# --- the services ------------------------------------------------------------------
+
+
+def _requests(
+    collection: str, documents: Sequence[Document]
+) -> Iterator[pb.IngestDocumentsRequest]:
+    for start in range(0, len(documents), STREAM_DOCS):
+        yield pb.IngestDocumentsRequest(
+            collection=collection,
+            documents=[
+                pb.Document(id=d.id, text=d.text, metadata=metadata_to_proto(d.metadata))
+                for d in documents[start : start + STREAM_DOCS]
+            ],
+        )
+
+
+def ingest_stream(
+    stub: pb_grpc.MetadataServiceStub,
+    collection: str,
+    documents: Sequence[Document],
+    marks: list[tuple[int, float]] | None = None,
+) -> int:
+    """Streams `documents`; every one must come back INDEXED. Returns the
+    chunk count; `marks` collects (chunks so far, time) per response."""
+    chunks = 0
+    for response in stub.IngestDocuments(_requests(collection, documents), timeout=3600):
+        if response.status.code:
+            raise RuntimeError(f"batch refused: {response.status.message}")
+        for result in response.results:
+            if result.state != pb.UPSERT_STATE_INDEXED:
+                raise RuntimeError(f"{result.id} not indexed: {result.status.message}")
+            chunks += result.chunk_count
+        if marks is not None:
+            marks.append((chunks, time.perf_counter()))
+    return chunks
+
+
+async def _search_clients(address: str, collection: str, queries: Sequence[str]) -> list[float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.MetadataServiceStub(channel)
+
+        async def client(index: int) -> None:
+            for query in queries[index::SEARCH_CLIENTS]:
+                started = time.perf_counter()
+                response = await stub.Search(
+                    pb.SearchRequest(collection=collection, query=query, top_k=TOP_K), timeout=60
+                )
+                latencies.append(time.perf_counter() - started)
+                assert response.hits
+
+        await asyncio.gather(*(client(i) for i in range(SEARCH_CLIENTS)))
+    return latencies
+
+
+def search_latencies(
+    stub: pb_grpc.MetadataServiceStub, collection: str, queries: Sequence[str]
+) -> list[float]:
+    latencies = []
+    for query in queries:
+        started = time.perf_counter()
+        stub.Search(pb.SearchRequest(collection=collection, query=query, top_k=TOP_K), timeout=60)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _docs(texts: Sequence[str], prefix: str) -> list[Document]:
+    return [Document(f"{prefix}-{i:06d}", t, metadata_for(i)) for i, t in enumerate(texts)]  # type: ignore[arg-type]
+
+
+def run(ctx: Context) -> None:
+    documents, items = corpus(modules=ctx.sizes.ingest_docs)
+    queries = [i.query for i in items]
+    queries = (queries * (ctx.sizes.search_queries // len(queries) + 1))[: ctx.sizes.search_queries]
+    baseline_chunks, baseline_ingest, baseline_qps = in_process(ctx, documents, queries)
+    ctx.vector_service()
+    service = ctx.metadata_service("pipeline", ctx.dir("pipeline") / "metadata.db")
+    with service, grpc.insecure_channel(service.address) as channel:
+        stub = pb_grpc.MetadataServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="warmup"))
+        ingest_stream(stub, "warmup", documents[:5])
+        stub.CreateCollection(pb.CreateCollectionRequest(name="real"))
+        started = time.perf_counter()
+        chunks = ingest_stream(stub, "real", documents)
+        service_ingest = chunks / (time.perf_counter() - started)
+        if chunks != baseline_chunks:
+            raise RuntimeError(f"chunk counts differ: service {chunks}, baseline {baseline_chunks}")
+        ctx.ratio(
+            Ratio(
+                "ingest_ratio",
+                service_ingest,
+                f"IngestDocuments, {len(documents)} docs / {chunks} chunks until INDEXED",
+                baseline_ingest,
+                "in-process encode + Chroma add + SQLite rows",
+                "chunks/s",
+                0.90,
+            )
+        )
+        asyncio.run(_search_clients(service.address, "real", queries[:16]))  # warm-up
+        started = time.perf_counter()
+        asyncio.run(_search_clients(service.address, "real", queries))
+        qps = len(queries) / (time.perf_counter() - started)
+        ctx.ratio(
+            Ratio(
+                "search_ratio",
+                qps,
+                f"Search, {SEARCH_CLIENTS} concurrent clients, top_k={TOP_K}",
+                baseline_qps,
+                "in-process encode + Chroma query + SQLite join, one loop",
+                "queries/s",
+                0.80,
+            )
+        )
+        latency_under_ingest(ctx, stub, queries[: ctx.sizes.latency_queries])
+        ctx.measure(
+            "memory_mib",
+            {"metadata": service.rss_mib(), "vector": ctx.vector_service().rss_mib()},
+        )
+        scale(ctx, stub)
+
+
+def in_process(
+    ctx: Context, documents: Sequence[Document], queries: Sequence[str]
+) -> tuple[int, float, float]:
+    """The baseline on its own Chroma directory and SQLite file: chunks,
+    chunks/s, queries/s."""
+    store = InProcessStore(ctx, ctx.dir("baseline"))
+    store.model.encode(["warm up"] * 64)
+    started = time.perf_counter()
+    chunks = store.ingest(documents)
+    ingest_rate = chunks / (time.perf_counter() - started)
+    for query in queries[:10]:  # warm-up
+        store.search(query)
+    started = time.perf_counter()
+    for query in queries:
+        store.search(query)
+    return chunks, ingest_rate, len(queries) / (time.perf_counter() - started)
+
+
+def latency_under_ingest(
+    ctx: Context, stub: pb_grpc.MetadataServiceStub, queries: Sequence[str]
+) -> None:
+    """One client's Search latencies idle, then while a bulk ingest of
+    passages streams into another collection."""
+    idle = search_latencies(stub, "real", queries)
+    stub.CreateCollection(pb.CreateCollectionRequest(name="bulk"))
+    bulk = _docs(passages(len(queries) * 4), "bulk")
+    errors: list[BaseException] = []
+
+    def bulk_ingest() -> None:
+        try:
+            ingest_stream(stub, "bulk", bulk)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=bulk_ingest)
+    writer.start()
+    time.sleep(2.0)  # the bulk stream is flowing
+    busy = search_latencies(stub, "real", queries)
+    overlapped = writer.is_alive()
+    writer.join()
+    if errors:
+        raise errors[0]
+    p99_idle, p99_busy = percentile(idle, 99), percentile(busy, 99)
+    ctx.measure(
+        "search_latency_ms",
+        {
+            "idle": {"p50": _ms(percentile(idle, 50)), "p99": _ms(p99_idle)},
+            "during_bulk_ingest": {"p50": _ms(percentile(busy, 50)), "p99": _ms(p99_busy)},
+            "p99_ratio": round(p99_busy / p99_idle, 2),
+            "p99_ratio_target": 3.0,
+            "ingest_still_running_after_the_searches": overlapped,
+            "queries": len(queries),
+        },
+    )
+
+
+def scale(ctx: Context, stub: pb_grpc.MetadataServiceStub) -> None:
+    small, large = ctx.sizes.scale_small, ctx.sizes.scale_large
+    stub.CreateCollection(pb.CreateCollectionRequest(name="scale"))
+    documents = _docs(short_texts(large, seed=17), "scale")
+    marks: list[tuple[int, float]] = [(0, time.perf_counter())]
+    ingest_stream(stub, "scale", documents, marks)
+    ctx.ratio(
+        Ratio(
+            "scale_ingest_ratio",
+            _window_rate(marks, large - small, large),
+            f"chunks {large - small}-{large} of one {large}-chunk ingest",
+            _window_rate(marks, 0, small),
+            f"chunks 0-{small} of the same ingest",
+            "chunks/s",
+            0.85,
+        )
+    )
+
+
+def _window_rate(marks: Sequence[tuple[int, float]], low: int, high: int) -> float:
+    """Chunks/s between the first mark at or past `low` chunks and the first
+    at or past `high`."""
+    start = next(m for m in marks if m[0] >= low)
+    end = next(m for m in marks if m[0] >= high)
+    return (end[0] - start[0]) / (end[1] - start[1])

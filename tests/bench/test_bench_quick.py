@@ -1,0 +1,48 @@
+"""`make bench-quick` must never rot: the whole suite runs at small sizes
+against real services and writes every key the README and issue #5 name.
+Only the shape is checked here; figures are the benchmark's business."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.known_item import REPO_ROOT
+
+RATIOS = {
+    "embed_stream_ratio",
+    "embed_concurrent_ratio",
+    "ingest_ratio",
+    "search_ratio",
+    "metadata_write_ratio",
+    "scale_ingest_ratio",
+}
+
+
+def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["mode"] == "quick"
+    assert set(report["ratios"]) == RATIOS
+    for key, ratio in report["ratios"].items():
+        assert ratio["numerator"]["value"] > 0, key
+        assert ratio["denominator"]["value"] > 0, key
+        assert ratio["value"] > 0, key
+    latency = report["measures"]["search_latency_ms"]
+    assert latency["idle"]["p99"] > 0 and latency["during_bulk_ingest"]["p99"] > 0
+    assert report["measures"]["writer_contention"]["database_is_locked_errors"] == 0
+    assert report["measures"]["writer_contention"]["failed_documents"] == 0
+    memory = report["measures"]["memory_mib"]
+    assert memory["vector"]["service"] > 0 and memory["metadata"]["service"] > 0
+    assert report["machine"]["cpus"] >= 1
+    markdown = (tmp_path / "latest.md").read_text()
+    assert all(f"`{key}`" in markdown for key in RATIOS)
