@@ -39,13 +39,18 @@ class VectorSettings(ServiceSettings):
     embedding_model: str = ""
     # Embedding worker processes; default max(1, CPUs - 1) as in the seed.
     max_workers: int = Field(default=max(1, _CPUS - 1), ge=1, le=64)
+    # Extra worker processes reserved for small unary calls (a search's query,
+    # a single text) so they never wait behind a bulk batch; 0 turns it off.
+    # A query then briefly shares the cores with bulk work instead of queueing
+    # for a whole batch (p99 Search latency during a bulk ingest, `make bench`).
+    express_workers: int = Field(default=1, ge=0, le=8)
     # torch threads per worker; None: CPUs // MAX_WORKERS, so workers x threads
     # never oversubscribes the cores.
     torch_threads: int | None = Field(default=None, ge=1)
     # Dynamic batching: a batch closes at this many texts, this many tokens
     # (padded), or this long after its first text arrived, whichever is first.
-    # 128 measured fastest for short texts on this CPU (`make bench`).
-    max_batch_texts: int = Field(default=128, ge=1)
+    # 32 measured fastest once batches group texts of similar length (`make bench`).
+    max_batch_texts: int = Field(default=32, ge=1)
     max_batch_tokens: int = Field(default=32768, ge=256)
     max_batch_wait_ms: float = Field(default=4.0, ge=0)
     # Texts waiting for a worker; a unary call that finds it full is refused.
@@ -78,6 +83,10 @@ class VectorSettings(ServiceSettings):
     @property
     def model_path(self) -> str:
         return self.embedding_model or packaged_model_path()
+
+    @property
+    def worker_processes(self) -> int:
+        return self.max_workers + self.express_workers
 
     @property
     def threads_per_worker(self) -> int:

@@ -153,6 +153,7 @@ def _build_server(
         max_wait_ms=settings.max_batch_wait_ms,
         max_queued_texts=settings.max_queued_texts,
         max_in_flight=settings.max_workers,
+        express_slots=settings.express_workers,
     )
     executor = ThreadPoolExecutor(settings.store_threads, thread_name_prefix="chroma")
     embedder = Embedder(batcher, model, settings)

@@ -197,3 +197,67 @@ def test_batches_group_texts_of_similar_length_and_always_take_the_oldest() -> N
         assert [float(r.vectors[0][0]) for r in results[1:]] == [len(t) for t in texts]
 
     run(scenario())
+
+
+class HeldPool:
+    """Holds every batch until the test releases that batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], asyncio.Event]] = []
+
+    async def embed(self, texts: list[str]) -> BatchResult:
+        release = asyncio.Event()
+        self.batches.append((list(texts), release))
+        await release.wait()
+        vectors = np.array([[float(len(t))] for t in texts], dtype=np.float32)
+        return BatchResult(vectors, [len(t) for t in texts], [False] * len(texts))
+
+    def release_all(self) -> None:
+        for _, release in self.batches:
+            release.set()
+
+
+def test_a_query_takes_the_express_worker_while_bulk_work_holds_the_others() -> None:
+    async def scenario() -> None:
+        pool = HeldPool()
+        b = batcher(pool, max_queued_texts=16, express_slots=1)  # type: ignore[arg-type]
+        b.start()
+        bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
+        await asyncio.sleep(0.05)
+        assert len(pool.batches) == 1  # bulk may hold only the one bulk worker
+        query = asyncio.create_task(b.embed(["query"], wait=False))
+        await asyncio.sleep(0.05)
+        assert [texts for texts, _ in pool.batches] == [[f"bulk-{i}" for i in range(4)], ["query"]]
+        pool.batches[1][1].set()
+        assert (await query).token_counts == [5]
+        assert not bulk.done()
+        while not bulk.done():
+            pool.release_all()
+            await asyncio.sleep(0.01)
+        assert len(pool.batches) == 3
+        await b.stop()
+
+    run(scenario())
+
+
+def test_without_express_workers_a_query_still_goes_before_queued_bulk_texts() -> None:
+    async def scenario() -> None:
+        pool = HeldPool()
+        b = batcher(pool, max_queued_texts=16)  # type: ignore[arg-type]
+        b.start()
+        bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
+        await asyncio.sleep(0.05)
+        query = asyncio.create_task(b.embed(["query"], wait=False))
+        await asyncio.sleep(0.05)
+        assert len(pool.batches) == 1
+        pool.batches[0][1].set()
+        await asyncio.sleep(0.05)
+        assert [texts for texts, _ in pool.batches][1:] == [["query"]]
+        pool.batches[1][1].set()
+        await asyncio.wait_for(query, 5)
+        while not bulk.done():
+            pool.release_all()
+            await asyncio.sleep(0.01)
+        await b.stop()
+
+    run(scenario())

@@ -1,11 +1,15 @@
 """Dynamic batching in front of the embedding pool.
 
-Texts from concurrent calls and streams wait in one queue; a batch closes when
-it holds `MAX_BATCH_TEXTS` texts, `MAX_BATCH_TOKENS` (padded) tokens, or
-`MAX_BATCH_WAIT_MS` after its first text arrived, and at most one batch per
-worker is in flight — so waiting work stays in this queue, where texts of a
-call that was cancelled or ran out of time are dropped before they reach the
-model. Results are routed back to each call in its own order.
+Texts from concurrent calls and streams wait in two lanes: interactive (small
+unary calls: a search's query, a single text) and bulk (streams, large
+calls). A batch closes when it holds `MAX_BATCH_TEXTS` texts,
+`MAX_BATCH_TOKENS` (padded) tokens, or `MAX_BATCH_WAIT_MS` after its first
+text arrived, and at most one batch per worker is in flight — so waiting work
+stays here, where texts of a call that was cancelled or ran out of time are
+dropped before they reach the model. Interactive batches go first and may
+also use the `EXPRESS_WORKERS` that bulk batches never occupy: a query does
+not wait behind a bulk batch. Results are routed back to each call in its
+own order.
 
 The queue is bounded: `submit(..., wait=False)` (unary calls) fails at once
 with `QueueFull`; `wait=True` (streams) waits for room, which stops the stream
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import itertools
 import logging
 import time
@@ -31,6 +36,11 @@ _LOGGER = logging.getLogger(__name__)
 
 # How many batches' worth of queued texts a batch is chosen from.
 LOOKAHEAD = 4
+
+
+class Lane(enum.Enum):
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
 
 
 class QueueFull(Exception):
@@ -67,6 +77,7 @@ class BatcherStats:
     batches: int = 0
     texts: int = 0
     dropped: int = 0
+    interactive_batches: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -88,6 +99,7 @@ class DynamicBatcher:
         max_wait_ms: float,
         max_queued_texts: int,
         max_in_flight: int,
+        express_slots: int = 0,
     ) -> None:
         self._pool = pool
         self._dimension = dimension
@@ -96,13 +108,22 @@ class DynamicBatcher:
         self._max_tokens = max_batch_tokens
         self._max_wait = max_wait_ms / 1000
         self._capacity = max_queued_texts
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._lanes: dict[Lane, collections.deque[_Item]] = {
+            Lane.INTERACTIVE: collections.deque(),
+            Lane.BULK: collections.deque(),
+        }
+        # Set on every arrival and every finished batch: the moments the
+        # loop's next step can change.
+        self._wake = asyncio.Event()
         self._room = asyncio.Event()  # set whenever queue space was freed
         # Texts of live calls still queued: what capacity is measured against
         # (texts of cancelled calls stop counting the moment they are cancelled).
         self._waiting = 0
-        self._slots = asyncio.Semaphore(max_in_flight)
+        # Bulk batches may occupy `max_in_flight` workers; interactive ones
+        # those too, plus the express workers kept free for them.
+        self._bulk_slots = max_in_flight
+        self._all_slots = max_in_flight + express_slots
+        self._busy = {Lane.INTERACTIVE: 0, Lane.BULK: 0}
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.stats = BatcherStats()
@@ -123,14 +144,18 @@ class DynamicBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._queue:  # nobody will ever take these
-            if not item.call.future.done():
-                item.call.future.set_exception(PoolUnavailable("the service is stopping"))
-        self._queue.clear()
+        for queue in self._lanes.values():
+            for item in queue:  # nobody will ever take these
+                if not item.call.future.done():
+                    item.call.future.set_exception(PoolUnavailable("the service is stopping"))
+            queue.clear()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def embed(self, texts: list[str], *, wait: bool) -> BatchResult:
-        """Embeds `texts` (in order) as part of whatever batches form."""
+        """Embeds `texts` (in order) as part of whatever batches form. A
+        unary call (`wait=False`) that fits in one batch is interactive (a
+        query, a single text: someone is waiting for it) and goes ahead of
+        bulk work (streams, large calls)."""
         if self._task is None or self._task.done():
             raise PoolUnavailable("the embedding batcher is not running")
         if len(texts) > self._capacity:
@@ -153,10 +178,11 @@ class DynamicBatcher:
         self._waiting += len(texts)
         call.future.add_done_callback(lambda _: self._release(call))
         now = time.monotonic()
-        self._queue.extend(
+        lane = Lane.INTERACTIVE if not wait and len(texts) <= self._max_texts else Lane.BULK
+        self._lanes[lane].extend(
             _Item(call, i, estimate_tokens(text, self._window), now) for i, text in enumerate(texts)
         )
-        self._arrived.set()
+        self._wake.set()
         # Cancelling the caller (client gone, deadline passed) cancels this
         # future; its queued texts are then skipped, never embedded.
         return await call.future
@@ -170,39 +196,48 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._arrived.wait()
-            await self._slots.acquire()
-            batch = await self._form_batch()
-            if not batch:
-                self._slots.release()
+            lane = self._next_lane()
+            if lane is None:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            task = asyncio.create_task(self._dispatch(batch))
+            batch = await self._form_batch(self._lanes[lane])
+            self._room.set()
+            if not batch:
+                continue
+            self._busy[lane] += 1
+            task = asyncio.create_task(self._dispatch(batch, lane))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _form_batch(self) -> list[_Item]:
-        """Takes up to one batch from the queue, waiting for it to fill until
-        the oldest queued text has waited max_wait (texts that already waited
-        for a busy pool go at once)."""
-        while self._queue and len(self._queue) < self._max_texts:
-            left = self._queue[0].arrived + self._max_wait - time.monotonic()
+    def _next_lane(self) -> Lane | None:
+        """The lane whose next batch has work and a free worker: interactive
+        first."""
+        busy = self._busy[Lane.INTERACTIVE] + self._busy[Lane.BULK]
+        if busy >= self._all_slots:
+            return None
+        if self._lanes[Lane.INTERACTIVE]:
+            return Lane.INTERACTIVE
+        if self._lanes[Lane.BULK] and self._busy[Lane.BULK] < self._bulk_slots:
+            return Lane.BULK
+        return None
+
+    async def _form_batch(self, queue: collections.deque[_Item]) -> list[_Item]:
+        """Takes up to one batch from `queue`, waiting for it to fill until
+        its oldest text has waited max_wait (texts that already waited for a
+        busy pool go at once)."""
+        while queue and len(queue) < self._max_texts:
+            left = queue[0].arrived + self._max_wait - time.monotonic()
             if left <= 0:
                 break
-            self._arrived.clear()
+            self._wake.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), left)
+                await asyncio.wait_for(self._wake.wait(), left)
             except TimeoutError:
                 break
-        batch = self._take_batch()
-        # Whatever is left (a batch closed on its token budget) starts the next.
-        if self._queue:
-            self._arrived.set()
-        else:
-            self._arrived.clear()
-        self._room.set()
-        return batch
+        return self._take_batch(queue)
 
-    def _take_batch(self) -> list[_Item]:
+    def _take_batch(self, queue: collections.deque[_Item]) -> list[_Item]:
         """Removes the next batch from the queue: the oldest live text and,
         from the texts queued behind it (up to LOOKAHEAD batches' worth), the
         ones closest to it in length, shorter first. A batch is padded to its
@@ -211,8 +246,8 @@ class DynamicBatcher:
         Every batch takes the oldest text, so none waits more than
         LOOKAHEAD batches."""
         window: list[_Item] = []
-        while self._queue and len(window) < self._max_texts * LOOKAHEAD:
-            item = self._queue.popleft()
+        while queue and len(window) < self._max_texts * LOOKAHEAD:
+            item = queue.popleft()
             if item.call.abandoned:
                 self.stats.dropped += 1  # its call's count was released already
             else:
@@ -236,19 +271,20 @@ class DynamicBatcher:
             batch.append(item)
         taken = {id(item) for item in batch}
         # The rest goes back to the head of the queue in arrival order.
-        self._queue.extendleft(reversed([i for i in window if id(i) not in taken]))
+        queue.extendleft(reversed([i for i in window if id(i) not in taken]))
         for item in batch:
             item.call.queued -= 1
         self._waiting -= len(batch)
         return batch
 
-    async def _dispatch(self, batch: list[_Item]) -> None:
+    async def _dispatch(self, batch: list[_Item], lane: Lane) -> None:
         calls = {id(item.call): item.call for item in batch}.values()
         try:
             result = await self._pool.embed([item.call.texts[item.index] for item in batch])
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.batch_sizes[len(batch)] += 1
+            self.stats.interactive_batches += lane is Lane.INTERACTIVE
             for row, item in enumerate(batch):
                 call = item.call
                 if call.future.done():
@@ -270,4 +306,5 @@ class DynamicBatcher:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._slots.release()
+            self._busy[lane] -= 1
+            self._wake.set()

@@ -6,6 +6,9 @@ not be copied mid-flight), each loading the model once. A worker that dies
 replaced: the batches in flight fail with `PoolUnavailable` (UNAVAILABLE on
 the wire), `ready` is False while the new workers load, and later batches
 succeed.
+
+The pool runs MAX_WORKERS + EXPRESS_WORKERS identical processes; the batcher
+decides which work may occupy how many of them at once.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class EmbeddingPool:
             "embedding pool warm",
             extra={
                 "workers": self._settings.max_workers,
+                "express_workers": self._settings.express_workers,
                 "threads_per_worker": self._settings.threads_per_worker,
                 "dimension": self.shape.dimension,
                 "seconds": round(time.monotonic() - started, 1),
@@ -84,11 +88,12 @@ class EmbeddingPool:
         started = time.monotonic()
         shape = executor.submit(worker.model_shape).result(timeout=_WARM_UP_TIMEOUT_S)
         pids: set[int] = set()
-        while len(pids) < self._settings.max_workers:
+        while len(pids) < self._settings.worker_processes:
             if time.monotonic() - started > _WARM_UP_TIMEOUT_S:
                 raise TimeoutError("embedding workers did not all start in time")
             pings = [
-                executor.submit(worker.ping, 0.05) for _ in range(self._settings.max_workers * 2)
+                executor.submit(worker.ping, 0.05)
+                for _ in range(self._settings.worker_processes * 2)
             ]
             pids |= {p.result(timeout=_WARM_UP_TIMEOUT_S) for p in pings}
         return shape
@@ -141,7 +146,7 @@ class EmbeddingPool:
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self._settings.max_workers,
+            max_workers=self._settings.worker_processes,
             mp_context=self._context,
             initializer=worker.initialize,
             initargs=(self._settings.model_path, self._settings.threads_per_worker),
