@@ -121,9 +121,10 @@ class DynamicBatcher:
         self._waiting = 0
         # Bulk batches may occupy `max_in_flight` workers; interactive ones
         # those too, plus the express workers kept free for them.
-        self._bulk_slots = max_in_flight
-        self._all_slots = max_in_flight + express_slots
+        self._regular_slots = max_in_flight
+        self._express_slots = express_slots
         self._busy = {Lane.INTERACTIVE: 0, Lane.BULK: 0}
+        self._express_busy = 0
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.stats = BatcherStats()
@@ -196,30 +197,40 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         while True:
-            lane = self._next_lane()
-            if lane is None:
+            choice = self._next_lane()
+            if choice is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            lane, express = choice
             batch = await self._form_batch(self._lanes[lane])
             self._room.set()
             if not batch:
                 continue
             self._busy[lane] += 1
-            task = asyncio.create_task(self._dispatch(batch, lane))
+            self._express_busy += express
+            task = asyncio.create_task(self._dispatch(batch, lane, express))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    def _next_lane(self) -> Lane | None:
-        """The lane whose next batch has work and a free worker: interactive
-        first."""
-        busy = self._busy[Lane.INTERACTIVE] + self._busy[Lane.BULK]
-        if busy >= self._all_slots:
-            return None
+    def _next_lane(self) -> tuple[Lane, bool] | None:
+        """The lane whose next batch has work and a worker for it, interactive
+        first, and whether it takes an express worker. Those serve interactive
+        batches only while bulk batches hold every regular worker: under
+        interactive load alone, an extra process would only fight the others
+        for the cores."""
+        regular_busy = self._busy[Lane.INTERACTIVE] + self._busy[Lane.BULK] - self._express_busy
+        regular_free = regular_busy < self._regular_slots
         if self._lanes[Lane.INTERACTIVE]:
-            return Lane.INTERACTIVE
-        if self._lanes[Lane.BULK] and self._busy[Lane.BULK] < self._bulk_slots:
-            return Lane.BULK
+            if regular_free:
+                return Lane.INTERACTIVE, False
+            if (
+                self._busy[Lane.BULK] >= self._regular_slots
+                and self._express_busy < self._express_slots
+            ):
+                return Lane.INTERACTIVE, True
+        if self._lanes[Lane.BULK] and regular_free:
+            return Lane.BULK, False
         return None
 
     async def _form_batch(self, queue: collections.deque[_Item]) -> list[_Item]:
@@ -277,10 +288,15 @@ class DynamicBatcher:
         self._waiting -= len(batch)
         return batch
 
-    async def _dispatch(self, batch: list[_Item], lane: Lane) -> None:
+    async def _dispatch(self, batch: list[_Item], lane: Lane, express: bool) -> None:
+        # An express batch shares the cores with bulk batches already running:
+        # one torch thread keeps it from oversubscribing them.
+        threads = 1 if express else None
         calls = {id(item.call): item.call for item in batch}.values()
         try:
-            result = await self._pool.embed([item.call.texts[item.index] for item in batch])
+            result = await self._pool.embed(
+                [item.call.texts[item.index] for item in batch], threads
+            )
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.batch_sizes[len(batch)] += 1
@@ -307,4 +323,5 @@ class DynamicBatcher:
                 raise
         finally:
             self._busy[lane] -= 1
+            self._express_busy -= express
             self._wake.set()

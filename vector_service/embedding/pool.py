@@ -126,13 +126,13 @@ class EmbeddingPool:
 
     # --- work
 
-    async def embed(self, texts: list[str]) -> BatchResult:
+    async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
         executor = self._executor
         if executor is None or self._rebuilding:
             raise PoolUnavailable("the embedding pool is restarting; retry shortly")
         loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(executor, worker.embed, texts)
+            future = loop.run_in_executor(executor, worker.embed, texts, threads)
             return await asyncio.wait_for(future, self._settings.batch_timeout)
         except (BrokenProcessPool, TimeoutError) as exc:
             # A dead or hung worker: replace the whole pool (a broken

@@ -22,6 +22,8 @@ _LOGGER = logging.getLogger(__name__)
 # The model of this process, set by `initialize`. A module global is the
 # one way a ProcessPoolExecutor initializer can hand state to later tasks.
 _MODEL: Any = None
+# The torch threads this worker runs with unless a batch asks for fewer.
+_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,14 @@ def initialize(model_path: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    global _MODEL, _THREADS  # noqa: PLW0603 -- the initializer hands state to later tasks this way
+    _THREADS = threads
     # Inter-op threads only matter for parallel graph branches; one keeps the
     # worker inside its share of the cores.
     torch.set_num_interop_threads(1)
     # The tokenizer warns on every text longer than the window; we report
     # truncation per text instead.
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    global _MODEL  # noqa: PLW0603 -- the initializer hands state to later tasks this way
     _MODEL = load_model(model_path)
 
 
@@ -100,12 +103,18 @@ def ping(linger: float = 0.0) -> int:
     return os.getpid()
 
 
-def embed(texts: list[str]) -> BatchResult:
+def embed(texts: list[str], threads: int | None = None) -> BatchResult:
     """The batch in one forward pass: tokenized once (padded to its longest
     text), pooled and L2-normalised by the model's own modules — exactly what
-    `SentenceTransformer.encode` computes for these texts."""
+    `SentenceTransformer.encode` computes for these texts. `threads` caps
+    the torch threads for this batch (an express batch running beside bulk
+    work must not take every core)."""
     model = _require_model()
     import torch
+
+    wanted = min(threads or _THREADS, _THREADS)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
     window = int(model.max_seq_length)
     features = model.tokenize(texts)  # truncates to the window
