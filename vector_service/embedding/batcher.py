@@ -203,7 +203,7 @@ class DynamicBatcher:
                 await self._wake.wait()
                 continue
             lane, express = choice
-            batch = await self._form_batch(self._lanes[lane])
+            batch = await self._form_batch(lane)
             self._room.set()
             if not batch:
                 continue
@@ -213,30 +213,29 @@ class DynamicBatcher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    def _free_slots(self) -> tuple[int, int]:
+        """Free (regular, express) workers."""
+        regular_busy = self._busy[Lane.INTERACTIVE] + self._busy[Lane.BULK] - self._express_busy
+        return self._regular_slots - regular_busy, self._express_slots - self._express_busy
+
     def _next_lane(self) -> tuple[Lane, bool] | None:
         """The lane whose next batch has work and a worker for it, interactive
-        first, and whether it takes an express worker. Those serve interactive
-        batches only while bulk batches hold every regular worker: under
-        interactive load alone, an extra process would only fight the others
-        for the cores."""
-        regular_busy = self._busy[Lane.INTERACTIVE] + self._busy[Lane.BULK] - self._express_busy
-        regular_free = regular_busy < self._regular_slots
-        if self._lanes[Lane.INTERACTIVE]:
-            if regular_free:
-                return Lane.INTERACTIVE, False
-            if (
-                self._busy[Lane.BULK] >= self._regular_slots
-                and self._express_busy < self._express_slots
-            ):
-                return Lane.INTERACTIVE, True
-        if self._lanes[Lane.BULK] and regular_free:
+        first, and whether it takes an express worker (only interactive
+        batches do)."""
+        regular, express = self._free_slots()
+        if self._lanes[Lane.INTERACTIVE] and regular + express > 0:
+            return Lane.INTERACTIVE, regular == 0
+        if self._lanes[Lane.BULK] and regular > 0:
             return Lane.BULK, False
         return None
 
-    async def _form_batch(self, queue: collections.deque[_Item]) -> list[_Item]:
-        """Takes up to one batch from `queue`, waiting for it to fill until
+    async def _form_batch(self, lane: Lane) -> list[_Item]:
+        """Takes up to one batch from the lane, waiting for it to fill until
         its oldest text has waited max_wait (texts that already waited for a
-        busy pool go at once)."""
+        busy pool go at once). Interactive texts are spread over the free
+        workers: a burst of 16 single-text calls becomes two batches of 8
+        running side by side, not one batch of 16 beside an idle worker."""
+        queue = self._lanes[lane]
         while queue and len(queue) < self._max_texts:
             left = queue[0].arrived + self._max_wait - time.monotonic()
             if left <= 0:
@@ -246,9 +245,13 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wake.wait(), left)
             except TimeoutError:
                 break
-        return self._take_batch(queue)
+        limit = self._max_texts
+        if lane is Lane.INTERACTIVE:
+            free = max(1, sum(self._free_slots()))
+            limit = min(limit, -(-len(queue) // free))
+        return self._take_batch(queue, limit)
 
-    def _take_batch(self, queue: collections.deque[_Item]) -> list[_Item]:
+    def _take_batch(self, queue: collections.deque[_Item], limit: int) -> list[_Item]:
         """Removes the next batch from the queue: the oldest live text and,
         from the texts queued behind it (up to LOOKAHEAD batches' worth), the
         ones closest to it in length, shorter first. A batch is padded to its
@@ -274,7 +277,7 @@ class DynamicBatcher:
         batch = [oldest]
         longest = oldest.cost
         for item in itertools.chain(shorter, longer):
-            if len(batch) == self._max_texts:
+            if len(batch) == limit:
                 break
             if max(longest, item.cost) * (len(batch) + 1) > self._max_tokens:
                 break  # candidates only grow from here on
@@ -289,9 +292,10 @@ class DynamicBatcher:
         return batch
 
     async def _dispatch(self, batch: list[_Item], lane: Lane, express: bool) -> None:
-        # An express batch shares the cores with bulk batches already running:
-        # one torch thread keeps it from oversubscribing them.
-        threads = 1 if express else None
+        # Interactive batches run with one torch thread: they are small (a
+        # second thread buys little there) and may run beside other batches;
+        # one thread each keeps the cores from being oversubscribed.
+        threads = 1 if lane is Lane.INTERACTIVE else None
         calls = {id(item.call): item.call for item in batch}.values()
         try:
             result = await self._pool.embed(
