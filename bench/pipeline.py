@@ -118,9 +118,11 @@ class InProcessStore:
 
 
 def _requests(
-    collection: str, documents: Sequence[Document]
+    collection: str, documents: Sequence[Document], stop: threading.Event | None = None
 ) -> Iterator[pb.IngestDocumentsRequest]:
     for start in range(0, len(documents), STREAM_DOCS):
+        if stop is not None and stop.is_set():
+            return
         yield pb.IngestDocumentsRequest(
             collection=collection,
             documents=[
@@ -135,11 +137,14 @@ def ingest_stream(
     collection: str,
     documents: Sequence[Document],
     marks: list[tuple[int, float]] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Streams `documents`; every one must come back INDEXED. Returns the
-    chunk count; `marks` collects (chunks so far, time) per response."""
+    """Streams `documents` (until `stop` is set); every one sent must come
+    back INDEXED. Returns the chunk count; `marks` collects (chunks so far,
+    time) per response."""
     chunks = 0
-    for response in stub.IngestDocuments(_requests(collection, documents), timeout=3600):
+    requests = _requests(collection, documents, stop)
+    for response in stub.IngestDocuments(requests, timeout=3600):
         if response.status.code:
             raise RuntimeError(f"batch refused: {response.status.message}")
         for result in response.results:
@@ -264,12 +269,14 @@ def latency_under_ingest(
     passages streams into another collection."""
     idle = search_latencies(stub, "real", queries)
     stub.CreateCollection(pb.CreateCollectionRequest(name="bulk"))
+    # More passages than the searches need: the stream ends when they do.
     bulk = _docs(passages(len(queries) * 4), "bulk")
     errors: list[BaseException] = []
+    searches_done = threading.Event()
 
     def bulk_ingest() -> None:
         try:
-            ingest_stream(stub, "bulk", bulk)
+            ingest_stream(stub, "bulk", bulk, stop=searches_done)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -278,6 +285,7 @@ def latency_under_ingest(
     time.sleep(2.0)  # the bulk stream is flowing
     busy = search_latencies(stub, "real", queries)
     overlapped = writer.is_alive()
+    searches_done.set()
     writer.join()
     if errors:
         raise errors[0]

@@ -55,6 +55,9 @@ class MetadataSettings(ServiceSettings):
     # Ingest calls wait for their own chunks' vectors (and report INDEXED)
     # up to this many seconds, then leave the rest to the background loop.
     index_on_write_timeout: float = Field(default=120.0, ge=0)
+    # IngestDocuments batches stored and being indexed at once: the vector
+    # service embeds one while the next is written and the last answered.
+    ingest_batches_in_flight: int = Field(default=4, ge=1, le=64)
     max_search_top_k: int = Field(default=100, ge=1)
 
     # --- collection defaults ---

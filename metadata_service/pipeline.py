@@ -14,12 +14,13 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
 from askmojo.common.filters import FilterNode
+from askmojo.common.streams import in_order
 from metadata_service.catalog import Catalog, VectorTarget
 from metadata_service.config import MetadataSettings
 from metadata_service.db.models import IndexState
@@ -60,6 +61,14 @@ DEFAULT_TOP_K = 10
 _RECONCILE_PAGE = 500
 
 
+@dataclasses.dataclass(frozen=True)
+class IngestBatch:
+    """One IngestDocuments request: its collection and documents."""
+
+    collection: str
+    documents: Sequence[DocumentInput]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -84,14 +93,31 @@ class Pipeline:
         outcomes = await self._db(self._catalog.upsert_documents, collection, documents, lease)
         return await self._index_written(collection, outcomes, lease, deadline)
 
-    async def ingest_batch(
-        self, collection: str, documents: Sequence[DocumentInput], deadline: float
-    ) -> tuple[list[UpsertOutcome], MetadataError | None]:
-        lease = self._indexer.new_lease() if self._indexer else None
-        outcomes, refused = await self._db(self._catalog.ingest_batch, collection, documents, lease)
-        if refused is not None:
-            return outcomes, refused
-        return await self._index_written(collection, outcomes, lease, deadline), None
+    async def ingest_stream(
+        self, batches: AsyncIterator[IngestBatch], deadline: float
+    ) -> AsyncIterator[tuple[list[UpsertOutcome], MetadataError | None]]:
+        """Each batch's outcomes (or why it was refused as a whole), in
+        order. Batches are written one after another in stream order (a
+        document sent twice ends as its last version) and indexed up to
+        INGEST_BATCHES_IN_FLIGHT at once, so the vector service embeds one
+        batch while the next is written and the last answer goes out."""
+        written_in_order = asyncio.Lock()  # FIFO: batches take it in stream order
+
+        async def ingest(batch: IngestBatch) -> tuple[list[UpsertOutcome], MetadataError | None]:
+            lease = self._indexer.new_lease() if self._indexer else None
+            async with written_in_order:
+                outcomes, refused = await self._db(
+                    self._catalog.ingest_batch, batch.collection, batch.documents, lease
+                )
+            if refused is not None:
+                return outcomes, refused
+            return await self._index_written(batch.collection, outcomes, lease, deadline), None
+
+        depth = self._settings.ingest_batches_in_flight
+        async for _, result in in_order(batches, ingest, depth):
+            if isinstance(result, Exception):
+                raise result
+            yield result
 
     async def _index_written(
         self,

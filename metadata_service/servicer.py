@@ -19,7 +19,7 @@ from metadata_service import convert
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.errors import check_deadline, grpc_method, to_rpc_status
-from metadata_service.pipeline import Pipeline
+from metadata_service.pipeline import IngestBatch, Pipeline
 
 T = TypeVar("T")
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -99,14 +99,16 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     async def IngestDocuments(
         self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: Context
     ) -> AsyncIterator[pb.IngestDocumentsResponse]:
-        # One batch in flight: the next request is read only after this one
-        # is stored and indexed and its response sent, so gRPC flow control
-        # slows a fast producer down end to end.
-        async for request in request_iterator:
-            documents = convert.from_proto_documents(list(request.documents))
-            outcomes, refused = await self._pipeline.ingest_batch(
-                request.collection, documents, self._deadline(context)
-            )
+        # A few batches in flight at most (INGEST_BATCHES_IN_FLIGHT): the next
+        # request is read only when one of them is answered, so gRPC flow
+        # control slows a fast producer down end to end.
+        batches = (
+            IngestBatch(request.collection, convert.from_proto_documents(list(request.documents)))
+            async for request in request_iterator
+        )
+        async for outcomes, refused in self._pipeline.ingest_stream(
+            batches, self._deadline(context)
+        ):
             yield pb.IngestDocumentsResponse(
                 results=convert.to_proto_upsert_results(outcomes, to_rpc_status),
                 status=status_of(refused, to_rpc_status),

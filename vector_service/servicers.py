@@ -4,13 +4,13 @@ Errors become statuses in `errors.py`."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeAlias
 
 import grpc
 
 from askmojo.common.rpc import OK_STATUS
+from askmojo.common.streams import in_order
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
@@ -43,59 +43,27 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[epb.EmbedStreamRequest], context: Context
     ) -> AsyncIterator[epb.EmbedStreamResponse]:
-        # A reader task submits batches as they arrive (up to _STREAM_PIPELINE
-        # ahead); responses go out in request order. A batch that fails
-        # validation gets its own error status and the stream goes on.
-        pending: asyncio.Queue[tuple[str, asyncio.Task[BatchResult]] | None] = asyncio.Queue(
-            _STREAM_PIPELINE
-        )
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(self._embedder.embed(list(request.texts), wait=True))
-                    try:
-                        await pending.put((request.batch_id, task))
-                    except BaseException:
-                        # Cancelled while the pipeline was full: this batch
-                        # never reached the queue, so nobody else cancels it.
-                        task.cancel()
-                        raise
-            except asyncio.CancelledError:
-                # The writer cancelled us and stopped reading `pending`:
-                # waiting for room there would never end.
-                raise
-            except Exception:
-                await pending.put(None)  # the writer then re-raises via `await reader`
-                raise
-            else:
-                await pending.put(None)
-
-        reader = asyncio.create_task(read())
+        # Up to _STREAM_PIPELINE batches are embedded at once, so the batcher
+        # always has the next one; responses go out in request order. A batch
+        # that fails validation gets its own error status and the stream goes on.
         model = self._embedder.model
-        try:
-            while (item := await pending.get()) is not None:
-                batch_id, task = item
-                try:
-                    result = await task
-                except Exception as exc:  # per-batch failure, reported in-band
-                    yield epb.EmbedStreamResponse(batch_id=batch_id, status=to_rpc_status(exc))
-                    continue
+
+        def embed(request: epb.EmbedStreamRequest) -> Awaitable[BatchResult]:
+            return self._embedder.embed(list(request.texts), wait=True)
+
+        async for request, result in in_order(request_iterator, embed, _STREAM_PIPELINE):
+            if isinstance(result, Exception):
                 yield epb.EmbedStreamResponse(
-                    embeddings=convert.to_proto_embeddings(result),
-                    batch_id=batch_id,
-                    status=OK_STATUS,
-                    model=model.name,
-                    dimension=model.dimension,
+                    batch_id=request.batch_id, status=to_rpc_status(result)
                 )
-            await reader  # re-raises a broken request stream
-        finally:
-            # A cancelled stream leaves nothing behind in the batcher.
-            reader.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover[1].cancel()
+                continue
+            yield epb.EmbedStreamResponse(
+                embeddings=convert.to_proto_embeddings(result),
+                batch_id=request.batch_id,
+                status=OK_STATUS,
+                model=model.name,
+                dimension=model.dimension,
+            )
 
     @grpc_method
     async def GetModelInfo(

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 DOCUMENTS = 2000
 BATCH = 50
+IN_FLIGHT = 4  # INGEST_BATCHES_IN_FLIGHT of the metadata service under test
 _WORDS = [
     "river",
     "mountain",
@@ -179,6 +180,7 @@ def test_metadata_service_killed_mid_stream_and_the_client_resends(
             "VECTOR_SERVICE_ADDRESS": vector_server.address,
             "INDEX_LEASE_SECONDS": "3",
             "INDEX_POLL_SECONDS": "0.2",
+            "INGEST_BATCHES_IN_FLIGHT": str(IN_FLIGHT),
         },
         tmp_path / "metadata.log",
     )
@@ -209,7 +211,9 @@ def test_metadata_service_killed_mid_stream_and_the_client_resends(
             assert all(second[i] == pb.UPSERT_STATE_UNCHANGED for i in first)
             resent = [i for i in second if i not in first]
             reembedded = [i for i in resent if second[i] != pb.UPSERT_STATE_INDEXED]
-            assert len(reembedded) <= BATCH  # at most the batch in flight at the crash
+            # At most the batches in flight at the crash (stored, maybe sent to
+            # the vector service, not yet answered).
+            assert len(reembedded) <= BATCH * IN_FLIGHT
             eventually(
                 lambda: documents_by_state(stub, "crash") == {pb.DOCUMENT_STATE_INDEXED: DOCUMENTS},
                 timeout=180,
