@@ -30,7 +30,7 @@ class VectorSettings(ServiceSettings):
     # Set CHROMA_HOST to use a Chroma server instead of the embedded store.
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
-    # Threads running Chroma calls off the event loop.
+    # Threads running Chroma reads off the event loop (writes have one of their own).
     store_threads: int = Field(default=4, ge=1)
 
     # --- embeddings ---

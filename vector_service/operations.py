@@ -5,6 +5,7 @@ go to a bounded thread pool so the event loop never waits on Chroma."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -100,22 +101,49 @@ class Embedder:
         return np.concatenate([r.vectors for r in results])
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreExecutors:
+    """Threads for Chroma calls. Writes are serialised by the store's lock
+    anyway, so they get one thread of their own: queued writes (a bulk
+    ingest) then never hold the threads a search's query needs."""
+
+    reads: ThreadPoolExecutor
+    writes: ThreadPoolExecutor
+
+    @classmethod
+    def create(cls, read_threads: int) -> StoreExecutors:
+        return cls(
+            ThreadPoolExecutor(read_threads, thread_name_prefix="chroma-read"),
+            ThreadPoolExecutor(1, thread_name_prefix="chroma-write"),
+        )
+
+    def shutdown(self) -> None:
+        for executor in (self.writes, self.reads):
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
 class Index:
     def __init__(
         self,
         store: VectorStore,
         embedder: Embedder,
-        executor: ThreadPoolExecutor,
+        executors: StoreExecutors,
         settings: VectorSettings,
     ) -> None:
         self._store = store
         self._embedder = embedder
-        self._executor = executor
+        self._executors = executors
         self._settings = settings
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """A Chroma read, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(self._executors.reads, functools.partial(fn, *args))
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """A Chroma write, off the event loop, on the one writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executors.writes, functools.partial(fn, *args))
 
     def _name(self, name: str, field: str = "collection") -> str:
         if not is_valid_collection_name(name):
@@ -129,7 +157,7 @@ class Index:
         served = self._embedder.model
         if dimension < 0:
             raise InvalidArgument("dimension", "must be positive (0 means the served model's)")
-        return await self._run(
+        return await self._write(
             self._store.ensure_collection,
             name,
             dimension or served.dimension,
@@ -137,7 +165,7 @@ class Index:
         )
 
     async def drop_collection(self, name: str) -> bool:
-        return await self._run(self._store.drop_collection, self._name(name, "name"))
+        return await self._write(self._store.drop_collection, self._name(name, "name"))
 
     async def upsert(
         self, collection: str, records: Sequence[RecordInput], *, wait: bool
@@ -172,7 +200,7 @@ class Index:
             if to_embed:
                 embedded = await self._embedder.embed_checked([t for _, t in to_embed], wait=wait)
                 vectors[[row for row, _ in to_embed]] = embedded
-            await self._run(
+            await self._write(
                 self._store.upsert,
                 collection,
                 [r.id for _, r, _ in valid],
@@ -257,7 +285,7 @@ class Index:
         self._name(collection)
         if bool(ids) == (where is not None):
             raise InvalidArgument("ids", "give either ids or filter (exactly one)")
-        return await self._run(self._store.delete, collection, list(ids), where)
+        return await self._write(self._store.delete, collection, list(ids), where)
 
     async def count(self, collection: str) -> int:
         return await self._run(self._store.count, self._name(collection))

@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -30,7 +29,7 @@ from askmojo.vector.v1 import (
 from vector_service.config import VectorSettings
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.pool import EmbeddingPool
-from vector_service.operations import Embedder, Index, ModelDescription
+from vector_service.operations import Embedder, Index, ModelDescription, StoreExecutors
 from vector_service.servicers import EmbeddingServicer, VectorServicer
 from vector_service.store import VectorStore
 
@@ -75,7 +74,7 @@ class VectorServer:
         pool: EmbeddingPool,
         store: VectorStore,
         batcher: DynamicBatcher,
-        executor: ThreadPoolExecutor,
+        executors: StoreExecutors,
         readiness: ReadinessProbe,
     ) -> None:
         self.grpc_server = server
@@ -83,7 +82,7 @@ class VectorServer:
         self.store = store
         self.batcher = batcher
         self.readiness = readiness
-        self._executor = executor
+        self._executors = executors
 
     async def start(self) -> None:
         await self.readiness.start()
@@ -95,7 +94,7 @@ class VectorServer:
         await self.grpc_server.stop(grace)
         await self.batcher.stop()
         # Joining threads and processes blocks: not on the loop.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._executors.shutdown)
         await asyncio.to_thread(self.pool.shutdown)
         self.store.close()
 
@@ -155,7 +154,7 @@ def _build_server(
         max_in_flight=settings.max_workers,
         express_slots=settings.express_workers,
     )
-    executor = ThreadPoolExecutor(settings.store_threads, thread_name_prefix="chroma")
+    executors = StoreExecutors.create(settings.store_threads)
     embedder = Embedder(batcher, model, settings)
     server = grpc.aio.server(
         options=[
@@ -167,7 +166,7 @@ def _build_server(
         EmbeddingServicer(embedder, settings), server
     )
     vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
-        VectorServicer(Index(store, embedder, executor, settings)), server
+        VectorServicer(Index(store, embedder, executors, settings)), server
     )
     readiness = ReadinessProbe(
         ("", EMBEDDING_SERVICE, VECTOR_SERVICE),
@@ -191,7 +190,7 @@ def _build_server(
     if bound == 0:
         raise RuntimeError(f"could not listen on {address}")
     return VectorServer(
-        server, pool=pool, store=store, batcher=batcher, executor=executor, readiness=readiness
+        server, pool=pool, store=store, batcher=batcher, executors=executors, readiness=readiness
     ), bound
 
 
