@@ -560,6 +560,13 @@ class Catalog:
             )
         )
 
+    def chunks_held_by_others(self, target: VectorTarget) -> int:
+        return self._db.read(
+            lambda s: repo.chunks_held_by_others(
+                s, now=utcnow(), collection_id=target.collection_id
+            )
+        )
+
     # --- stats ----------------------------------------------------------------
 
     def stats(self, collection: str) -> Stats:

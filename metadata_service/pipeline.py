@@ -308,9 +308,14 @@ class Pipeline:
                 await self._db(self._catalog.requeue_chunks, absent)
 
     async def _drain_collection(self, target: VectorTarget, deadline: float) -> None:
+        """Indexes the collection's PENDING chunks. Chunks another indexer
+        holds (the background loop may claim re-queued work first) are
+        waited for, within the call's deadline and INDEX_ON_WRITE_TIMEOUT,
+        so a repair is done when Reconcile answers."""
         indexer = self._indexer
         assert indexer is not None
-        while time.monotonic() < deadline:
+        limit = min(deadline - 0.5, time.monotonic() + self._settings.index_on_write_timeout)
+        while time.monotonic() < limit:
             lease = indexer.new_lease()
             claimed = await self._db(
                 self._catalog.claim_collection_chunks,
@@ -318,9 +323,12 @@ class Pipeline:
                 lease,
                 self._settings.index_batch_records,
             )
-            if not claimed:
+            if claimed:
+                await indexer.index_leased(lease, deadline)
+            elif await self._db(self._catalog.chunks_held_by_others, target):
+                await asyncio.sleep(0.1)
+            else:
                 return
-            await indexer.index_leased(lease, deadline)
 
     # --- helpers -----------------------------------------------------------------
 

@@ -463,6 +463,22 @@ def claim_chunks(
     return ids
 
 
+def chunks_held_by_others(session: Session, *, now: datetime, collection_id: int) -> int:
+    """PENDING chunks of a collection under a live lease: being sent right
+    now by some indexer (the background loop, another call)."""
+    stmt = (
+        select(func.count())
+        .select_from(ChunkRow)
+        .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            ChunkRow.state == IndexState.PENDING,
+            ChunkRow.lease_until >= now,
+        )
+    )
+    return int(session.scalar(stmt) or 0)
+
+
 def claimed_chunks(session: Session, lease: datetime) -> list[ClaimedChunk]:
     """The chunks held under this lease, with their documents and collections."""
     stmt = (
