@@ -44,6 +44,11 @@ class VectorSettings(ServiceSettings):
     # A query then briefly shares the cores with bulk work instead of queueing
     # for a whole batch (p99 Search latency during a bulk ingest, `make bench`).
     express_workers: int = Field(default=1, ge=0, le=8)
+    # CPU niceness added while a worker embeds bulk batches, so the scheduler
+    # gives the cores to an interactive batch first (p99 Search latency during
+    # a bulk ingest, `make bench`). Needs CAP_SYS_NICE or RLIMIT_NICE to raise
+    # the priority again; without, it is skipped with a warning. 0: off.
+    bulk_nice: int = Field(default=10, ge=0, le=19)
     # torch threads per worker; None: CPUs // MAX_WORKERS, so workers x threads
     # never oversubscribes the cores.
     torch_threads: int | None = Field(default=None, ge=1)

@@ -20,7 +20,7 @@ class GatedPool:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
+    async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
         self.batches.append(list(texts))
         await self.gate.wait()
         vectors = np.array([[float(len(t))] for t in texts], dtype=np.float32)
@@ -141,7 +141,7 @@ def test_full_queue_refuses_unary_and_slows_streams() -> None:
 
 def test_pool_failure_reaches_every_call_of_the_batch() -> None:
     class BrokenPool(GatedPool):
-        async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
+        async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
             self.batches.append(list(texts))
             raise RuntimeError("worker died")
 
@@ -161,7 +161,7 @@ def test_pool_failure_reaches_every_call_of_the_batch() -> None:
 
 def test_a_malformed_result_fails_calls_instead_of_hanging_them() -> None:
     class ShortPool(GatedPool):
-        async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
+        async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
             return BatchResult(np.zeros((0, 1), dtype=np.float32), [], [])
 
     async def scenario() -> None:
@@ -205,7 +205,7 @@ class HeldPool:
     def __init__(self) -> None:
         self.batches: list[tuple[list[str], asyncio.Event]] = []
 
-    async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
+    async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
         release = asyncio.Event()
         self.batches.append((list(texts), release))
         await release.wait()

@@ -292,14 +292,10 @@ class DynamicBatcher:
         return batch
 
     async def _dispatch(self, batch: list[_Item], lane: Lane, express: bool) -> None:
-        # Interactive batches run with one torch thread: they are small (a
-        # second thread buys little there) and may run beside other batches;
-        # one thread each keeps the cores from being oversubscribed.
-        threads = 1 if lane is Lane.INTERACTIVE else None
         calls = {id(item.call): item.call for item in batch}.values()
         try:
             result = await self._pool.embed(
-                [item.call.texts[item.index] for item in batch], threads
+                [item.call.texts[item.index] for item in batch], lane is Lane.INTERACTIVE
             )
             self.stats.batches += 1
             self.stats.texts += len(batch)

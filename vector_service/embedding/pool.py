@@ -126,13 +126,13 @@ class EmbeddingPool:
 
     # --- work
 
-    async def embed(self, texts: list[str], threads: int | None = None) -> BatchResult:
+    async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
         executor = self._executor
         if executor is None or self._rebuilding:
             raise PoolUnavailable("the embedding pool is restarting; retry shortly")
         loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(executor, worker.embed, texts, threads)
+            future = loop.run_in_executor(executor, worker.embed, texts, interactive)
             return await asyncio.wait_for(future, self._settings.batch_timeout)
         except (BrokenProcessPool, TimeoutError) as exc:
             # A dead or hung worker: replace the whole pool (a broken
@@ -149,7 +149,11 @@ class EmbeddingPool:
             max_workers=self._settings.worker_processes,
             mp_context=self._context,
             initializer=worker.initialize,
-            initargs=(self._settings.model_path, self._settings.threads_per_worker),
+            initargs=(
+                self._settings.model_path,
+                self._settings.threads_per_worker,
+                self._settings.bulk_nice,
+            ),
         )
 
     def _schedule_rebuild(

@@ -22,8 +22,12 @@ _LOGGER = logging.getLogger(__name__)
 # The model of this process, set by `initialize`. A module global is the
 # one way a ProcessPoolExecutor initializer can hand state to later tasks.
 _MODEL: Any = None
-# The torch threads this worker runs with unless a batch asks for fewer.
+# The torch threads this worker runs bulk batches with (interactive: one).
 _THREADS = 1
+# CPU niceness of this process: as started, and while embedding bulk batches
+# (None: it may not lower it again, so it never raises it).
+_BASE_NICE = 0
+_BULK_NICE: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class BatchResult:
     truncated: list[bool]
 
 
-def initialize(model_path: str, threads: int) -> None:
+def initialize(model_path: str, threads: int, bulk_nice: int = 0) -> None:
     """Pool initializer: offline, pinned thread count, model loaded once."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -55,6 +59,7 @@ def initialize(model_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     global _MODEL, _THREADS  # noqa: PLW0603 -- the initializer hands state to later tasks this way
     _THREADS = threads
+    _allow_bulk_nice(bulk_nice)
     # Inter-op threads only matter for parallel graph branches; one keeps the
     # worker inside its share of the cores.
     torch.set_num_interop_threads(1)
@@ -62,6 +67,35 @@ def initialize(model_path: str, threads: int) -> None:
     # truncation per text instead.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     _MODEL = load_model(model_path)
+
+
+def _allow_bulk_nice(bulk_nice: int) -> None:
+    """Bulk batches run at a lower CPU priority so that an interactive batch
+    (a search's query on the express worker) gets the cores first. That needs
+    the right to raise the priority again afterwards (root with
+    CAP_SYS_NICE, or RLIMIT_NICE): tried once here, one step up and back."""
+    global _BASE_NICE, _BULK_NICE  # noqa: PLW0603 -- per-process state, like the model
+    if bulk_nice <= 0:
+        return
+    _BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _BASE_NICE + 1)
+        os.setpriority(os.PRIO_PROCESS, 0, _BASE_NICE)
+    except PermissionError:
+        _LOGGER.warning(
+            "BULK_NICE needs CAP_SYS_NICE or RLIMIT_NICE; bulk and interactive batches "
+            "share the cores at one priority"
+        )
+        return
+    _BULK_NICE = min(19, _BASE_NICE + bulk_nice)
+
+
+def _set_nice(interactive: bool) -> None:
+    if _BULK_NICE is None:
+        return
+    wanted = _BASE_NICE if interactive else _BULK_NICE
+    if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
+        os.setpriority(os.PRIO_PROCESS, 0, wanted)
 
 
 def _exit_with_parent() -> None:
@@ -103,18 +137,20 @@ def ping(linger: float = 0.0) -> int:
     return os.getpid()
 
 
-def embed(texts: list[str], threads: int | None = None) -> BatchResult:
+def embed(texts: list[str], interactive: bool = False) -> BatchResult:
     """The batch in one forward pass: tokenized once (padded to its longest
     text), pooled and L2-normalised by the model's own modules — exactly what
-    `SentenceTransformer.encode` computes for these texts. `threads` caps
-    the torch threads for this batch (an express batch running beside bulk
-    work must not take every core)."""
+    `SentenceTransformer.encode` computes for these texts. An interactive
+    batch (small, someone waiting, maybe beside bulk batches) runs with one
+    torch thread at full priority; a bulk batch with the worker's threads at
+    BULK_NICE."""
     model = _require_model()
     import torch
 
-    wanted = min(threads or _THREADS, _THREADS)
+    wanted = 1 if interactive else _THREADS
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+    _set_nice(interactive)
 
     window = int(model.max_seq_length)
     features = model.tokenize(texts)  # truncates to the window
