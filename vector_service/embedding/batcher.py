@@ -77,7 +77,6 @@ class BatcherStats:
     batches: int = 0
     texts: int = 0
     dropped: int = 0
-    interactive_batches: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -300,7 +299,6 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.batch_sizes[len(batch)] += 1
-            self.stats.interactive_batches += lane is Lane.INTERACTIVE
             for row, item in enumerate(batch):
                 call = item.call
                 if call.future.done():
