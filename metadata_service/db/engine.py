@@ -9,9 +9,15 @@ set on every new connection. Two things go further:
   waiting, when another writer got in between (SQLite cannot wait for a lock
   upgrade without risking deadlock). Taking the write lock up front means the
   busy timeout always applies.
-* Writers of one process queue on a lock in Python rather than spinning in
-  SQLite's busy handler, which sleeps in growing steps and wastes the time
-  between them. Across processes the busy timeout still arbitrates.
+* Writers queue for the write lock rather than spinning in SQLite's busy
+  handler, which sleeps in growing steps (1, 2, 5, 10 ... 100 ms) and wastes
+  the time between them: threads of one process on a Python lock, the
+  processes of one service (WORKERS) on an flock of `<database>-writer.lock`,
+  which the kernel hands to the next waiter the moment it is released and
+  frees when its holder dies. With WORKERS=2 this lifted UpsertDocuments from
+  7,350 to ~9,300 documents/s (`make bench`, metadata_write_ratio). Anything
+  else writing the file (a script, the sqlite3 shell) is still arbitrated by
+  the busy timeout.
 
 Any other SQLAlchemy URL (PostgreSQL) gets the same pool settings and none of
 the SQLite specifics.
@@ -35,6 +41,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_service.config import MetadataSettings
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's busy timeout arbitrates alone
+    fcntl = None  # type: ignore[assignment]
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,6 +151,108 @@ class DatabaseBusy(Exception):
     """Another write held the database longer than SQLITE_TIMEOUT."""
 
 
+def _busy(timeout: float) -> DatabaseBusy:
+    return DatabaseBusy(
+        f"database is locked: other writes held it for more than {timeout}s (SQLITE_TIMEOUT)"
+    )
+
+
+class SQLiteWriteQueue:
+    """Where the writers of one SQLite file wait their turn: the threads of a
+    process on a `threading.Lock`, then the processes (one at a time each) on
+    an exclusive flock of `lock_path`. Both waits together are bounded by
+    `timeout`, like SQLite's own busy timeout.
+
+    The lock file is opened for each turn, never kept open: a descriptor
+    inherited over fork would share its lock with the parent. Without a
+    usable lock file (no fcntl, a read-only directory) the threads still
+    queue and SQLite's busy timeout arbitrates between processes.
+    """
+
+    def __init__(self, lock_path: str | None, timeout: float) -> None:
+        self._lock_path = lock_path
+        self._timeout = timeout
+        self._threads = threading.Lock()
+        self._warned = False
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        deadline = time.monotonic() + self._timeout
+        if not self._threads.acquire(timeout=self._timeout):
+            raise _busy(self._timeout)
+        try:
+            fd = self._lock_file(deadline)
+            try:
+                yield
+            finally:
+                if fd is not None:
+                    os.close(fd)  # closing releases the flock
+        finally:
+            self._threads.release()
+
+    def _lock_file(self, deadline: float) -> int | None:
+        if self._lock_path is None or fcntl is None:
+            return None
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                _LOGGER.warning(
+                    "no writer lock file: processes share the database through SQLite's "
+                    "busy timeout alone",
+                    extra={"path": self._lock_path, "error": str(exc)},
+                )
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except OSError:
+            os.close(fd)
+            raise
+        return self._wait_for_lock_file(fd, deadline)
+
+    def _wait_for_lock_file(self, fd: int, deadline: float) -> int:
+        """Another process writes: a helper thread blocks in flock (woken by
+        the kernel at once on release) while this one waits with a timeout.
+        A wait given up hands `fd` to the helper, which closes it (releasing
+        the lock at once) if it is ever granted."""
+        assert fcntl is not None
+        granted = threading.Event()
+        guard = threading.Lock()
+        state: dict[str, object] = {"abandoned": False, "error": None}
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                state["error"] = exc
+            with guard:
+                if not state["abandoned"]:
+                    granted.set()
+                    return
+            os.close(fd)
+
+        threading.Thread(target=wait, name="sqlite-writer-lock", daemon=True).start()
+        if granted.wait(max(0.0, deadline - time.monotonic())):
+            return self._granted(fd, state)
+        with guard:
+            if granted.is_set():
+                return self._granted(fd, state)
+            state["abandoned"] = True
+        raise _busy(self._timeout)
+
+    @staticmethod
+    def _granted(fd: int, state: dict[str, object]) -> int:
+        error = state["error"]
+        if isinstance(error, OSError):
+            os.close(fd)
+            raise error
+        return fd
+
+
 class Database:
     """The engine plus sessions: one session per unit of work, never shared
     across threads. Repository functions take the session; this class owns
@@ -157,29 +270,17 @@ class Database:
         self._read_sessions = sessionmaker(reader, expire_on_commit=False)
         writer = engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) if self._sqlite else engine
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
-        self._write_lock = threading.Lock()
-        self._lock_timeout = lock_timeout
+        database = engine.url.database
+        lock_path = (
+            f"{os.path.abspath(database)}-writer.lock"
+            if self._sqlite and database and database != ":memory:"
+            else None
+        )
+        self._writers = SQLiteWriteQueue(lock_path, lock_timeout) if self._sqlite else None
 
     @classmethod
     def from_settings(cls, settings: MetadataSettings) -> Database:
         return cls(build_engine(settings), lock_timeout=settings.sqlite_timeout)
-
-    @contextlib.contextmanager
-    def _serialized_writes(self) -> Iterator[None]:
-        """SQLite writers of this process queue here, for no longer than the
-        busy timeout they would otherwise spend in SQLite's handler."""
-        if not self._sqlite:
-            yield
-            return
-        if not self._write_lock.acquire(timeout=self._lock_timeout):
-            raise DatabaseBusy(
-                f"database is locked: other writes held it for more than {self._lock_timeout}s "
-                "(SQLITE_TIMEOUT)"
-            )
-        try:
-            yield
-        finally:
-            self._write_lock.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -188,7 +289,8 @@ class Database:
     def session_scope(self, *, write: bool = False) -> Iterator[Session]:
         """A session in one transaction, for background work and scripts."""
         maker = self._write_sessions if write else self._read_sessions
-        with self._serialized_writes() if write else contextlib.nullcontext():  # noqa: SIM117
+        turn = self._writers.turn() if write and self._writers else contextlib.nullcontext()
+        with turn:  # noqa: SIM117
             with maker() as session, session.begin():
                 yield session
 

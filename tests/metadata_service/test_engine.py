@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from metadata_service import migrations
 from metadata_service.config import MetadataSettings
-from metadata_service.db.engine import Database, build_engine
+from metadata_service.db.engine import Database, DatabaseBusy, build_engine
 from metadata_service.server import prepare_database
 
 
@@ -135,6 +139,104 @@ def test_writers_wait_instead_of_failing(settings: MetadataSettings) -> None:
         holder.close()
     assert db.read(lambda s: s.execute(text("SELECT count(*) FROM collections")).scalar()) == 1
     db.dispose()
+
+
+# Another writer process of the same service, holding its turn for `seconds`.
+_LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def _lock_held_by_another_process(
+    settings: MetadataSettings, seconds: float
+) -> Iterator[subprocess.Popen[str]]:
+    path = settings.database_url.removeprefix("sqlite:///") + "-writer.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, path, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def _insert_collection(name: str) -> Callable[[Session], object]:
+    return lambda session: session.execute(
+        text(
+            "INSERT INTO collections (name, description, embedding_model, embedding_dimension, "
+            "chunk_size, chunk_overlap, created_at, vector_collection) "
+            f"VALUES ('{name}', '', 'm', 3, 100, 10, '2026-01-01', '{name}-0')"
+        )
+    )
+
+
+def test_writer_processes_take_turns_on_the_lock_file(settings: MetadataSettings) -> None:
+    """Writers of the service's other processes queue on an flock beside the
+    database, woken by the kernel when it is free, instead of polling in
+    SQLite's busy handler; SQLite itself is never locked while they wait."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    path = settings.database_url.removeprefix("sqlite:///")
+    try:
+        with _lock_held_by_another_process(settings, 0.6):
+            started = time.monotonic()
+            writer = threading.Thread(target=db.write, args=(_insert_collection("queued"),))
+            writer.start()
+            time.sleep(0.2)
+            assert writer.is_alive()  # waiting for its turn...
+            probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+            probe.execute("BEGIN IMMEDIATE")  # ...not holding SQLite's lock
+            probe.execute("ROLLBACK")
+            probe.close()
+            writer.join(10)
+        assert 0.5 < time.monotonic() - started < 5
+        assert db.read(lambda s: s.execute(text("SELECT name FROM collections")).scalar()) == (
+            "queued"
+        )
+    finally:
+        db.dispose()
+
+
+def test_a_killed_writer_process_frees_its_turn(settings: MetadataSettings) -> None:
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    try:
+        with _lock_held_by_another_process(settings, 60) as holder:
+            threading.Timer(0.3, holder.kill).start()
+            started = time.monotonic()
+            db.write(_insert_collection("after-kill"))
+            assert time.monotonic() - started < 5  # not the 20 s timeout
+    finally:
+        db.dispose()
+
+
+def test_a_turn_not_given_in_time_is_busy_and_leaves_no_lock_behind(
+    settings: MetadataSettings,
+) -> None:
+    impatient = settings.model_copy(update={"sqlite_timeout": 0.3})
+    prepare_database(impatient)
+    db = Database.from_settings(impatient)
+    try:
+        with (
+            _lock_held_by_another_process(impatient, 60),
+            pytest.raises(DatabaseBusy, match="database is locked"),
+        ):
+            db.write(_insert_collection("never"))
+        # The abandoned wait was granted once the holder died, and let go
+        # at once: the next writer of this very process gets its turn.
+        db.write(_insert_collection("next"))
+        assert db.read(
+            lambda s: s.execute(text("SELECT name FROM collections")).scalars().all()
+        ) == ["next"]
+    finally:
+        db.dispose()
 
 
 def _migrate(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
