@@ -1,8 +1,8 @@
 """The metadata write path alone (no vector service), and writer contention.
 
 * `metadata_write_ratio`: documents/s through `UpsertDocuments` (production
-  mode, WORKERS=2, fed by 4 writer processes, each with its own channel
-  so SO_REUSEPORT spreads them) over SQLAlchemy Core executemany of the very
+  mode, WORKERS=2, fed by 4 writer processes, each with its own connection,
+  two on each worker process) over SQLAlchemy Core executemany of the very
   rows the service writes (documents, typed metadata, chunks), prepared
   before the clock starts, one transaction per batch, same engine settings;
 * contention: the same run's rows/s and count of "database is locked" errors
@@ -79,9 +79,7 @@ def sqlalchemy_core(database: Path, docs: list[DocumentInput]) -> float:
         with engine.begin() as conn:
             pks = dict(
                 conn.execute(
-                    insert(DocumentRow).returning(
-                        DocumentRow.external_id, DocumentRow.id, sort_by_parameter_order=True
-                    ),
+                    insert(DocumentRow).returning(DocumentRow.external_id, DocumentRow.id),
                     [
                         {
                             "collection_id": collection_id,
@@ -128,13 +126,22 @@ def sqlalchemy_core(database: Path, docs: list[DocumentInput]) -> float:
     return len(docs) / elapsed
 
 
-def _writer(address: str, requests: list[bytes], ready: Any, go: Any, out: Any) -> None:
-    """One writer process: its own channel, its share of the batches; it
-    starts writing when every writer is connected (process start-up is not
-    part of the measure)."""
+def _writer(
+    address: str, requests: list[bytes], workers: list[int], sync: tuple[Any, Any, Any]
+) -> None:
+    """One writer process: one channel, its share of the batches; it starts
+    writing when every writer is connected (process start-up is not part of
+    the measure).
+
+    Its channel is served by the worker process `workers[0]` tells it, of the
+    pids in `workers`: SO_REUSEPORT places each connection on a worker by a
+    hash, so 4 connections land 2:2 on two workers only 3 times in 8 (3:1 or
+    4:0 otherwise), and the figure would measure that draw instead of the
+    service. Many clients spread evenly; 4 placed ones stand for them."""
+    ready, go, out = sync
     locked = failed = 0
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
+    channel = _channel_to_worker(address, workers)
+    try:
         # The requests go out as the bytes they were serialised to before the
         # clock started: the load generator shares the cores with the
         # service, so it should spend as little of them as it can.
@@ -156,7 +163,35 @@ def _writer(address: str, requests: list[bytes], ready: Any, go: Any, out: Any) 
                 if result.status.code:
                     failed += 1
                     locked += "locked" in result.status.message
+    finally:
+        channel.close()
     out.put((locked, failed))
+
+
+def _channel_to_worker(address: str, workers: list[int]) -> grpc.Channel:
+    """A channel whose connection the worker process `workers[0]` serves
+    (GetStats names it), when `workers` lists every worker's pid."""
+    for _ in range(64):
+        # A local subchannel pool gives each channel a connection of its own.
+        channel = grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)])
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stats = pb_grpc.MetadataServiceStub(channel).GetStats(pb.GetStatsRequest(), timeout=30)
+        if len(workers) < SERVICE_WORKERS or stats.worker_pid == workers[0]:
+            return channel
+        channel.close()
+    raise RuntimeError(f"no connection to worker {workers[0]} in 64 attempts")
+
+
+def _worker_pids(address: str) -> list[int]:
+    """The pids of the service's worker processes, as GetStats reports them."""
+    pids: set[int] = set()
+    for _ in range(64):
+        if len(pids) == SERVICE_WORKERS:
+            break
+        with grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = pb_grpc.MetadataServiceStub(channel)
+            pids.add(stub.GetStats(pb.GetStatsRequest(), timeout=30).worker_pid)
+    return sorted(pids)
 
 
 def grpc_writers(
@@ -185,9 +220,16 @@ def grpc_writers(
         )
         context = multiprocessing.get_context("spawn")
         ready, go, out = context.Queue(), context.Event(), context.Queue()
+        pids = _worker_pids(service.address)
         writers = [
             context.Process(
-                target=_writer, args=(service.address, requests[i::WRITERS], ready, go, out)
+                target=_writer,
+                args=(
+                    service.address,
+                    requests[i::WRITERS],
+                    pids[i % len(pids) :] + pids[: i % len(pids)],
+                    (ready, go, out),
+                ),
             )
             for i in range(WRITERS)
         ]

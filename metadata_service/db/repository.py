@@ -152,9 +152,10 @@ def insert_documents(session: Session, rows: Sequence[Mapping[str, Any]]) -> dic
     """Inserts document rows; returns their primary keys by external id."""
     if not rows:
         return {}
-    stmt = insert(_DOCUMENTS).returning(
-        _DOCUMENTS.c.external_id, _DOCUMENTS.c.id, sort_by_parameter_order=True
-    )
+    # Each returned row names its document, so their order does not matter:
+    # without sort_by_parameter_order SQLAlchemy sends one multi-row INSERT
+    # ... RETURNING per batch instead of one statement per row on SQLite.
+    stmt = insert(_DOCUMENTS).returning(_DOCUMENTS.c.external_id, _DOCUMENTS.c.id)
     return {external_id: pk for external_id, pk in session.execute(stmt, list(rows))}
 
 
