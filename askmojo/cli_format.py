@@ -263,7 +263,7 @@ def stats_rows(stats: pb.GetStatsResponse) -> list[tuple[str, str]]:
     if db.journal_mode:
         database += f", journal {db.journal_mode} ({human_bytes(db.wal_bytes)} WAL)"
     pool = stats.pool
-    return [
+    rows = [
         ("documents", f"{total} ({states})"),
         ("chunks", str(stats.chunk_count)),
         ("database", database),
@@ -274,6 +274,16 @@ def stats_rows(stats: pb.GetStatsResponse) -> list[tuple[str, str]]:
         ),
         ("worker pid", str(stats.worker_pid)),
     ]
+    if db.write_transactions:
+        per_commit = db.writes / db.write_transactions
+        rows.append(
+            (
+                "writes",
+                f"{db.writes} in {db.write_transactions} transactions "
+                f"({per_commit:.2f} per commit, this worker)",
+            )
+        )
+    return rows
 
 
 def stats_table(stats: pb.GetStatsResponse, collection: str) -> Table:

@@ -225,7 +225,7 @@ class Catalog:
                 {p.id: _unchanged(p.id, stored[p.id]) for p in valid}
                 if all(_is_unchanged(p, stored.get(p.id)) for p in valid)
                 else self._db.write(
-                    lambda s: self._store_documents(s, collection, ref.id, valid, lease)
+                    lambda s: self._store_documents(s, collection, ref, valid, lease)
                 )
             )
             for index, p in prepared:
@@ -248,17 +248,19 @@ class Catalog:
         self,
         session: Session,
         collection: str,
-        collection_id: int,
+        looked_up: _CollectionRef,
         docs: Sequence[PreparedDocument],
         lease: datetime | None,
     ) -> dict[str, UpsertOutcome]:
         # The collection may have been deleted (and even re-created, with other
-        # chunking settings) since it was looked up.
+        # chunking settings, perhaps under the same row id) since it was
+        # looked up: its vector collection name is new with every creation.
         ref = self._collection_ref(session, collection)
-        if ref.id != collection_id:
+        if ref != looked_up:
             raise Aborted(
                 f"collection {collection!r} was re-created meanwhile; send the batch again"
             )
+        collection_id = ref.id
         # Rows are written in id order, the order find_documents locks them in,
         # so two batches sharing ids never deadlock on PostgreSQL.
         docs = sorted(docs, key=lambda doc: doc.id)
@@ -594,9 +596,12 @@ class Catalog:
     def _collection_ref(self, session: Session, name: str) -> _CollectionRef:
         if not name:
             raise InvalidArgument("collection", "collection name must not be empty")
-        row = self._require_collection(session, name)
+        validation.collection_name(name, "collection")
+        key = repo.collection_key(session, name)
+        if key is None:
+            raise NotFound(f"collection {name!r} not found")
         return _CollectionRef(
-            row.id, ChunkingSpec(row.chunk_size, row.chunk_overlap), row.vector_collection
+            key.id, ChunkingSpec(key.chunk_size, key.chunk_overlap), key.vector_collection
         )
 
 

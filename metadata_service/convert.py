@@ -223,6 +223,8 @@ def to_proto_stats(stats: Stats) -> pb.GetStatsResponse:
             database_bytes=stats.storage.database_bytes,
             wal_bytes=stats.storage.wal_bytes,
             journal_mode=stats.storage.journal_mode,
+            write_transactions=stats.storage.write_transactions,
+            writes=stats.storage.writes,
         ),
         documents_by_state=[
             # Every state, zeros included, so dashboards see a stable shape.

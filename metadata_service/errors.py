@@ -26,7 +26,7 @@ from askmojo.common.rpc import (
     grpc_method_decorator,
     make_status,
 )
-from metadata_service.db.engine import DatabaseBusy
+from metadata_service.db.sqlite_writers import DatabaseBusy
 from metadata_service.vector_client import VectorServiceError, VectorServiceUnavailable
 
 _LOGGER = logging.getLogger(__name__)

@@ -9,15 +9,9 @@ set on every new connection. Two things go further:
   waiting, when another writer got in between (SQLite cannot wait for a lock
   upgrade without risking deadlock). Taking the write lock up front means the
   busy timeout always applies.
-* Writers queue for the write lock rather than spinning in SQLite's busy
-  handler, which sleeps in growing steps (1, 2, 5, 10 ... 100 ms) and wastes
-  the time between them: threads of one process on a Python lock, the
-  processes of one service (WORKERS) on an flock of `<database>-writer.lock`,
-  which the kernel hands to the next waiter the moment it is released and
-  frees when its holder dies. With WORKERS=2 this lifted UpsertDocuments from
-  7,350 to ~9,300 documents/s (`make bench`, metadata_write_ratio). Anything
-  else writing the file (a script, the sqlite3 shell) is still arbitrated by
-  the busy timeout.
+* Writers queue for their turn instead of polling in SQLite's busy handler,
+  and concurrent ones share a transaction (group commit): see
+  `sqlite_writers.py`.
 
 Any other SQLAlchemy URL (PostgreSQL) gets the same pool settings and none of
 the SQLite specifics.
@@ -29,7 +23,6 @@ import contextlib
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,11 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_service.config import MetadataSettings
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: SQLite's busy timeout arbitrates alone
-    fcntl = None  # type: ignore[assignment]
+from metadata_service.db.sqlite_writers import SQLiteWriters
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +60,8 @@ class StorageStatus:
     database_bytes: int
     wal_bytes: int
     journal_mode: str
+    write_transactions: int = 0
+    writes: int = 0
 
 
 def build_engine(settings: MetadataSettings) -> Engine:
@@ -147,112 +138,6 @@ def _is_retryable(exc: DBAPIError) -> bool:
 _RETRYABLE_SQLSTATES = frozenset({"23505", "40001", "40P01"})
 
 
-class DatabaseBusy(Exception):
-    """Another write held the database longer than SQLITE_TIMEOUT."""
-
-
-def _busy(timeout: float) -> DatabaseBusy:
-    return DatabaseBusy(
-        f"database is locked: other writes held it for more than {timeout}s (SQLITE_TIMEOUT)"
-    )
-
-
-class SQLiteWriteQueue:
-    """Where the writers of one SQLite file wait their turn: the threads of a
-    process on a `threading.Lock`, then the processes (one at a time each) on
-    an exclusive flock of `lock_path`. Both waits together are bounded by
-    `timeout`, like SQLite's own busy timeout.
-
-    The lock file is opened for each turn, never kept open: a descriptor
-    inherited over fork would share its lock with the parent. Without a
-    usable lock file (no fcntl, a read-only directory) the threads still
-    queue and SQLite's busy timeout arbitrates between processes.
-    """
-
-    def __init__(self, lock_path: str | None, timeout: float) -> None:
-        self._lock_path = lock_path
-        self._timeout = timeout
-        self._threads = threading.Lock()
-        self._warned = False
-
-    @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        deadline = time.monotonic() + self._timeout
-        if not self._threads.acquire(timeout=self._timeout):
-            raise _busy(self._timeout)
-        try:
-            fd = self._lock_file(deadline)
-            try:
-                yield
-            finally:
-                if fd is not None:
-                    os.close(fd)  # closing releases the flock
-        finally:
-            self._threads.release()
-
-    def _lock_file(self, deadline: float) -> int | None:
-        if self._lock_path is None or fcntl is None:
-            return None
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                _LOGGER.warning(
-                    "no writer lock file: processes share the database through SQLite's "
-                    "busy timeout alone",
-                    extra={"path": self._lock_path, "error": str(exc)},
-                )
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            pass
-        except OSError:
-            os.close(fd)
-            raise
-        return self._wait_for_lock_file(fd, deadline)
-
-    def _wait_for_lock_file(self, fd: int, deadline: float) -> int:
-        """Another process writes: a helper thread blocks in flock (woken by
-        the kernel at once on release) while this one waits with a timeout.
-        A wait given up hands `fd` to the helper, which closes it (releasing
-        the lock at once) if it is ever granted."""
-        assert fcntl is not None
-        granted = threading.Event()
-        guard = threading.Lock()
-        state: dict[str, object] = {"abandoned": False, "error": None}
-
-        def wait() -> None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                state["error"] = exc
-            with guard:
-                if not state["abandoned"]:
-                    granted.set()
-                    return
-            os.close(fd)
-
-        threading.Thread(target=wait, name="sqlite-writer-lock", daemon=True).start()
-        if granted.wait(max(0.0, deadline - time.monotonic())):
-            return self._granted(fd, state)
-        with guard:
-            if granted.is_set():
-                return self._granted(fd, state)
-            state["abandoned"] = True
-        raise _busy(self._timeout)
-
-    @staticmethod
-    def _granted(fd: int, state: dict[str, object]) -> int:
-        error = state["error"]
-        if isinstance(error, OSError):
-            os.close(fd)
-            raise error
-        return fd
-
-
 class Database:
     """The engine plus sessions: one session per unit of work, never shared
     across threads. Repository functions take the session; this class owns
@@ -276,7 +161,7 @@ class Database:
             if self._sqlite and database and database != ":memory:"
             else None
         )
-        self._writers = SQLiteWriteQueue(lock_path, lock_timeout) if self._sqlite else None
+        self._writers = SQLiteWriters(lock_path, lock_timeout) if self._sqlite else None
 
     @classmethod
     def from_settings(cls, settings: MetadataSettings) -> Database:
@@ -290,20 +175,24 @@ class Database:
         """A session in one transaction, for background work and scripts."""
         maker = self._write_sessions if write else self._read_sessions
         turn = self._writers.turn() if write and self._writers else contextlib.nullcontext()
-        with turn:  # noqa: SIM117
-            with maker() as session, session.begin():
-                yield session
+        with turn, maker() as session, session.begin():
+            yield session
 
     def read(self, work: Callable[[Session], T]) -> T:
         with self.session_scope() as session:
             return work(session)
 
     def write(self, work: Callable[[Session], T]) -> T:
-        """Runs `work` in a write transaction, retrying it on serialization
-        failures, deadlocks and insert races (bounded, with jitter)."""
+        """Runs `work` in a write transaction: on SQLite one shared with the
+        writes other threads queued meanwhile, each in a savepoint of its own
+        (see sqlite_writers.py); elsewhere its own, retried on serialization
+        failures, deadlocks and insert races (bounded, with jitter). `work`
+        may therefore run more than once, and in another thread."""
+        if self._writers is not None:
+            return self._writers.run(work, self._write_transaction)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                with self.session_scope(write=True) as session:
+                with self._write_transaction() as session:
                     return work(session)
             except DBAPIError as exc:
                 if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
@@ -315,6 +204,18 @@ class Database:
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[Session]:
+        with self._write_sessions() as session, session.begin():
+            yield session
+
+    def group_commit_status(self) -> tuple[int, int]:
+        """(transactions, units of work) written so far by this process, on
+        SQLite; their ratio is how many writes share a commit."""
+        if self._writers is None:
+            return 0, 0
+        return self._writers.transactions, self._writers.units
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -350,7 +251,15 @@ class Database:
         path = url.database or ""
         with self.engine.connect() as conn:
             mode = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
-        return StorageStatus("sqlite", _file_size(path), _file_size(f"{path}-wal"), mode.lower())
+        transactions, writes = self.group_commit_status()
+        return StorageStatus(
+            "sqlite",
+            _file_size(path),
+            _file_size(f"{path}-wal"),
+            mode.lower(),
+            write_transactions=transactions,
+            writes=writes,
+        )
 
 
 def _file_size(path: str) -> int:

@@ -54,6 +54,7 @@ from metadata_service.db.models import (
 
 # Bulk inserts go through Core tables: the ORM's bulk path splits rows whose
 # NULL columns differ (every typed metadata row does) into one statement each.
+_COLLECTIONS = cast(Table, CollectionRow.__table__)
 _DOCUMENTS = cast(Table, DocumentRow.__table__)
 _CHUNKS = cast(Table, ChunkRow.__table__)
 _METADATA = cast(Table, MetadataRow.__table__)
@@ -64,6 +65,28 @@ _DELETIONS = cast(Table, VectorDeletionRow.__table__)
 
 def get_collection(session: Session, name: str) -> CollectionRow | None:
     return session.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none()
+
+
+@dataclass(frozen=True)
+class CollectionKey:
+    """What writes and searches need of a collection. `vector_collection` is
+    unique per creation, so comparing keys tells a collection from one
+    deleted and created again under its name (even with the same row id,
+    which SQLite may reuse)."""
+
+    id: int
+    chunk_size: int
+    chunk_overlap: int
+    vector_collection: str
+
+
+def collection_key(session: Session, name: str) -> CollectionKey | None:
+    """Every upsert looks its collection up twice: as a Core row this costs a
+    fifth of loading the ORM entity."""
+    c = _COLLECTIONS.c
+    stmt = select(c.id, c.chunk_size, c.chunk_overlap, c.vector_collection).where(c.name == name)
+    row = session.execute(stmt).one_or_none()
+    return None if row is None else CollectionKey(*row)
 
 
 def add_collection(session: Session, row: CollectionRow) -> CollectionRow:
@@ -129,22 +152,22 @@ def find_documents(
     """The stored state of these documents. `lock` takes row locks (FOR UPDATE
     on PostgreSQL) so concurrent writers of one document serialize and each
     change gets its own generation; SQLite's write lock already does that."""
+    # Core columns, not ORM attributes: this runs inside every upsert's write
+    # transaction, and skips the ORM's statement compilation layer.
+    d = _DOCUMENTS.c
     stmt = select(
-        DocumentRow.external_id,
-        DocumentRow.id,
-        DocumentRow.content_hash,
-        DocumentRow.metadata_hash,
-        DocumentRow.generation,
-        DocumentRow.chunk_count,
-        DocumentRow.state,
-        DocumentRow.incarnation,
-    ).where(
-        DocumentRow.collection_id == collection_id,
-        DocumentRow.external_id.in_(list(external_ids)),
-    )
+        d.external_id,
+        d.id,
+        d.content_hash,
+        d.metadata_hash,
+        d.generation,
+        d.chunk_count,
+        d.state,
+        d.incarnation,
+    ).where(d.collection_id == collection_id, d.external_id.in_(list(external_ids)))
     if lock:
         # One lock order for every writer, so two batches never deadlock.
-        stmt = stmt.order_by(DocumentRow.external_id).with_for_update()
+        stmt = stmt.order_by(d.external_id).with_for_update()
     return {row[0]: StoredDocument(*row[1:]) for row in session.execute(stmt)}
 
 

@@ -469,7 +469,12 @@ def test_stats_rows() -> None:
             pool_class="QueuePool", size=5, checked_out=1, checked_in=4, overflow=0, max_overflow=20
         ),
         database=pb.DatabaseStats(
-            dialect="sqlite", database_bytes=2 * 1024**2, wal_bytes=4096, journal_mode="wal"
+            dialect="sqlite",
+            database_bytes=2 * 1024**2,
+            wal_bytes=4096,
+            journal_mode="wal",
+            write_transactions=4,
+            writes=10,
         ),
         documents_by_state=[
             pb.DocumentStateCount(state=pb.DOCUMENT_STATE_INDEXED, count=9),
@@ -484,12 +489,14 @@ def test_stats_rows() -> None:
         "database": "sqlite, 2.0 MiB, journal wal (4.0 KiB WAL)",
         "pool": "QueuePool: size 5, 1 checked out, 4 idle, overflow 0/20",
         "worker pid": "123",
+        "writes": "10 in 4 transactions (2.50 per commit, this worker)",
     }
 
 
 def test_stats_of_a_server_database_has_no_wal() -> None:
     stats = pb.GetStatsResponse(database=pb.DatabaseStats(dialect="postgresql", database_bytes=10))
     assert dict(stats_rows(stats))["database"] == "postgresql, 10 B"
+    assert "writes" not in dict(stats_rows(stats))
 
 
 def test_reconcile_lines() -> None:

@@ -4,10 +4,12 @@ on a SQLite file and again on PostgreSQL (skipped with a reason when absent)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from askmojo.common.filters import FilterNode, Op
 from metadata_service.catalog import Catalog
@@ -15,9 +17,11 @@ from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
-from metadata_service.errors import AlreadyExists, InvalidArgument, NotFound
+from metadata_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from metadata_service.server import prepare_database
 from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -208,6 +212,32 @@ def test_unknown_collection(catalog: Catalog) -> None:
         catalog.upsert_documents("nope", [doc("a")])
     with pytest.raises(NotFound):
         catalog.list_documents(DocumentQuery("nope"))
+
+
+def test_collection_recreated_between_lookup_and_write_aborts_the_batch(
+    catalog: Catalog, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch was chunked with the old collection's settings: it must not
+    land in a collection created again meanwhile (with other settings, and
+    on SQLite under the very same row id) as if nothing happened."""
+    write = database.write
+    before = catalog.vector_target("docs").collection_id
+
+    def recreate_first(work: Callable[[Session], T]) -> T:
+        monkeypatch.setattr(database, "write", write)
+        catalog.delete_collection("docs")
+        catalog.create_collection(CollectionSpec(name="docs", chunk_size=300, chunk_overlap=0))
+        return write(work)
+
+    monkeypatch.setattr(database, "write", recreate_first)
+    with pytest.raises(Aborted, match="re-created meanwhile; send the batch again"):
+        catalog.upsert_documents("docs", [doc("a", "x " * 400)])
+    if database.engine.dialect.name == "sqlite":
+        assert catalog.vector_target("docs").collection_id == before  # the id was reused
+    assert ids(catalog) == []
+    # Sent again, the batch is chunked with the new settings.
+    catalog.upsert_documents("docs", [doc("a", "x " * 400)])
+    assert catalog.get_document("docs", "a", include_text=False).chunk_count == 3
 
 
 def test_document_round_trip_of_every_metadata_type(catalog: Catalog) -> None:

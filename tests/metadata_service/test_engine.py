@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from metadata_service import migrations
 from metadata_service.config import MetadataSettings
-from metadata_service.db.engine import Database, DatabaseBusy, build_engine
+from metadata_service.db.engine import Database, build_engine
+from metadata_service.db.sqlite_writers import DatabaseBusy
 from metadata_service.server import prepare_database
 
 
@@ -235,6 +237,122 @@ def test_a_turn_not_given_in_time_is_busy_and_leaves_no_lock_behind(
         assert db.read(
             lambda s: s.execute(text("SELECT name FROM collections")).scalars().all()
         ) == ["next"]
+    finally:
+        db.dispose()
+
+
+def _queued_while_locked(
+    settings: MetadataSettings, db: Database, units: dict[str, Callable[[Session], object]]
+) -> dict[str, object]:
+    """Runs each unit's db.write in a thread of its own while another process
+    holds the write turn, so they all queue; then lets the turn go. Returns
+    each unit's result or exception."""
+    outcomes: dict[str, object] = {}
+
+    def write(name: str) -> None:
+        try:
+            outcomes[name] = db.write(units[name])
+        except Exception as exc:
+            outcomes[name] = exc
+
+    with _lock_held_by_another_process(settings, 60) as holder:
+        threads = [threading.Thread(target=write, args=(name,)) for name in units]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # all queued behind the holder
+        holder.kill()
+        for thread in threads:
+            thread.join(10)
+    return outcomes
+
+
+def _names(db: Database) -> list[str]:
+    query = text("SELECT name FROM collections ORDER BY name")
+    return list(db.read(lambda s: s.execute(query).scalars().all()))
+
+
+def test_concurrent_writes_share_one_transaction(settings: MetadataSettings) -> None:
+    """Group commit: the writes a process queued while it waited for its
+    turn go out in one transaction, each with its own result."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    try:
+        names = [f"c{i}" for i in range(6)]
+        units = {name: _insert_collection(name) for name in names}
+        outcomes = _queued_while_locked(settings, db, units)
+        assert not [o for o in outcomes.values() if isinstance(o, Exception)]
+        assert _names(db) == names
+        assert db.group_commit_status() == (1, 6)
+    finally:
+        db.dispose()
+
+
+def test_a_failing_unit_of_a_shared_transaction_fails_alone(settings: MetadataSettings) -> None:
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+
+    def fails_after_writing(session: Session) -> None:
+        _insert_collection("half-done")(session)
+        raise ValueError("refused by the unit itself")
+
+    try:
+        outcomes = _queued_while_locked(
+            settings,
+            db,
+            {
+                "a": _insert_collection("a"),
+                "bad": fails_after_writing,
+                "b": _insert_collection("b"),
+            },
+        )
+        assert isinstance(outcomes["bad"], ValueError)
+        assert not isinstance(outcomes["a"], Exception)
+        assert not isinstance(outcomes["b"], Exception)
+        assert _names(db) == ["a", "b"]  # nothing of the failed unit is left
+        assert db.group_commit_status() == (1, 3)
+    finally:
+        db.dispose()
+
+
+def test_a_database_error_in_a_shared_transaction_runs_each_unit_alone(
+    settings: MetadataSettings,
+) -> None:
+    """SQLite may roll a whole transaction back on an error, so after one
+    the group's units run again, each in its own transaction."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    db.write(_insert_collection("taken"))
+    try:
+        outcomes = _queued_while_locked(
+            settings,
+            db,
+            {
+                "a": _insert_collection("a"),
+                "duplicate": _insert_collection("taken"),
+                "b": _insert_collection("b"),
+            },
+        )
+        assert isinstance(outcomes["duplicate"], IntegrityError)
+        assert _names(db) == ["a", "b", "taken"]
+        assert db.group_commit_status() == (1 + 3, 1 + 3)
+    finally:
+        db.dispose()
+
+
+def test_queued_writes_past_the_timeout_are_busy_and_leave_nothing_queued(
+    settings: MetadataSettings,
+) -> None:
+    impatient = settings.model_copy(update={"sqlite_timeout": 0.2})
+    prepare_database(impatient)
+    db = Database.from_settings(impatient)
+    try:
+        outcomes = _queued_while_locked(
+            impatient, db, {name: _insert_collection(name) for name in ("x", "y", "z")}
+        )
+        assert all(isinstance(o, DatabaseBusy) for o in outcomes.values()), outcomes
+        db.write(_insert_collection("later"))
+        assert _names(db) == ["later"]
+        assert db.group_commit_status() == (1, 1)
     finally:
         db.dispose()
 

@@ -89,6 +89,8 @@ def test_happy_path(docs_stub: Stub) -> None:
 
     stats = docs_stub.GetStats(pb.GetStatsRequest())
     assert stats.database.journal_mode == "wal" and stats.pool.size >= 5
+    # The collection and the two documents: three writes, each committed.
+    assert stats.database.writes >= 3 and stats.database.write_transactions >= 1
     assert {s.state: s.count for s in stats.documents_by_state}[pb.DOCUMENT_STATE_PENDING] == 2
 
     deleted = docs_stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection="docs", ids=["b"]))

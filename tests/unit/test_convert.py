@@ -438,7 +438,7 @@ def test_from_proto_list_documents_rejects_unspecified_state() -> None:
 def stats(**changes: object) -> Stats:
     fields: dict[str, object] = {
         "pool": PoolStatus("QueuePool", 5, 1, 4, 0, 10),
-        "storage": StorageStatus("sqlite", 4096, 512, "wal"),
+        "storage": StorageStatus("sqlite", 4096, 512, "wal", write_transactions=3, writes=7),
         "documents_by_state": {IndexState.INDEXED: 7},
         "chunk_count": 30,
         "worker_pid": 4242,
@@ -453,7 +453,12 @@ def test_to_proto_stats() -> None:
         pool_class="QueuePool", size=5, checked_out=1, checked_in=4, overflow=0, max_overflow=10
     )
     assert proto.database == pb.DatabaseStats(
-        dialect="sqlite", database_bytes=4096, wal_bytes=512, journal_mode="wal"
+        dialect="sqlite",
+        database_bytes=4096,
+        wal_bytes=512,
+        journal_mode="wal",
+        write_transactions=3,
+        writes=7,
     )
     assert proto.chunk_count == 30
     assert proto.worker_pid == 4242

@@ -940,6 +940,8 @@ class DatabaseStats(_message.Message):
     DATABASE_BYTES_FIELD_NUMBER: _builtins.int
     WAL_BYTES_FIELD_NUMBER: _builtins.int
     JOURNAL_MODE_FIELD_NUMBER: _builtins.int
+    WRITE_TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
     dialect: _builtins.str
     """"sqlite", "postgresql", ..."""
     database_bytes: _builtins.int
@@ -948,6 +950,13 @@ class DatabaseStats(_message.Message):
     """Write-ahead log size in bytes (SQLite); 0 elsewhere."""
     journal_mode: _builtins.str
     """SQLite journal mode ("wal"); empty elsewhere."""
+    write_transactions: _builtins.int
+    """SQLite: the write transactions this worker committed, and the writes
+    (one per unit of work: a batch, an acknowledgement) they carried. More
+    writes than transactions: concurrent writes shared commits (group
+    commit). 0 elsewhere.
+    """
+    writes: _builtins.int
     def __init__(
         self,
         *,
@@ -955,10 +964,12 @@ class DatabaseStats(_message.Message):
         database_bytes: _builtins.int = ...,
         wal_bytes: _builtins.int = ...,
         journal_mode: _builtins.str = ...,
+        write_transactions: _builtins.int = ...,
+        writes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_bytes", b"database_bytes", "dialect", b"dialect", "journal_mode", b"journal_mode", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_bytes", b"database_bytes", "dialect", b"dialect", "journal_mode", b"journal_mode", "wal_bytes", b"wal_bytes", "write_transactions", b"write_transactions", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
