@@ -28,6 +28,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -59,6 +60,14 @@ _DOCUMENTS = cast(Table, DocumentRow.__table__)
 _CHUNKS = cast(Table, ChunkRow.__table__)
 _METADATA = cast(Table, MetadataRow.__table__)
 _DELETIONS = cast(Table, VectorDeletionRow.__table__)
+
+# The outbox index (ix_chunks_outbox) holds the chunks not INDEXED yet, so
+# finding work stays cheap however many chunks are done. A planner uses a
+# partial index only when the query states its condition: SQLite cannot tell
+# that state = 'PENDING' implies it (and scanned every chunk per batch: ingest
+# slowed down as the table grew), nor can PostgreSQL's generic plans with the
+# state as a bound parameter. Every outbox query repeats it, as this literal.
+_IN_OUTBOX = text("chunks.state != 'INDEXED'")
 
 # --- collections -------------------------------------------------------------
 
@@ -469,6 +478,7 @@ def claim_chunks(
     stmt = (
         select(ChunkRow.id)
         .where(
+            _IN_OUTBOX,
             ChunkRow.state == IndexState.PENDING,
             or_(ChunkRow.lease_until.is_(None), ChunkRow.lease_until < now),
         )
@@ -496,6 +506,7 @@ def chunks_held_by_others(session: Session, *, now: datetime, collection_id: int
         .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
         .where(
             DocumentRow.collection_id == collection_id,
+            _IN_OUTBOX,
             ChunkRow.state == IndexState.PENDING,
             ChunkRow.lease_until >= now,
         )
@@ -521,7 +532,7 @@ def claimed_chunks(session: Session, lease: datetime) -> list[ClaimedChunk]:
         )
         .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
         .join(CollectionRow, CollectionRow.id == DocumentRow.collection_id)
-        .where(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+        .where(_IN_OUTBOX, ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
         .order_by(ChunkRow.id)
     )
     return [ClaimedChunk(*row) for row in session.execute(stmt)]
@@ -796,6 +807,7 @@ def unfinished_chunks(session: Session, collection_id: int) -> list[int]:
         .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
         .where(
             DocumentRow.collection_id == collection_id,
+            _IN_OUTBOX,
             ChunkRow.state.in_([IndexState.PENDING, IndexState.FAILED]),
         )
     )

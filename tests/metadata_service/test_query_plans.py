@@ -1,0 +1,86 @@
+"""No query of a hot path reads a whole table: every statement the service
+runs during a representative workload is EXPLAINed on SQLite, and none may
+scan chunks, documents or their metadata (the global stats counts aside).
+
+This caught the indexing outbox scanning every chunk once per batch (the
+partial index went unused), which slowed ingest down as the table grew."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from askmojo.common.filters import Condition, Op
+from metadata_service.catalog import Catalog
+from metadata_service.config import MetadataSettings
+from metadata_service.db import repository as repo
+from metadata_service.db.engine import Database
+from metadata_service.db.models import utcnow
+from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery
+from metadata_service.server import prepare_database
+
+BIG_TABLES = ("chunks", "documents", "document_metadata")
+# Counts over everything stored: a scan is what they are.
+WHOLE_DATABASE_STATS = ("FROM documents GROUP BY documents.state", "sum(documents.chunk_count)")
+
+
+@pytest.fixture
+def recorded(settings: MetadataSettings) -> Iterator[tuple[Catalog, Database, list[Any]]]:
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, stmt: str, params: Any, _ctx: Any, many: bool) -> None:
+        # INSERTs read nothing; the rest is what could scan.
+        if stmt.lstrip().startswith(("SELECT", "UPDATE", "DELETE")):
+            statements.append((stmt, params[0] if many and params else params))
+
+    yield Catalog(db, settings), db, statements
+    db.dispose()
+
+
+def test_no_hot_path_query_scans_a_big_table(
+    recorded: tuple[Catalog, Database, list[Any]], settings: MetadataSettings
+) -> None:
+    catalog, db, statements = recorded
+    catalog.create_collection(CollectionSpec(name="docs"))
+    docs = [DocumentInput(f"d{i}", "word " * 300, {"k": i}) for i in range(5)]
+    catalog.upsert_documents("docs", docs)
+    catalog.upsert_documents("docs", [DocumentInput("d1", "other " * 50, {"k": 1, "j": "x"})])
+    target = catalog.vector_target("docs")
+    lease = utcnow()
+    catalog.claim_collection_chunks(target, lease, 10)
+    catalog.chunks_held_by_others(target)
+    with db.session_scope(write=True) as session:
+        repo.claimed_chunks(session, lease)
+        repo.claim_chunks(session, now=utcnow(), lease_until=lease, limit=10)
+    catalog.search_join(target, [("d1", 0, 1, "ab")], None)
+    catalog.search_join(target, [("d1", 0, 1, "ab")], Condition("k", Op.GT, (1,)))
+    catalog.check_vectors(target, [("d1:0", ("d1", 0), 1, "ab")], repair=True)
+    catalog.indexed_chunks_after(target, 0, 10)
+    catalog.resume_unfinished(target, repair=True)
+    catalog.document_states("docs", ["d1"])
+    catalog.list_documents(DocumentQuery("docs", filter=Condition("k", Op.EQ, (1,))))
+    catalog.get_document("docs", "d1", include_text=True)
+    catalog.delete_documents("docs", ["d4"], None)
+    catalog.delete_documents("docs", [], Condition("k", Op.EQ, (3,)))
+    catalog.stats("docs")
+    catalog.stats("")
+
+    explain = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
+    scans = {}
+    for stmt, params in statements:
+        if any(marker in stmt for marker in WHOLE_DATABASE_STATS):
+            continue
+        plan = [row[-1] for row in explain.execute(f"EXPLAIN QUERY PLAN {stmt}", params or ())]
+        scanned = [p for p in plan if p.startswith("SCAN") and p.split()[1] in BIG_TABLES]
+        if scanned:
+            scans[" ".join(stmt.split())[:160]] = scanned
+    explain.close()
+    assert len(statements) > 30  # the workload ran
+    assert scans == {}
