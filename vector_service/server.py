@@ -29,6 +29,7 @@ from askmojo.vector.v1 import (
 from vector_service.config import VectorSettings
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.pool import EmbeddingPool
+from vector_service.embedding.tokens import TokenCounter
 from vector_service.operations import Embedder, Index, ModelDescription, StoreExecutors
 from vector_service.servicers import EmbeddingServicer, VectorServicer
 from vector_service.store import VectorStore
@@ -153,6 +154,7 @@ def _build_server(
         max_queued_texts=settings.max_queued_texts,
         max_in_flight=settings.max_workers,
         express_slots=settings.express_workers,
+        token_counter=TokenCounter(settings.model_path, model.max_sequence_length).count,
     )
     executors = StoreExecutors.create(settings.store_threads)
     embedder = Embedder(batcher, model, settings)

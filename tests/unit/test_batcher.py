@@ -4,6 +4,7 @@ pool itself is tested for real in tests/vector_service)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -27,7 +28,11 @@ class GatedPool:
         return BatchResult(vectors, [len(t) for t in texts], [False] * len(texts))
 
 
-def batcher(pool: GatedPool, **overrides: float) -> DynamicBatcher:
+def batcher(
+    pool: GatedPool,
+    token_counter: Callable[[Sequence[str]], list[int]] | None = None,
+    **overrides: float,
+) -> DynamicBatcher:
     options: dict[str, float] = {
         "max_batch_texts": 4,
         "max_batch_tokens": 10_000,
@@ -36,7 +41,13 @@ def batcher(pool: GatedPool, **overrides: float) -> DynamicBatcher:
         "max_in_flight": 1,
         **overrides,
     }
-    return DynamicBatcher(pool, dimension=1, window=256, **options)  # type: ignore[arg-type]
+    return DynamicBatcher(
+        pool,  # type: ignore[arg-type]
+        dimension=1,
+        window=256,
+        token_counter=token_counter,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def run(coro: object) -> object:
@@ -259,5 +270,38 @@ def test_without_express_workers_a_query_still_goes_before_queued_bulk_texts() -
             pool.release_all()
             await asyncio.sleep(0.01)
         await b.stop()
+
+    run(scenario())
+
+
+def test_bulk_texts_are_grouped_by_their_counted_tokens() -> None:
+    """With a token counter, bulk batches group texts by what the model will
+    actually see, not by their characters: here counting pairs each long
+    looking text with a short looking one."""
+    texts = [("x" * 60 if i % 2 == 0 else "y") + str(i) for i in range(8)]
+    tokens = {text: 3 if i % 4 < 2 else 40 for i, text in enumerate(texts)}
+    counted: list[list[str]] = []
+
+    def counter(batch: Sequence[str]) -> list[int]:
+        counted.append(list(batch))
+        return [tokens[t] for t in batch]
+
+    async def scenario() -> None:
+        pool = GatedPool()
+        pool.gate.clear()
+        b = batcher(pool, max_queued_texts=16, token_counter=counter)
+        b.start()
+        busy = asyncio.create_task(b.embed(["busy"], wait=False))
+        await asyncio.sleep(0.05)
+        bulk = asyncio.create_task(b.embed(texts, wait=True))
+        await asyncio.sleep(0.05)
+        pool.gate.set()
+        await asyncio.gather(busy, bulk)
+        await b.stop()
+        assert counted == [texts]  # bulk texts only: the query was estimated
+        assert pool.batches[1:] == [
+            [texts[0], texts[1], texts[4], texts[5]],
+            [texts[2], texts[3], texts[6], texts[7]],
+        ]
 
     run(scenario())
