@@ -29,14 +29,15 @@ class Sizes:
     metadata_docs: int
     scale_small: int  # chunks
     scale_large: int
+    metadata_repeat: int  # a cheap section: more pairs, a steadier median
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(3, 1024, 512, 150, 400, 200, 10000, 10000, 50000)
+        return cls(3, 1024, 512, 150, 400, 200, 10000, 10000, 50000, 5)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000)
+        return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000, 1)
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from bench.context import Context, Ratio
 from bench.corpora import metadata_for, word_texts
 from bench.services import ServiceProcess
+from bench.timing import median_pair
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import build_engine
 from metadata_service.db.models import (
@@ -270,22 +271,19 @@ def grpc_writers(ctx: Context, docs: list[DocumentInput]) -> WriterRun:
 
 def run(ctx: Context) -> None:
     docs = documents(ctx.sizes.metadata_docs)
-    core = []
-    served = []
-    for _ in range(ctx.sizes.repeat):
-        core.append(sqlalchemy_core(ctx.dir("core") / "core.db", docs))
-        served.append(grpc_writers(ctx, docs))
-    core.sort()
-    served.sort(key=lambda s: s.documents_per_s)
-    median_core = core[len(core) // 2]
-    median = served[len(served) // 2]
+    pairs: list[tuple[WriterRun, float]] = []
+    for _ in range(ctx.sizes.metadata_repeat):
+        core = sqlalchemy_core(ctx.dir("core") / "core.db", docs)
+        pairs.append((grpc_writers(ctx, docs), core))
+    rate, core = median_pair([(served.documents_per_s, core) for served, core in pairs])
+    median = next(served for served, _ in pairs if served.documents_per_s == rate)
     ctx.ratio(
         Ratio(
             "metadata_write_ratio",
-            median.documents_per_s,
+            rate,
             f"UpsertDocuments, WORKERS={SERVICE_WORKERS}, "
             f"{WRITERS} writer processes, batches of {BATCH}",
-            median_core,
+            core,
             "SQLAlchemy Core executemany, one transaction per batch",
             "documents/s",
             0.50,
@@ -295,9 +293,9 @@ def run(ctx: Context) -> None:
         "writer_contention",
         {
             "writer_processes": WRITERS,
-            "documents_per_s": round(median.documents_per_s, 1),
-            "database_is_locked_errors": sum(s.locked for s in served),
-            "failed_documents": sum(s.failed for s in served),
+            "documents_per_s": round(rate, 1),
+            "database_is_locked_errors": sum(served.locked for served, _ in pairs),
+            "failed_documents": sum(served.failed for served, _ in pairs),
             "writes_per_commit": median.writes_per_commit,
         },
     )

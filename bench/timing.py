@@ -26,3 +26,13 @@ def percentile(samples: Sequence[float], pct: float) -> float:
     ordered = sorted(samples)
     rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+def median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The (numerator, denominator) pair whose ratio is the median ratio.
+
+    Each pair is measured back to back, so both sides see the same moment of
+    a shared machine: its speed drifts by 10-30% over minutes, which would
+    move a ratio of separately taken medians as much."""
+    ordered = sorted(pairs, key=lambda p: p[0] / p[1] if p[1] else 0.0)
+    return ordered[len(ordered) // 2]
