@@ -61,8 +61,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` — {report['date']}, {m['cpus']} CPUs ({m['cpu_model']}), "
         f"Python {m['python']}, torch {m['torch']}, chromadb {m['chromadb']}; "
         f"{m['embedding_workers']} embedding worker(s) x {m['torch_threads_per_worker']} torch "
-        f"threads, baselines {m['baseline_torch_threads']} threads; median of "
-        f"{report['sizes']['repeat']}; {report['seconds']:.0f} s.",
+        f"threads, baselines {m['baseline_torch_threads']} threads; each ratio the median of "
+        f"{report['sizes']['repeat']} back-to-back pairs (metadata writes: "
+        f"{report['sizes']['metadata_repeat']}); {report['seconds']:.0f} s.",
         "",
         "| key | ratio | target | numerator | denominator |",
         "| --- | --- | --- | --- | --- |",
