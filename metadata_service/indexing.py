@@ -142,7 +142,11 @@ class Indexer:
         UpsertStream (batches of INDEX_BATCH_RECORDS) and records the answers.
         On an outage the chunks not yet acknowledged are released (PENDING)
         and the error re-raised."""
-        claimed = await self._db_call(self._db.read, functools.partial(_load_claimed, lease))
+        try:
+            claimed = await self._db_call(self._db.read, functools.partial(_load_claimed, lease))
+        except asyncio.CancelledError:
+            await self._release_lease(lease)
+            raise
         chunks, metadata = claimed
         if not chunks:
             return IndexingReport()
@@ -261,50 +265,87 @@ class Indexer:
         else:
             lease = self.new_lease()
             claim = lease
-            rows = await self._db_call(
-                self._db.write,
-                lambda s: repo.claim_deletions(
-                    s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
-                ),
+            claiming = asyncio.ensure_future(
+                self._db_call(
+                    self._db.write,
+                    lambda s: repo.claim_deletions(
+                        s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
+                    ),
+                )
             )
+            try:
+                rows = await asyncio.shield(claiming)
+            except asyncio.CancelledError:
+                # The claim commits in its thread all the same: give it back
+                # now, or nobody may take those rows for INDEX_LEASE_SECONDS.
+                rows = await claiming
+                await self._settle_deletions([], [r.id for r in rows], "interrupted")
+                raise
         done: list[int] = []
         error: Exception | None = None
-        for row in rows:
-            try:
-                if row.document_id is None:
-                    await self._client.drop_collection(row.vector_collection, deadline)
-                    self._ensured.discard(row.vector_collection)
-                else:
-                    await self._client.delete(row.vector_collection, deletion_filter(row), deadline)
-            except (VectorServiceUnavailable, VectorServiceError) as exc:
-                error = exc
-                break
-            done.append(row.id)
+        try:
+            for row in rows:
+                try:
+                    if row.document_id is None:
+                        await self._client.drop_collection(row.vector_collection, deadline)
+                        self._ensured.discard(row.vector_collection)
+                    else:
+                        await self._client.delete(
+                            row.vector_collection, deletion_filter(row), deadline
+                        )
+                except (VectorServiceUnavailable, VectorServiceError) as exc:
+                    error = exc
+                    break
+                done.append(row.id)
+        except asyncio.CancelledError:
+            # Shutdown mid-way: as for chunks, record what was done and give
+            # the rest back at once.
+            undone = [r.id for r in rows if r.id not in set(done)]
+            await asyncio.shield(self._settle_deletions(done, undone, "interrupted"))
+            raise
         undone = [r.id for r in rows if r.id not in set(done)]
-
-        def settle(session: Session) -> None:
-            repo.finish_deletions(session, done)
-            repo.release_deletions(session, undone, str(error))
-
-        await self._db_call(self._db.write, settle)
+        await self._settle_deletions(done, undone, str(error))
         if error is not None:
             raise error
         return len(done)
+
+    async def _settle_deletions(
+        self, done: Collection[int], undone: Collection[int], error: str
+    ) -> None:
+        def settle(session: Session) -> None:
+            repo.finish_deletions(session, done)
+            repo.release_deletions(session, undone, error)
+
+        await self._db_call(self._db.write, settle)
 
     async def drain_once(self, deadline: float) -> IndexingReport:
         """One pass of the background loop: deletions first, then one leased
         batch of PENDING chunks."""
         await self.delete_pending(deadline)
         lease = self.new_lease()
-        claimed = await self._db_call(
-            self._db.write,
-            lambda s: repo.claim_chunks(
-                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
-            ),
+        claiming = asyncio.ensure_future(
+            self._db_call(
+                self._db.write,
+                lambda s: repo.claim_chunks(
+                    s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
+                ),
+            )
         )
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The claim commits in its thread all the same: give it back.
+            await claiming
+            await self._release_lease(lease)
+            raise
         if not claimed:
             return IndexingReport()
         return await self.index_leased(lease, deadline)
+
+    async def _release_lease(self, lease: datetime) -> None:
+        """Gives back at once every chunk still held under `lease`, rather
+        than leaving it untouchable until INDEX_LEASE_SECONDS pass."""
+        await asyncio.shield(self._db_call(self._db.write, lambda s: repo.release_lease(s, lease)))
 
     # --- the background loop ---------------------------------------------------
 

@@ -497,6 +497,15 @@ def claim_chunks(
     return ids
 
 
+def release_lease(session: Session, lease: datetime) -> None:
+    """The PENDING chunks still held under `lease`, unleased."""
+    session.execute(
+        update(ChunkRow)
+        .where(_IN_OUTBOX, ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+        .values(lease_until=None)
+    )
+
+
 def chunks_held_by_others(session: Session, *, now: datetime, collection_id: int) -> int:
     """PENDING chunks of a collection under a live lease: being sent right
     now by some indexer (the background loop, another call)."""

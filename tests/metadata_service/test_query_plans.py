@@ -59,6 +59,7 @@ def test_no_hot_path_query_scans_a_big_table(
     with db.session_scope(write=True) as session:
         repo.claimed_chunks(session, lease)
         repo.claim_chunks(session, now=utcnow(), lease_until=lease, limit=10)
+        repo.release_lease(session, lease)
     catalog.search_join(target, [("d1", 0, 1, "ab")], None)
     catalog.search_join(target, [("d1", 0, 1, "ab")], Condition("k", Op.GT, (1,)))
     catalog.check_vectors(target, [("d1:0", ("d1", 0), 1, "ab")], repair=True)

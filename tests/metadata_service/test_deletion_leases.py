@@ -1,0 +1,146 @@
+"""Indexing work interrupted (the service stopping, a client gone) gives
+its lease back at once: otherwise no indexer may take it for
+INDEX_LEASE_SECONDS, and vectors of deleted documents linger that long.
+
+The vector service is a stand-in here that never answers (the real one is
+exercised in tests/pipeline); the database is a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from metadata_service.catalog import Catalog
+from metadata_service.config import MetadataSettings
+from metadata_service.db import repository as repo
+from metadata_service.db.engine import Database
+from metadata_service.db.models import ChunkRow, VectorDeletionRow
+from metadata_service.domain import CollectionSpec, DocumentInput
+from metadata_service.indexing import Indexer
+from metadata_service.server import prepare_database
+from tests.metadata_service.test_engine import _lock_held_by_another_process
+
+
+class SilentVectorService:
+    """Takes deletions and never answers them."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    async def delete(self, *_: Any) -> None:
+        self.asked.set()
+        await asyncio.Event().wait()
+
+    async def drop_collection(self, *_: Any) -> None:
+        await self.delete()
+
+
+@pytest.fixture
+def stored(settings: MetadataSettings) -> Iterator[tuple[Database, MetadataSettings]]:
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    catalog = Catalog(db, settings)
+    catalog.create_collection(CollectionSpec(name="docs"))
+    catalog.upsert_documents("docs", [DocumentInput("a", "Some text.", {})])
+    catalog.delete_documents("docs", ["a"], None)  # a deletion, nobody holds it
+    yield db, settings
+    db.dispose()
+
+
+def _leases(db: Database) -> list[object]:
+    return list(db.read(lambda s: s.scalars(select(VectorDeletionRow.lease_until)).all()))
+
+
+def test_a_deletion_cancelled_while_the_vector_service_works_is_released(
+    stored: tuple[Database, MetadataSettings],
+) -> None:
+    db, settings = stored
+
+    async def scenario() -> None:
+        vectors = SilentVectorService()
+        with ThreadPoolExecutor(2) as executor:
+            indexer = Indexer(db, vectors, executor, settings)  # type: ignore[arg-type]
+            task = asyncio.create_task(indexer.delete_pending(deadline=60))
+            await asyncio.wait_for(vectors.asked.wait(), 10)
+            assert _leases(db) != [None]  # claimed
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    assert _leases(db) == [None]
+
+
+def test_a_deletion_cancelled_while_it_is_being_claimed_is_released(
+    stored: tuple[Database, MetadataSettings],
+) -> None:
+    """The claim commits in its thread even though its caller was cancelled:
+    the caller waits for it and gives it back."""
+    db, settings = stored
+
+    async def scenario() -> None:
+        vectors = SilentVectorService()
+        with (
+            ThreadPoolExecutor(2) as executor,
+            _lock_held_by_another_process(settings, 60) as holder,
+        ):
+            indexer = Indexer(db, vectors, executor, settings)  # type: ignore[arg-type]
+            task = asyncio.create_task(indexer.delete_pending(deadline=60))
+            await asyncio.sleep(0.3)  # the claim waits for its write turn
+            task.cancel()
+            await asyncio.sleep(0.1)
+            threading.Timer(0.2, holder.kill).start()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+        assert not vectors.asked.is_set()
+
+    asyncio.run(scenario())
+    assert _leases(db) == [None]
+
+
+def _chunk_leases(db: Database) -> list[object]:
+    return list(db.read(lambda s: s.scalars(select(ChunkRow.lease_until)).all()))
+
+
+def test_chunks_claimed_by_a_cancelled_pass_are_released(
+    settings: MetadataSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background pass was stopped while its claim of PENDING chunks was
+    committing (made slow here): the claim lands, and is given back."""
+    prepare_database(settings)
+    db = Database.from_settings(settings)
+    catalog = Catalog(db, settings)
+    catalog.create_collection(CollectionSpec(name="docs"))
+    catalog.upsert_documents("docs", [DocumentInput("a", "Some text.", {})])
+    claim_chunks = repo.claim_chunks
+    claiming = threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> list[int]:
+        claiming.set()
+        time.sleep(0.3)
+        return claim_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "claim_chunks", slow_claim)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            indexer = Indexer(db, SilentVectorService(), executor, settings)  # type: ignore[arg-type]
+            task = asyncio.create_task(indexer.drain_once(deadline=60))
+            # The claim runs in a thread: a threading.Event, waited for off the loop.
+            assert await asyncio.to_thread(claiming.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+
+    try:
+        asyncio.run(scenario())
+        assert _chunk_leases(db) == [None]
+    finally:
+        db.dispose()
