@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -263,24 +263,13 @@ class Indexer:
                 self._db.read, functools.partial(repo.leased_deletions, lease=lease)
             )
         else:
-            lease = self.new_lease()
-            claim = lease
-            claiming = asyncio.ensure_future(
-                self._db_call(
-                    self._db.write,
-                    lambda s: repo.claim_deletions(
-                        s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
-                    ),
-                )
+            claim = self.new_lease()
+            rows = await self._claim(
+                lambda s: repo.claim_deletions(
+                    s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
+                ),
+                lambda rows: self._settle_deletions([], [r.id for r in rows], "interrupted"),
             )
-            try:
-                rows = await asyncio.shield(claiming)
-            except asyncio.CancelledError:
-                # The claim commits in its thread all the same: give it back
-                # now, or nobody may take those rows for INDEX_LEASE_SECONDS.
-                rows = await claiming
-                await self._settle_deletions([], [r.id for r in rows], "interrupted")
-                raise
         done: list[int] = []
         error: Exception | None = None
         try:
@@ -323,24 +312,29 @@ class Indexer:
         batch of PENDING chunks."""
         await self.delete_pending(deadline)
         lease = self.new_lease()
-        claiming = asyncio.ensure_future(
-            self._db_call(
-                self._db.write,
-                lambda s: repo.claim_chunks(
-                    s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
-                ),
-            )
+        claimed = await self._claim(
+            lambda s: repo.claim_chunks(
+                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
+            ),
+            lambda _: self._release_lease(lease),
         )
-        try:
-            claimed = await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            # The claim commits in its thread all the same: give it back.
-            await claiming
-            await self._release_lease(lease)
-            raise
         if not claimed:
             return IndexingReport()
         return await self.index_leased(lease, deadline)
+
+    async def _claim(
+        self, claim: Callable[[Session], T], give_back: Callable[[T], Awaitable[None]]
+    ) -> T:
+        """Runs the write that takes a lease on work. Cancelled meanwhile (a
+        shutdown), the claim commits in its thread all the same: wait for it
+        and give the work back now, or nobody may take it for
+        INDEX_LEASE_SECONDS."""
+        claiming = asyncio.ensure_future(self._db_call(self._db.write, claim))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            await give_back(await claiming)
+            raise
 
     async def _release_lease(self, lease: datetime) -> None:
         """Gives back at once every chunk still held under `lease`, rather
