@@ -27,6 +27,7 @@ from askmojo.vector.v1 import (
     vector_service_pb2_grpc,
 )
 from vector_service.config import VectorSettings
+from vector_service.embedding import onnx_int8
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.pool import EmbeddingPool
 from vector_service.embedding.tokens import TokenCounter
@@ -44,8 +45,12 @@ _SHUTDOWN_GRACE_S = 5.0
 
 def model_name(settings: VectorSettings) -> str:
     if not settings.embedding_model:
-        return "all-MiniLM-L6-v2"
-    return os.path.basename(settings.embedding_model.rstrip("/")) or settings.embedding_model
+        name = "all-MiniLM-L6-v2"
+    else:
+        name = os.path.basename(settings.embedding_model.rstrip("/")) or settings.embedding_model
+    if settings.embedding_backend == onnx_int8.BACKEND:
+        return onnx_int8.served_name(name)
+    return name
 
 
 def start_dependencies(settings: VectorSettings) -> tuple[EmbeddingPool, VectorStore]:

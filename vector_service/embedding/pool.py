@@ -153,6 +153,8 @@ class EmbeddingPool:
                 self._settings.model_path,
                 self._settings.threads_per_worker,
                 self._settings.bulk_nice,
+                self._settings.embedding_backend,
+                self._settings.model_cache_dir,
             ),
         )
 

@@ -13,9 +13,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vector_service.embedding import onnx_int8
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ _THREADS = 1
 # (None: it may not lower it again, so it never raises it).
 _BASE_NICE = 0
 _BULK_NICE: int | None = None
+# Set when EMBEDDING_BACKEND=onnx-int8: batches run on it, not on torch.
+_ONNX: Any = None
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,15 @@ class BatchResult:
     truncated: list[bool]
 
 
-def initialize(model_path: str, threads: int, bulk_nice: int = 0) -> None:
-    """Pool initializer: offline, pinned thread count, model loaded once."""
+def initialize(
+    model_path: str,
+    threads: int,
+    bulk_nice: int = 0,
+    backend: str = "torch",
+    cache_dir: str = "",
+) -> None:
+    """Pool initializer: offline, pinned thread count, model loaded once
+    (and, for the int8 backend, its ONNX graph: onnx_int8.py)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,6 +79,13 @@ def initialize(model_path: str, threads: int, bulk_nice: int = 0) -> None:
     # truncation per text instead.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     _MODEL = load_model(model_path)
+    if backend == onnx_int8.BACKEND:
+        global _ONNX  # noqa: PLW0603 -- as for the model
+        onnx_int8.check_supported(_MODEL)
+        onnx_file = onnx_int8.cached_export(_MODEL, model_path, Path(cache_dir))
+        _ONNX = onnx_int8.OnnxInt8Encoder(
+            onnx_file, _MODEL.tokenizer, int(_MODEL.max_seq_length), threads
+        )
 
 
 def _allow_bulk_nice(bulk_nice: int) -> None:
@@ -145,24 +164,31 @@ def embed(texts: list[str], interactive: bool = False) -> BatchResult:
     torch thread at full priority; a bulk batch with the worker's threads at
     BULK_NICE."""
     model = _require_model()
+    wanted = 1 if interactive else _THREADS
+    _set_nice(interactive)
+    window = int(model.max_seq_length)
+    if _ONNX is not None:
+        vectors, seen = _ONNX.encode(texts, wanted)
+    else:
+        vectors, seen = _torch_encode(model, texts, wanted)
+    return BatchResult(
+        vectors=vectors,
+        token_counts=seen,
+        truncated=_truncated(model, texts, seen, window),
+    )
+
+
+def _torch_encode(model: Any, texts: list[str], threads: int) -> tuple[np.ndarray, list[int]]:
     import torch
 
-    wanted = 1 if interactive else _THREADS
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-    _set_nice(interactive)
-
-    window = int(model.max_seq_length)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     features = model.tokenize(texts)  # truncates to the window
     seen = features["attention_mask"].sum(dim=1).tolist()
     with torch.inference_mode():
         output = model(features)
     vectors = torch.nn.functional.normalize(output["sentence_embedding"], p=2, dim=1)
-    return BatchResult(
-        vectors=np.ascontiguousarray(vectors.numpy(), dtype=np.float32),
-        token_counts=[int(c) for c in seen],
-        truncated=_truncated(model, texts, seen, window),
-    )
+    return np.ascontiguousarray(vectors.numpy(), dtype=np.float32), [int(c) for c in seen]
 
 
 def _truncated(model: Any, texts: list[str], seen: list[int], window: int) -> list[bool]:
