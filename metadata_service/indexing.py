@@ -268,7 +268,7 @@ class Indexer:
                 lambda s: repo.claim_deletions(
                     s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
                 ),
-                lambda rows: self._settle_deletions([], [r.id for r in rows], "interrupted"),
+                lambda rows: self._settle_deletions(rows, [], "interrupted"),
             )
         done: list[int] = []
         error: Exception | None = None
@@ -289,18 +289,21 @@ class Indexer:
         except asyncio.CancelledError:
             # Shutdown mid-way: as for chunks, record what was done and give
             # the rest back at once.
-            undone = [r.id for r in rows if r.id not in set(done)]
-            await asyncio.shield(self._settle_deletions(done, undone, "interrupted"))
+            await asyncio.shield(self._settle_deletions(rows, done, "interrupted"))
             raise
-        undone = [r.id for r in rows if r.id not in set(done)]
-        await self._settle_deletions(done, undone, str(error))
+        await self._settle_deletions(rows, done, str(error))
         if error is not None:
             raise error
         return len(done)
 
     async def _settle_deletions(
-        self, done: Collection[int], undone: Collection[int], error: str
+        self, rows: Sequence[VectorDeletionRow], done: Collection[int], error: str
     ) -> None:
+        """Records the `done` rows of those claimed as finished and gives the
+        others back with `error`."""
+        finished = set(done)
+        undone = [r.id for r in rows if r.id not in finished]
+
         def settle(session: Session) -> None:
             repo.finish_deletions(session, done)
             repo.release_deletions(session, undone, error)

@@ -43,16 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     model = worker.load_model(packaged_model_path())
     with tempfile.TemporaryDirectory() as cache:
         onnx_file = onnx_int8.cached_export(model, packaged_model_path(), Path(cache))
-        encoder = onnx_int8.OnnxInt8Encoder(
-            onnx_file, model.tokenizer, int(model.max_seq_length), args.threads
-        )
+        encoder = onnx_int8.OnnxInt8Encoder(onnx_file, args.threads)
 
         def float32(texts: list[str], threads: int) -> np.ndarray:
             torch.set_num_threads(threads)
             return np.asarray(model.encode(texts, batch_size=len(texts), normalize_embeddings=True))
 
         def int8(texts: list[str], threads: int) -> np.ndarray:
-            return encoder.encode(texts, threads)[0]
+            return encoder.encode(model.tokenize(texts), threads)
 
         documents, items = known_item.corpus(modules=args.modules)
         chunks = [(d.id, c.text) for d in documents for c in chunk_text(d.text, 400, 50)]

@@ -40,7 +40,7 @@ class VectorSettings(ServiceSettings):
     # packaged all-MiniLM-L6-v2. Nothing is downloaded at run time.
     embedding_model: str = ""
     # "torch" (float32, the model as published) or "onnx-int8": its weights
-    # quantized to int8 and run by ONNX Runtime, ~1.5-2.5x the texts/s at
+    # quantized to int8 and run by ONNX Runtime, ~1.8-2.7x the texts/s at
     # recall@10 ~0.90 of torch's (embedding/onnx_int8.py). The served model
     # is then named "<model>+onnx-int8", so a collection never mixes the two.
     embedding_backend: Literal["torch", "onnx-int8"] = "torch"

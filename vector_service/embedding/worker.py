@@ -83,9 +83,7 @@ def initialize(
         global _ONNX  # noqa: PLW0603 -- as for the model
         onnx_int8.check_supported(_MODEL)
         onnx_file = onnx_int8.cached_export(_MODEL, model_path, Path(cache_dir))
-        _ONNX = onnx_int8.OnnxInt8Encoder(
-            onnx_file, _MODEL.tokenizer, int(_MODEL.max_seq_length), threads
-        )
+        _ONNX = onnx_int8.OnnxInt8Encoder(onnx_file, threads)
 
 
 def _allow_bulk_nice(bulk_nice: int) -> None:
@@ -167,10 +165,12 @@ def embed(texts: list[str], interactive: bool = False) -> BatchResult:
     wanted = 1 if interactive else _THREADS
     _set_nice(interactive)
     window = int(model.max_seq_length)
+    features = model.tokenize(texts)  # truncates to the window
+    seen = [int(c) for c in features["attention_mask"].sum(dim=1).tolist()]
     if _ONNX is not None:
-        vectors, seen = _ONNX.encode(texts, wanted)
+        vectors = _ONNX.encode(features, wanted)
     else:
-        vectors, seen = _torch_encode(model, texts, wanted)
+        vectors = _torch_encode(model, features, wanted)
     return BatchResult(
         vectors=vectors,
         token_counts=seen,
@@ -178,17 +178,15 @@ def embed(texts: list[str], interactive: bool = False) -> BatchResult:
     )
 
 
-def _torch_encode(model: Any, texts: list[str], threads: int) -> tuple[np.ndarray, list[int]]:
+def _torch_encode(model: Any, features: dict[str, Any], threads: int) -> np.ndarray:
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    features = model.tokenize(texts)  # truncates to the window
-    seen = features["attention_mask"].sum(dim=1).tolist()
     with torch.inference_mode():
         output = model(features)
     vectors = torch.nn.functional.normalize(output["sentence_embedding"], p=2, dim=1)
-    return np.ascontiguousarray(vectors.numpy(), dtype=np.float32), [int(c) for c in seen]
+    return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
 
 def _truncated(model: Any, texts: list[str], seen: list[int], window: int) -> list[bool]:
