@@ -3,7 +3,7 @@
 * short texts: 5-15 words (queries, titles, chat turns);
 * passages: ~200 words (a page of a document);
 * real: the documentation of Python's standard library modules shipped with
-  this interpreter (tests/known_item.py), text nobody on the team wrote.
+  this interpreter (evals/known_item.py), text nobody on the team wrote.
 """
 
 from __future__ import annotations

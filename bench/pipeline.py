@@ -36,8 +36,8 @@ from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from bench.context import Context, Ratio, baseline_model
 from bench.corpora import metadata_for, passages, short_texts
 from bench.timing import median_pair, percentile
+from evals.known_item import Document, corpus
 from metadata_service.chunking import chunk_text
-from tests.known_item import Document, corpus
 
 CHUNK_SIZE, CHUNK_OVERLAP = 400, 50  # the service's defaults
 TOP_K = 10

@@ -7,7 +7,7 @@ the service beside exact brute-force cosine search over the same chunk vectors.
     make run   # in another terminal
     .venv/bin/python scripts/eval_known_item.py --modules 200
 
-The evaluation itself lives in tests/known_item.py (the slow test runs it too).
+The evaluation itself lives in evals/known_item.py (the slow test runs it too).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
-from tests import known_item
+from evals import known_item
 
 
 def main(argv: list[str] | None = None) -> int:

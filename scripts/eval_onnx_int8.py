@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpora import short_texts
+from evals import known_item
 from metadata_service.chunking import chunk_text
-from tests import known_item
 from vector_service.config import packaged_model_path
 from vector_service.embedding import onnx_int8, worker
 

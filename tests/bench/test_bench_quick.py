@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.known_item import REPO_ROOT
+from evals.known_item import REPO_ROOT
 
 RATIOS = {
     "embed_stream_ratio",

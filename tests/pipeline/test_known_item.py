@@ -2,7 +2,7 @@
 documents ingested, a sentence taken from a document finds that document among
 the first five at least 90% of the time, and the service (HNSW, filters, the
 join with the database) never loses a document that exact brute-force cosine
-search over the same chunk vectors finds. tests/known_item.py has the corpus
+search over the same chunk vectors finds. evals/known_item.py has the corpus
 and the measure; scripts/eval_known_item.py runs it against running services.
 """
 
@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
-from tests import known_item
+from evals import known_item
 from tests.conftest import RunningServer
 
 MODULES = 200
