@@ -269,7 +269,7 @@ def corpus(
                 "-W",
                 "ignore",
                 "-m",
-                "tests.known_item",
+                "evals.known_item",
                 "--max-chars",
                 str(max_chars),
                 "--min-chars",
