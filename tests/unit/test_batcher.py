@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
+from tests.waiting import until
 from vector_service.embedding.batcher import DynamicBatcher, QueueFull
 from vector_service.embedding.worker import BatchResult
 
@@ -87,10 +88,10 @@ def test_cancelled_calls_never_reach_the_model() -> None:
         b = batcher(pool)
         b.start()
         first = asyncio.create_task(b.embed(["busy"], wait=False))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the worker took the first batch")
         doomed = asyncio.create_task(b.embed(["doomed-1", "doomed-2"], wait=False))
         kept = asyncio.create_task(b.embed(["kept"], wait=False))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queued == 3, what="both calls queued")
         doomed.cancel()  # the client went away (or its deadline passed)
         pool.gate.set()
         await first
@@ -111,13 +112,12 @@ def test_a_cancelled_call_frees_its_queue_space_at_once() -> None:
         b = batcher(pool, max_queued_texts=4, max_batch_texts=2)
         b.start()
         busy = asyncio.create_task(b.embed(["a", "b"], wait=False))  # taken by the worker
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the worker took the first batch")
         queued = asyncio.create_task(b.embed(["c", "d", "e", "f"], wait=False))
-        await asyncio.sleep(0.01)
-        assert b.queued == 4
+        await until(lambda: b.queued == 4, what="the call queued")
         queued.cancel()  # its client went away while the worker is still busy
-        await asyncio.sleep(0)
-        assert b.queued == 0
+        await until(lambda: b.queued == 0, what="the cancelled call's texts released")
+        assert len(pool.batches) == 1, "released while the worker is still busy"
         late = asyncio.create_task(b.embed(["g"], wait=False))  # room again, no QueueFull
         pool.gate.set()
         await busy
@@ -134,14 +134,16 @@ def test_full_queue_refuses_unary_and_slows_streams() -> None:
         b = batcher(pool, max_queued_texts=4, max_batch_texts=2)
         b.start()
         busy = asyncio.create_task(b.embed(["a", "b"], wait=False))  # taken by the worker
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the worker took the first batch")
         queued = asyncio.create_task(b.embed(["c", "d", "e", "f"], wait=False))  # fills it
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queued == 4, what="the queue filled")
         with pytest.raises(QueueFull):
             await b.embed(["g"], wait=False)
         streamed = asyncio.create_task(b.embed(["h"], wait=True))
-        await asyncio.sleep(0.05)
-        assert not streamed.done(), "a stream waits for room instead of failing"
+        # Nothing frees room while the gate is closed: the stream must still be
+        # waiting when this bounded look ends.
+        done, _ = await asyncio.wait({streamed}, timeout=0.05)
+        assert not done, "a stream waits for room instead of failing"
         pool.gate.set()
         await asyncio.gather(busy, queued)
         assert (await streamed).vectors.shape == (1, 1)
@@ -196,11 +198,11 @@ def test_batches_group_texts_of_similar_length_and_always_take_the_oldest() -> N
         b = batcher(pool, max_queued_texts=16)
         b.start()
         busy = asyncio.create_task(b.embed(["busy"], wait=False))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the worker took the first batch")
         long, short = "l" * 80, "s"
         texts = [long + str(i) if i % 2 == 0 else short + str(i) for i in range(8)]
         calls = [asyncio.create_task(b.embed([t], wait=False)) for t in texts]
-        await asyncio.sleep(0.05)
+        await until(lambda: b.queued == 8, what="every call queued")
         pool.gate.set()
         results = await asyncio.gather(busy, *calls)
         await b.stop()
@@ -234,18 +236,18 @@ def test_a_query_takes_the_express_worker_while_bulk_work_holds_the_others() -> 
         b = batcher(pool, max_queued_texts=16, express_slots=1)  # type: ignore[arg-type]
         b.start()
         bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
-        await asyncio.sleep(0.05)
-        assert len(pool.batches) == 1  # bulk may hold only the one bulk worker
+        await until(lambda: len(pool.batches) == 1, what="the bulk worker took a batch")
         query = asyncio.create_task(b.embed(["query"], wait=False))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 2, what="a second batch dispatched")
+        # The second batch is the query's: bulk may hold only the one bulk worker.
         assert [texts for texts, _ in pool.batches] == [[f"bulk-{i}" for i in range(4)], ["query"]]
         pool.batches[1][1].set()
         assert (await query).token_counts == [5]
         assert not bulk.done()
-        while not bulk.done():
-            pool.release_all()
-            await asyncio.sleep(0.01)
-        assert len(pool.batches) == 3
+        pool.batches[0][1].set()
+        await until(lambda: len(pool.batches) == 3, what="the rest of the bulk call dispatched")
+        pool.release_all()
+        await asyncio.wait_for(bulk, 5)
         await b.stop()
 
     run(scenario())
@@ -257,18 +259,18 @@ def test_without_express_workers_a_query_still_goes_before_queued_bulk_texts() -
         b = batcher(pool, max_queued_texts=16)  # type: ignore[arg-type]
         b.start()
         bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the only worker took a bulk batch")
         query = asyncio.create_task(b.embed(["query"], wait=False))
-        await asyncio.sleep(0.05)
-        assert len(pool.batches) == 1
+        await until(lambda: b.queued == 5, what="the query queued behind 4 bulk texts")
+        assert len(pool.batches) == 1, "no express worker: the query waits for the one worker"
         pool.batches[0][1].set()
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 2, what="the worker took its next batch")
         assert [texts for texts, _ in pool.batches][1:] == [["query"]]
         pool.batches[1][1].set()
         await asyncio.wait_for(query, 5)
-        while not bulk.done():
-            pool.release_all()
-            await asyncio.sleep(0.01)
+        await until(lambda: len(pool.batches) == 3, what="the rest of the bulk call dispatched")
+        pool.release_all()
+        await asyncio.wait_for(bulk, 5)
         await b.stop()
 
     run(scenario())
@@ -292,9 +294,9 @@ def test_bulk_texts_are_grouped_by_their_counted_tokens() -> None:
         b = batcher(pool, max_queued_texts=16, token_counter=counter)
         b.start()
         busy = asyncio.create_task(b.embed(["busy"], wait=False))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.batches) == 1, what="the worker took the first batch")
         bulk = asyncio.create_task(b.embed(texts, wait=True))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.queued == 8, what="the bulk texts counted and queued")
         pool.gate.set()
         await asyncio.gather(busy, bulk)
         await b.stop()

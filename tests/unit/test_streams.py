@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from askmojo.common.streams import in_order
+from tests.waiting import until
 
 
 async def numbers(count: int, read: list[int]) -> AsyncIterator[int]:
@@ -27,6 +28,8 @@ def test_results_come_in_message_order_with_at_most_depth_in_flight() -> None:
             nonlocal most
             running.add(n)
             most = max(most, len(running))
+            # Work of varying length (simulated, orders nothing), so results
+            # finish out of order and in_order has something to put right.
             await asyncio.sleep(random.uniform(0, 0.01))
             running.discard(n)
             return n * 10
@@ -42,14 +45,22 @@ def test_the_source_is_not_read_ahead_of_the_window() -> None:
     async def scenario() -> None:
         read: list[int] = []
         gate = asyncio.Event()
+        started: list[int] = []
+        window_full = asyncio.Event()
 
         async def work(n: int) -> int:
+            started.append(n)
+            if len(started) == 4:
+                window_full.set()
             await gate.wait()
             return n
 
         stream = in_order(numbers(100, read), work, depth=4)
         first = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0.05)
+        # Work starts only once the reader yields: by the time 4 have started,
+        # a reader ignoring the window would have read on (the source never
+        # suspends).
+        await asyncio.wait_for(window_full.wait(), 5)
         assert read == [0, 1, 2, 3]  # flow control reaches the client
         gate.set()
         assert await first == (0, 0)
@@ -92,14 +103,18 @@ def test_a_broken_source_raises_after_the_outcomes_before_it() -> None:
 
 def test_leaving_early_cancels_the_work_in_flight() -> None:
     async def scenario() -> None:
-        started: list[asyncio.Task[object] | None] = []
+        started: list[asyncio.Task[object]] = []
         cancelled = 0
+        never = asyncio.Event()
 
         async def work(n: int) -> int:
             nonlocal cancelled
-            started.append(asyncio.current_task())
+            task = asyncio.current_task()
+            assert task is not None
+            started.append(task)
             try:
-                await asyncio.sleep(0 if n == 0 else 10)
+                if n:
+                    await never.wait()  # every message but the first is still in flight
             except asyncio.CancelledError:
                 cancelled += 1
                 raise
@@ -107,9 +122,9 @@ def test_leaving_early_cancels_the_work_in_flight() -> None:
 
         stream = in_order(numbers(10, []), work, depth=3)
         assert await anext(stream) == (0, 0)
-        await asyncio.sleep(0.01)
+        await until(lambda: len(started) >= 3, what="messages 1 and 2 in flight")
         await stream.aclose()
-        await asyncio.sleep(0.01)
+        await asyncio.wait(started[1:], timeout=5)  # the cancellations land
         assert cancelled == len(started) - 1 >= 2
 
     asyncio.run(scenario())
