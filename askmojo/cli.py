@@ -118,11 +118,13 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
             default=default_address if defaults else argparse.SUPPRESS,
             help=f"metadata service HOST:PORT (env METADATA_ADDRESS; default {DEFAULT_ADDRESS})",
         )
+        # None: not given (60 s per call; ingest's whole run unbounded).
         p.add_argument(
             "--timeout",
             type=_seconds,
-            default=DEFAULT_TIMEOUT if defaults else argparse.SUPPRESS,
-            help="seconds per call, 0 for none (default 60; ingest's stream has none)",
+            default=None if defaults else argparse.SUPPRESS,
+            help="seconds per call, 0 for none (default 60); for ingest, seconds for the "
+            "whole run (default none: it runs as long as there are files to send)",
         )
 
     connection_options(parser, defaults=True)
@@ -187,6 +189,9 @@ class App:
     stub: Any
     out: Console
     err: Console
+    # `ingest`'s whole run (its stream and the collection's creation); None:
+    # unbounded, the service indexing each batch within its own budget.
+    run_timeout: float | None = None
 
 
 # --- ingest -------------------------------------------------------------------
@@ -305,8 +310,8 @@ def run_ingest(app: App, args: argparse.Namespace) -> int:
         return 1 if report.errors else 0
     feeder = RequestFeeder(iter_sources(paths, report), args.collection, args.batch)
     tally = IngestTally()
-    ensure_collection(app, args.collection)
     started = time.monotonic()
+    ensure_collection(app, args.collection)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("ingesting"),
@@ -320,8 +325,13 @@ def run_ingest(app: App, args: argparse.Namespace) -> int:
     )
     with progress:
         task = progress.add_task("ingest", total=total)
-        # No deadline: a stream of a large tree runs as long as it must.
-        responses = app.stub.IngestDocuments(feeder.requests())
+        # No deadline unless --timeout was given: a stream of a large tree
+        # runs as long as it must (each batch is indexed within the service's
+        # own per-batch budget, INDEX_ON_WRITE_TIMEOUT).
+        remaining = None
+        if app.run_timeout is not None:
+            remaining = max(0.001, app.run_timeout - _since(started))
+        responses = app.stub.IngestDocuments(feeder.requests(), timeout=remaining)
         try:
             for response in responses:
                 batch = feeder.sent.popleft() if feeder.sent else SentBatch([], [])
@@ -451,15 +461,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def timeouts(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """(per call, ingest's whole run) from --timeout: each call gets 60 s
+    when it is not given; ingest is one call (a stream) however long, so its
+    run is bounded only when --timeout is given. 0 means none."""
+    per_call = DEFAULT_TIMEOUT if args.timeout is None else (args.timeout or None)
+    return per_call, args.timeout or None
+
+
 def _run(args: argparse.Namespace) -> int:
     address = args.address.strip()
     if not address:
         raise UsageError("--address is empty (expected HOST:PORT)")
-    timeout = args.timeout or None
+    timeout, run_timeout = timeouts(args)
     out = Console(file=sys.stdout)
     err = Console(file=sys.stderr)
     with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
-        app = App(address, timeout, pb_grpc.MetadataServiceStub(channel), out, err)
+        app = App(address, timeout, pb_grpc.MetadataServiceStub(channel), out, err, run_timeout)
         try:
             return COMMANDS[args.command](app, args)
         except grpc.RpcError as exc:

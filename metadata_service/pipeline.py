@@ -100,7 +100,13 @@ class Pipeline:
         order. Batches are written one after another in stream order (a
         document sent twice ends as its last version) and indexed up to
         INGEST_BATCHES_IN_FLIGHT at once, so the vector service embeds one
-        batch while the next is written and the last answer goes out."""
+        batch while the next is written and the last answer goes out.
+
+        `deadline` is the stream's own (math.inf when the client set none):
+        a stream lasts as long as the client sends, so each batch gets its
+        own indexing budget, INDEX_ON_WRITE_TIMEOUT from when it was written,
+        capped by `deadline`; a budget counted from the stream's start would
+        leave the batches of a long ingest PENDING."""
         written_in_order = asyncio.Lock()  # FIFO: batches take it in stream order
 
         async def ingest(batch: IngestBatch) -> tuple[list[UpsertOutcome], MetadataError | None]:
@@ -128,7 +134,8 @@ class Pipeline:
     ) -> list[UpsertOutcome]:
         """Indexes the chunks this call wrote (held under its lease) and
         reports each document as it ended: INDEXED, FAILED, or still PENDING
-        when the vector service is away (the background loop takes over)."""
+        when the vector service is away (the background loop takes over).
+        The budget starts now, when the batch is written."""
         written = [o.id for o in outcomes if o.state is UpsertState.PENDING]
         if self._indexer is None or lease is None or not written:
             return outcomes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeAlias, TypeVar
@@ -45,6 +46,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         """The call's own deadline, passed down to the vector service."""
         check_deadline(context)
         return call_deadline(context, self._settings.index_on_write_timeout)
+
+    def _stream_deadline(self, context: Context) -> float:
+        """An ingest stream's own deadline, or none (math.inf): it runs as
+        long as the client sends, each batch indexed within its own budget."""
+        check_deadline(context)
+        return call_deadline(context, math.inf)
 
     async def _run(self, context: Context, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs blocking catalog work off the event loop, on the bounded pool."""
@@ -107,7 +114,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             async for request in request_iterator
         )
         async for outcomes, refused in self._pipeline.ingest_stream(
-            batches, self._deadline(context)
+            batches, self._stream_deadline(context)
         ):
             yield pb.IngestDocumentsResponse(
                 results=convert.to_proto_upsert_results(outcomes, to_rpc_status),

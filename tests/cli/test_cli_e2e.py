@@ -258,3 +258,43 @@ def test_deadline_is_one_line(silent_listener: socket.socket) -> None:
     assert one_line(done.stderr) == (
         "askmojo: DEADLINE_EXCEEDED: no answer within 1 s (a longer --timeout may help)"
     )
+
+
+class _RecordingStub:
+    """The real stub, noting the timeout each IngestDocuments stream gets."""
+
+    def __init__(self, stub: pb_grpc.MetadataServiceStub) -> None:
+        self._stub = stub
+        self.stream_timeouts: list[float | None] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stub, name)
+
+    def IngestDocuments(self, requests: object, timeout: float | None = None) -> object:
+        self.stream_timeouts.append(timeout)
+        return self._stub.IngestDocuments(requests, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("flags", "bounded"), [([], None), (["--timeout", "0"], None), (["--timeout", "300"], 300.0)]
+)
+def test_ingest_timeout_bounds_the_whole_run_only_when_given(
+    server: RunningServer, corpus: Path, flags: list[str], bounded: float | None
+) -> None:
+    """README: `--timeout` bounds each call; ingest is one call (a stream)
+    however long, so it bounds the whole run when given and nothing
+    otherwise: the 60 s default must not cut a long ingest short."""
+    args = cli.build_parser({}).parse_args(["ingest", str(corpus), "-c", "docs", *flags])
+    per_call, run_timeout = cli.timeouts(args)
+    assert per_call == (bounded or (None if flags else cli.DEFAULT_TIMEOUT))
+    out = Console(file=io.StringIO())
+    with grpc.insecure_channel(server.address) as channel:
+        stub = _RecordingStub(pb_grpc.MetadataServiceStub(channel))
+        app = cli.App(server.address, per_call, stub, out, out, run_timeout)
+        assert cli.run_ingest(app, args) == 1  # the corpus's latin-1 file
+    [stream_timeout] = stub.stream_timeouts
+    if bounded is None:
+        assert stream_timeout is None
+    else:
+        assert stream_timeout is not None and 0 < stream_timeout <= bounded
+    assert "5 documents into docs" in out.file.getvalue()  # type: ignore[attr-defined]

@@ -561,7 +561,7 @@ def test_search_arguments() -> None:
     )
     assert (args.query, args.collection, args.top_k) == ("what is wal", "notes", 3)
     assert args.where == ["a=1", "b=x"]
-    assert args.timeout == 60.0
+    assert args.timeout is None  # not given: 60 s per call (see _run)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,65 @@
+"""A long IngestDocuments stream indexes as it goes: each batch has its own
+indexing budget (INDEX_ON_WRITE_TIMEOUT from when it was written), so a batch
+sent after the first one's budget ran out is still indexed, not left PENDING."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from metadata_service.config import MetadataSettings
+from metadata_service.server import prepare_database
+from tests.conftest import RunningServer
+from tests.pipeline.test_pipeline import TEXTS, doc
+
+BUDGET = 3.0  # INDEX_ON_WRITE_TIMEOUT of the service under test, seconds
+
+
+@pytest.fixture
+def short_budget(paired_settings: MetadataSettings) -> Iterator[pb_grpc.MetadataServiceStub]:
+    settings = paired_settings.model_copy(update={"index_on_write_timeout": BUDGET})
+    prepare_database(settings)
+    with RunningServer.metadata(settings) as running, grpc.insecure_channel(running.address) as ch:
+        yield pb_grpc.MetadataServiceStub(ch)
+
+
+def _wait_until(instant: float) -> None:
+    """Lets the clock pass `instant` (the point of the test is time passing;
+    nothing else is ordered by it)."""
+    pause = threading.Event()
+    while time.monotonic() <= instant:
+        pause.wait(max(0.01, instant - time.monotonic()))
+
+
+@pytest.mark.parametrize("stream_timeout", [None, 600.0])
+def test_batches_of_a_stream_older_than_the_budget_are_indexed(
+    short_budget: pb_grpc.MetadataServiceStub, stream_timeout: float | None
+) -> None:
+    stub = short_budget
+    collection = f"long-{uuid.uuid4().hex[:8]}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=collection))
+    send_second = threading.Event()
+
+    def requests() -> Iterator[pb.IngestDocumentsRequest]:
+        yield pb.IngestDocumentsRequest(collection=collection, documents=[doc("a", TEXTS["cats"])])
+        assert send_second.wait(120), "the test never released the second batch"
+        yield pb.IngestDocumentsRequest(collection=collection, documents=[doc("b", TEXTS["grpc"])])
+
+    started = time.monotonic()
+    responses = stub.IngestDocuments(requests(), timeout=stream_timeout)
+    first = next(responses)
+    assert [(r.id, r.state) for r in first.results] == [("a", pb.UPSERT_STATE_INDEXED)]
+    # The stream is now older than one batch's budget: a budget counted from
+    # the start of the stream would have nothing left for the second batch.
+    _wait_until(started + BUDGET + 0.5)
+    send_second.set()
+    second = next(responses)
+    assert [(r.id, r.state) for r in second.results] == [("b", pb.UPSERT_STATE_INDEXED)]
+    assert list(responses) == []
