@@ -59,6 +59,15 @@ class MetadataSettings(ServiceSettings):
     # service embeds one while the next is written and the last answered.
     ingest_batches_in_flight: int = Field(default=4, ge=1, le=64)
     max_search_top_k: int = Field(default=100, ge=1)
+    # Bytes of a Search query. Longer ones are refused (INVALID_ARGUMENT on
+    # `query`) before the vector service sees them: the model reads only its
+    # first ~256 tokens anyway. Keep it under the vector service's
+    # MAX_TEXT_LENGTH (characters), or that service refuses first.
+    max_query_bytes: int = Field(default=16384, ge=1)
+    # Documents a delete by filter removes per transaction, each batch's
+    # vectors in one vector Delete call: bounded memory and calls however
+    # many documents match (the vector service takes at most ~1000 per call).
+    delete_batch_documents: int = Field(default=500, ge=1, le=1000)
 
     # --- collection defaults ---
     default_embedding_model: str = "all-MiniLM-L6-v2"

@@ -103,10 +103,9 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, InvalidFilterError):
         return to_rpc_status(invalid_filter(exc))
     if isinstance(exc, VectorServiceUnavailable):
-        return make_status(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{exc}; stored work stays PENDING and is indexed when it is back",
-        )
+        # The vector service's address and error are the operator's business.
+        _LOGGER.warning("vector service unavailable: %s", exc.detail)
+        return make_status(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, VectorServiceError):
         # Codes that describe the request keep their meaning; the rest are
         # the vector service's trouble, reported as such, never UNKNOWN.

@@ -376,7 +376,9 @@ class Indexer:
                     continue  # more may wait: no sleep between full batches
             except VectorServiceUnavailable as exc:
                 backoff = min(max(backoff * 2, 0.5), self._settings.index_max_backoff)
-                _LOGGER.warning("vector service unavailable; retrying in %.1fs: %s", backoff, exc)
+                _LOGGER.warning(
+                    "vector service unavailable; retrying in %.1fs: %s", backoff, exc.detail
+                )
             except VectorServiceError as exc:
                 backoff = self._settings.index_max_backoff
                 _LOGGER.error("vector service refused deletions; retrying later: %s", exc)

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
+import grpc
+
 from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
 from metadata_service.catalog import Catalog, VectorTarget
@@ -50,6 +52,7 @@ from metadata_service.indexing import (
 from metadata_service.vector_client import (
     VectorClient,
     VectorCollectionNotFound,
+    VectorServiceError,
     VectorServiceUnavailable,
 )
 
@@ -143,7 +146,7 @@ class Pipeline:
         try:
             await self._indexer.index_leased(lease, limit)
         except VectorServiceUnavailable as exc:
-            _LOGGER.warning("indexing deferred: %s", exc)
+            _LOGGER.warning("indexing deferred: %s", exc.detail)
             self._indexer.wake()
             return outcomes
         states = await self._db(self._catalog.document_states, collection, written)
@@ -172,7 +175,7 @@ class Pipeline:
         try:
             await self._indexer.delete_pending(deadline, lease)
         except Exception as exc:  # recorded; retried by the background loop
-            _LOGGER.warning("vector deletion deferred: %s", exc)
+            _LOGGER.warning("vector deletion deferred: %s", getattr(exc, "detail", exc))
             self._indexer.wake()
 
     # --- search --------------------------------------------------------------------
@@ -187,6 +190,15 @@ class Pipeline:
     ) -> list[SearchHit]:
         if not query.strip():
             raise InvalidArgument("query", "the query is empty: send some text to search for")
+        size = len(query.encode())
+        if size > self._settings.max_query_bytes:
+            # Checked here, in the caller's terms: the vector service would
+            # refuse it in its own (texts[0], MAX_TEXT_LENGTH).
+            raise InvalidArgument(
+                "query",
+                f"the query is {size} bytes; the limit is {self._settings.max_query_bytes} "
+                "(MAX_QUERY_BYTES): the model reads only the first few hundred words",
+            )
         limit = self._settings.max_search_top_k
         if top_k < 0 or top_k > limit:
             raise InvalidArgument("top_k", f"must be between 1 and {limit} (0 means 10)")
@@ -201,6 +213,14 @@ class Pipeline:
             matches = await client.query(target.vector_collection, query, fetch, where, deadline)
         except VectorCollectionNotFound:
             return []  # nothing indexed yet
+        except VectorServiceUnavailable as exc:
+            raise VectorServiceUnavailable(
+                exc.detail, "search needs the vector service, which is unavailable; try again"
+            ) from None
+        except VectorServiceError as exc:
+            if exc.code is grpc.StatusCode.INVALID_ARGUMENT:
+                raise _search_argument_error(exc) from None
+            raise
         keyed = []
         for match in matches:
             parsed = parse_vector_id(match.id)
@@ -228,6 +248,14 @@ class Pipeline:
         orphan vectors are deleted, stale and missing ones re-queued, PENDING
         and FAILED work sent again (as far as the deadline allows; the
         background loop finishes the rest)."""
+        try:
+            return await self._reconcile(collection, dry_run, deadline)
+        except VectorServiceUnavailable as exc:
+            raise VectorServiceUnavailable(
+                exc.detail, "reconcile needs the vector service, which is unavailable; try again"
+            ) from None
+
+    async def _reconcile(self, collection: str, dry_run: bool, deadline: float) -> ReconcileOutcome:
         client = self._require_client()
         indexer = self._indexer
         assert indexer is not None
@@ -349,6 +377,22 @@ class Pipeline:
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+
+# The vector service's Query fields, as the caller of Search knows them.
+_SEARCH_FIELDS = {"texts": "query", "query_text": "query", "top_k": "top_k", "filter": "filter"}
+
+
+def _search_argument_error(exc: VectorServiceError) -> InvalidArgument:
+    """A refusal of the vector service's Query, said in Search's terms: the
+    caller sent `query` and `filter`, not `texts[0]` or `query_text`."""
+    field, description = exc.violations[0] if exc.violations else ("query", str(exc))
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    rest = field[len(head) :]
+    ours = _SEARCH_FIELDS.get(head, "query")
+    if ours == "filter":
+        ours += rest  # the same filter tree on both sides: keep the path
+    return InvalidArgument(ours, f"refused by the vector service: {description}")
 
 
 def _with_state(

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from askmojo.common.filters import FilterNode, MetadataScalar, filter_to_proto, metadata_to_proto
 from askmojo.common.filters import metadata_value_from_proto as from_value
@@ -40,15 +41,36 @@ _TRANSIENT_CODES = frozenset(c.value[0] for c in _TRANSIENT)
 
 
 class VectorServiceUnavailable(Exception):
-    """The vector service is down, overloaded or too slow; retry later."""
+    """The vector service is down, overloaded or too slow; retry later.
+
+    `str()` is what a caller of the metadata service reads (what it can act
+    on; an RPC that needs the vector service says so with `message`);
+    `detail` (the vector service's address and error) is for the server's
+    log only."""
+
+    def __init__(self, detail: str, message: str = "") -> None:
+        super().__init__(
+            message
+            or "the vector service is unavailable; documents are stored and will be "
+            "indexed when it returns"
+        )
+        self.detail = detail
 
 
 class VectorServiceError(Exception):
-    """The vector service refused a request (a bug or a mismatch, not an outage)."""
+    """The vector service refused a request (a bug or a mismatch, not an outage).
+    `violations`: its google.rpc.BadRequest (field, description) pairs, in
+    the vector service's field names."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(f"vector service: {code.name}: {message}")
         self.code = code
+        self.violations = tuple(violations)
 
 
 class VectorCollectionNotFound(VectorServiceError):
@@ -223,12 +245,32 @@ class VectorClient:
     def _error(self, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
         if code in _TRANSIENT:
+            # Its address and connection error help an operator, not a
+            # caller: `detail` goes to the log, never on the wire.
             return VectorServiceUnavailable(
                 f"vector service at {self.address}: {code.name}: {exc.details()}"
             )
         if code is grpc.StatusCode.NOT_FOUND:
             return VectorCollectionNotFound(code, exc.details() or "")
-        return VectorServiceError(code, exc.details() or "")
+        return VectorServiceError(code, exc.details() or "", _violations(exc))
+
+
+def _violations(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest field violations a refusal carries."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return []
+        found = []
+        for detail in status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if detail.Unpack(bad_request):
+                found += [(v.field, v.description) for v in bad_request.field_violations]
+        return found
+    return []
 
 
 def _to_proto_record(record: VectorRecord) -> vpb.VectorRecord:
