@@ -16,6 +16,9 @@ _CPUS = usable_cpus()
 
 
 class MetadataSettings(ServiceSettings):
+    # METADATA_<NAME> wins over <NAME> (askmojo.common.settings).
+    env_service_prefix = "METADATA_"
+
     metadata_host: str = "[::]"
     # 0 picks a free port (logged at start-up); tests use it.
     metadata_port: int = Field(default=50051, ge=0, le=65535)

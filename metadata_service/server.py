@@ -25,6 +25,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
+from askmojo.common.rpc import RequestGuard
 from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from metadata_service import migrations
 from metadata_service.catalog import Catalog
@@ -125,6 +126,8 @@ def create_server(
             ("grpc.so_reuseport", 1 if settings.worker_count > 1 else 0),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Undecodable or too-wide requests: INVALID_ARGUMENT on every method.
+        interceptors=[RequestGuard(settings.filter_limits)],
     )
     catalog = Catalog(database, settings)
     vector_client = indexer = None

@@ -23,6 +23,9 @@ def packaged_model_path() -> str:
 
 
 class VectorSettings(ServiceSettings):
+    # VECTOR_<NAME> wins over <NAME> (askmojo.common.settings).
+    env_service_prefix = "VECTOR_"
+
     vector_host: str = "[::]"
     # 0 picks a free port (logged at start-up); tests use it.
     vector_port: int = Field(default=50052, ge=0, le=65535)

@@ -20,6 +20,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
+from askmojo.common.rpc import RequestGuard
 from askmojo.vector.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
@@ -167,7 +168,9 @@ def _build_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-        ]
+        ],
+        # Undecodable or too-wide requests: INVALID_ARGUMENT on every method.
+        interceptors=[RequestGuard(settings.filter_limits)],
     )
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(
         EmbeddingServicer(embedder, settings), server

@@ -25,6 +25,20 @@ METADATA_KEY_RULE = "1 to 64 characters of A-Z a-z 0-9 _ . -"
 # No stored string value can be longer, so no filter operand needs to be.
 MAX_STRING_BYTES = 65536
 
+# How wide a filter may be. SQLite (the metadata database, and Chroma's own
+# metadata store) refuses an expression nested past 1000 levels and a flat
+# `any`/`all` of N conditions is N levels deep there: Chroma 1.5 answered
+# "Expression tree is too large" from ~1000 conditions (800 passed) and
+# crashed the process past a few thousand. Its `$in` binds two SQL variables
+# per number (one per string) and SQLite takes 32766, so ~16,380 numbers
+# failed ("too many SQL variables"); the metadata service also binds up to two
+# per number (PostgreSQL takes 65535). The ceilings keep every backend at half
+# of what it takes or less; settings may only lower them.
+FILTER_CONDITIONS_CEILING = 512
+FILTER_VALUES_CEILING = 8192
+DEFAULT_MAX_FILTER_CONDITIONS = 256
+DEFAULT_MAX_FILTER_VALUES = 4096
+
 
 class InvalidFilterError(ValueError):
     """A filter that cannot be evaluated; `field` is a dotted path into it."""
@@ -33,6 +47,15 @@ class InvalidFilterError(ValueError):
         super().__init__(f"{field}: {description}")
         self.field = field
         self.description = description
+
+
+@dataclass(frozen=True)
+class FilterLimits:
+    """How wide a filter may be: conditions in the whole tree, and IN/NIN
+    values summed over it (which bounds one list too)."""
+
+    max_conditions: int = FILTER_CONDITIONS_CEILING
+    max_values: int = FILTER_VALUES_CEILING
 
 
 class Op(enum.Enum):
@@ -189,14 +212,64 @@ def check_metadata(
 
 
 def filter_from_proto(
-    proto: common_pb2.Filter, field: str = "filter", max_depth: int = 16
+    proto: common_pb2.Filter,
+    field: str = "filter",
+    max_depth: int = 16,
+    limits: FilterLimits = FilterLimits(),
 ) -> FilterNode:
     """Validates a proto filter and returns its normalised tree.
 
     Raises InvalidFilterError naming the offending field, e.g.
-    `filter.all.filters[1].condition.value`.
+    `filter.all.filters[1].condition.value`. The default `limits` are the
+    ceilings no backend must see exceeded; each service also checks its own
+    (lower) settings before a request reaches a servicer (`askmojo.common.rpc`).
     """
+    check_filter_size(proto, limits, field, max_depth)
     return _parse(proto, field, negate=False, depth=max_depth)
+
+
+def check_filter_size(
+    proto: common_pb2.Filter, limits: FilterLimits, field: str = "filter", max_depth: int = 16
+) -> None:
+    """Refuses a filter wider than `limits` before any tree is built.
+
+    Cheap: a walk over the proto that never goes deeper than `max_depth` (the
+    parser refuses deeper ones) and stops counting once far past the limit,
+    so a huge message costs little more than its decoding did.
+    """
+    conditions = values = visited = 0
+    # Far past the limit the exact count tells a client nothing more.
+    visit_budget = 64 * (limits.max_conditions + 1)
+    stack: list[tuple[common_pb2.Filter, int]] = [(proto, max_depth)]
+    while stack:
+        node, depth = stack.pop()
+        visited += 1
+        if visited > visit_budget:
+            break
+        kind = node.WhichOneof("kind")
+        if kind in {"all", "any"}:
+            if depth > 1:
+                stack.extend((child, depth - 1) for child in getattr(node, kind).filters)
+        elif kind == "not":
+            if depth > 1:
+                stack.append((getattr(node, "not"), depth - 1))
+        else:  # a condition (or an empty node, which the parser refuses)
+            conditions += 1
+            if kind == "condition":
+                values += len(node.condition.values)
+    more = "more than " if stack else ""
+    if conditions > limits.max_conditions:
+        raise InvalidFilterError(
+            field,
+            f"filter has {more}{conditions} conditions; at most {limits.max_conditions} "
+            "allowed (MAX_FILTER_CONDITIONS)",
+        )
+    if values > limits.max_values:
+        raise InvalidFilterError(
+            field,
+            f"filter has {more}{values} IN/NIN values; at most {limits.max_values} "
+            "allowed (MAX_FILTER_VALUES)",
+        )
 
 
 def _parse(proto: common_pb2.Filter, field: str, *, negate: bool, depth: int) -> FilterNode:

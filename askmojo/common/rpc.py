@@ -1,6 +1,8 @@
-"""gRPC plumbing both services share: packing `google.rpc.Status`, and the
+"""gRPC plumbing both services share: packing `google.rpc.Status`, the
 decorator that turns every exception of a servicer method into a status
-through the service's own error map (each service keeps one, in errors.py)."""
+through the service's own error map (each service keeps one, in errors.py),
+and the `RequestGuard` interceptor that answers undecodable or oversized
+requests with INVALID_ARGUMENT before any servicer sees them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -16,6 +18,9 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from askmojo.common.filters import FilterLimits, InvalidFilterError, check_filter_size
+from askmojo.common.v1 import common_pb2
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +65,8 @@ def grpc_method_decorator(to_status: ToStatus) -> Callable[[Method], Method]:
         name = method.__name__
 
         async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-            status = to_status(exc)
+            # A stream message the RequestGuard refused ends the call with its status.
+            status = exc.status if isinstance(exc, RequestRejected) else to_status(exc)
             _LOGGER.debug(
                 "rpc failed",
                 extra={
@@ -116,3 +122,203 @@ def call_deadline(context: grpc.aio.ServicerContext[Any, Any], default_seconds: 
     calls; `default_seconds` from now when the client set none."""
     remaining = context.time_remaining()
     return time.monotonic() + (default_seconds if remaining is None else remaining)
+
+
+# --- requests refused before a servicer sees them ------------------------------
+
+
+class RequestRejected(Exception):
+    """Raised from a guarded request stream at a message that could not be
+    decoded or is too large: the call ends with `status`."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+class _Refused:
+    """What a guarded deserializer returns instead of a request."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        self.status = status
+
+
+_FILTER_TYPE = common_pb2.Filter.DESCRIPTOR.full_name
+_MAX_DETAIL_CHARS = 200
+
+
+def decode_error_status(exc: Exception) -> status_pb2.Status:
+    """INVALID_ARGUMENT for bytes that are no valid message: protobuf's own
+    reason (bad UTF-8, corrupt wire data, nesting too deep), never a class name."""
+    reason = str(exc)
+    # "Error parsing message with type 'pkg.Request': Wire format was corrupt"
+    reason = reason.rpartition("': ")[2] or "malformed protobuf"
+    reason = reason[:_MAX_DETAIL_CHARS]
+    return bad_request_status(
+        f"request could not be decoded: {reason}", [("request", f"not a valid message: {reason}")]
+    )
+
+
+class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every method handler of the server (health and reflection too):
+
+    - request bytes that do not decode answer INVALID_ARGUMENT ("request could
+      not be decoded: ...") instead of gRPC's UNKNOWN naming DecodeError; in a
+      request stream such a message ends the stream with that status;
+    - a request's `askmojo.common.v1.Filter` fields wider than `filter_limits`
+      (MAX_FILTER_CONDITIONS, MAX_FILTER_VALUES) answer INVALID_ARGUMENT
+      before any tree is built.
+    """
+
+    def __init__(self, filter_limits: FilterLimits) -> None:
+        self._limits = filter_limits
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._filter_fields: dict[type[Any], tuple[str, ...]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guard_handler(handler, self._deserializer(handler.request_deserializer))
+        self._handlers[method] = (handler, guarded)
+        return guarded
+
+    def _deserializer(self, deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def guarded(data: bytes) -> Any:
+            try:
+                request = deserialize(data)
+            except Exception as exc:  # DecodeError; RecursionError past protobuf's limit
+                return _Refused(decode_error_status(exc))
+            refusal = self._check(request)
+            return request if refusal is None else _Refused(refusal)
+
+        return guarded
+
+    def _check(self, request: Any) -> status_pb2.Status | None:
+        fields = self._filter_fields.get(type(request))
+        if fields is None:
+            descriptor = getattr(request, "DESCRIPTOR", None)
+            fields = tuple(
+                field.name
+                for field in (descriptor.fields if descriptor is not None else ())
+                if field.message_type is not None
+                and field.message_type.full_name == _FILTER_TYPE
+                and not _is_repeated(field)
+            )
+            self._filter_fields[type(request)] = fields
+        for name in fields:
+            if request.HasField(name):
+                try:
+                    check_filter_size(getattr(request, name), self._limits, name)
+                except InvalidFilterError as exc:
+                    return bad_request_status(str(exc), [(exc.field, exc.description)])
+        return None
+
+
+def _is_repeated(field: Any) -> bool:
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    _LOGGER.debug(
+        "request refused", extra={"code": code_pb2.Code.Name(status.code), "error": status.message}
+    )
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+def _guard_handler(
+    handler: grpc.RpcMethodHandler, deserializer: Callable[[bytes], Any]
+) -> grpc.RpcMethodHandler:
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard_unary(handler.unary_unary), deserializer, serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_unary(handler.unary_stream), deserializer, serializer
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _guard_stream(handler.stream_unary), deserializer, serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _guard_stream(handler.stream_stream), deserializer, serializer
+    )
+
+
+def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, _Refused):
+                await _refuse(context, request.status)
+            async for response in behavior(request, context):
+                yield response
+
+        return stream_out
+
+    async def unary_out(request: Any, context: Any) -> Any:
+        if isinstance(request, _Refused):
+            await _refuse(context, request.status)
+        result = behavior(request, context)
+        return (await result) if inspect.isawaitable(result) else result
+
+    return unary_out
+
+
+def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def checked(requests: AsyncIterator[Any], refused: list[_Refused]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Refused):
+                refused.append(request)
+                raise RequestRejected(request.status)
+            yield request
+
+    async def end(context: Any, refused: list[_Refused]) -> None:
+        if refused:
+            await _refuse(context, refused[0].status)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream_out(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            refused: list[_Refused] = []
+            try:
+                async for response in behavior(checked(requests, refused), context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise  # already ended with a status (ours, via grpc_method)
+            except Exception:
+                await end(context, refused)
+                raise
+            await end(context, refused)
+
+        return stream_out
+
+    async def unary_out(requests: AsyncIterator[Any], context: Any) -> Any:
+        refused: list[_Refused] = []
+        try:
+            result = behavior(checked(requests, refused), context)
+            response = (await result) if inspect.isawaitable(result) else result
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await end(context, refused)
+            raise
+        await end(context, refused)
+        return response
+
+    return unary_out

@@ -1,14 +1,57 @@
 """Settings every service has: environment, reflection, logging. Each
 service's settings class adds its own; values come from the environment,
-then `.env`."""
+then `.env`.
+
+One `.env` configures the pair, so each service also reads its names with
+its own prefix (`METADATA_MAX_PAGE_SIZE`, `VECTOR_MAX_PAGE_SIZE`), which wins
+over the plain name from the environment or `.env`. A plain name keeps
+working in a service's own environment; in `.env`, a plain name that both
+services define with a meaning of their own (PER_SERVICE_NAMES) is refused at
+start-up, since it would silently change the other service too. The names in
+SHARED_NAMES mean the same to both and stay plain.
+"""
 
 from __future__ import annotations
 
 import enum
 import os
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from askmojo.common.filters import (
+    DEFAULT_MAX_FILTER_CONDITIONS,
+    DEFAULT_MAX_FILTER_VALUES,
+    FILTER_CONDITIONS_CEILING,
+    FILTER_VALUES_CEILING,
+    FilterLimits,
+)
+
+# Settings both services define, each with its own meaning: refused plain in
+# the shared `.env` (tests/unit/test_settings.py keeps this list equal to the
+# fields the two settings classes have in common).
+PER_SERVICE_NAMES = frozenset(
+    {
+        "MAX_CONCURRENT_RPCS",
+        "MAX_FILTER_CONDITIONS",
+        "MAX_FILTER_VALUES",
+        "MAX_MESSAGE_BYTES",
+        "MAX_METADATA_KEYS",
+        "MAX_METADATA_STRING_BYTES",
+        "MAX_PAGE_SIZE",
+    }
+)
+# Settings of ServiceSettings itself: one meaning for the pair.
+SHARED_NAMES = frozenset({"ENVIRONMENT", "REFLECTION", "LOG_LEVEL", "LOG_FORMAT"})
 
 
 def usable_cpus() -> int:
@@ -25,8 +68,46 @@ class Environment(enum.StrEnum):
     PRODUCTION = "production"
 
 
+class _PlainDotEnv(PydanticBaseSettingsSource):
+    """The plain (unprefixed) names of `.env`, refusing the ambiguous ones."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: DotEnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._dotenv.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        ambiguous = sorted(
+            (name.upper(), value)
+            for name, value in self._dotenv.env_vars.items()
+            if name.upper() in PER_SERVICE_NAMES and name.lower() in self.settings_cls.model_fields
+        )
+        if ambiguous:
+            raise ValidationError.from_exception_data(
+                self.settings_cls.__name__,
+                [
+                    {
+                        "type": PydanticCustomError(
+                            "ambiguous_setting",
+                            "{name} in .env would set both services; write "
+                            "METADATA_{name} and/or VECTOR_{name} instead",
+                            {"name": name},
+                        ),
+                        "loc": (name,),
+                        "input": value,
+                    }
+                    for name, value in ambiguous
+                ],
+            )
+        return self._dotenv()
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # "METADATA_" or "VECTOR_": the service's own names, which win.
+    env_service_prefix: ClassVar[str] = ""
 
     environment: Environment = Environment.DEVELOPMENT
     # None: on in development, off in production.
@@ -34,6 +115,51 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # None: "json" in production, "text" in development.
     log_format: Literal["json", "text"] | None = None
+    # How wide a filter may be: conditions in the whole tree, and IN/NIN
+    # values summed over it (askmojo.common.filters has the measured
+    # ceilings). The metadata service's must not exceed the vector
+    # service's: it checks when it first connects.
+    max_filter_conditions: int = Field(
+        default=DEFAULT_MAX_FILTER_CONDITIONS, ge=1, le=FILTER_CONDITIONS_CEILING
+    )
+    max_filter_values: int = Field(
+        default=DEFAULT_MAX_FILTER_VALUES, ge=1, le=FILTER_VALUES_CEILING
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        prefix = cls.env_service_prefix
+        if not prefix or not isinstance(dotenv_settings, DotEnvSettingsSource):
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        # Same file(s) as the plain source (a test's `_env_file=` included).
+        prefixed_dotenv = DotEnvSettingsSource(
+            settings_cls,
+            env_file=dotenv_settings.env_file,
+            env_file_encoding=dotenv_settings.env_file_encoding,
+            env_prefix=prefix,
+            # Only names of this class's fields: the default also returns
+            # every other line of the file, unprefixed ones included.
+            dotenv_filtering="only_existing",
+        )
+        return (
+            init_settings,
+            EnvSettingsSource(settings_cls, env_prefix=prefix),
+            prefixed_dotenv,
+            env_settings,
+            _PlainDotEnv(settings_cls, dotenv_settings),
+            file_secret_settings,
+        )
+
+    @property
+    def filter_limits(self) -> FilterLimits:
+        return FilterLimits(self.max_filter_conditions, self.max_filter_values)
 
     @property
     def is_production(self) -> bool:

@@ -4,13 +4,17 @@ MetadataValue <-> Python mapping both services share."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
 from askmojo.common.filters import (
+    FILTER_CONDITIONS_CEILING,
+    FILTER_VALUES_CEILING,
     AllOf,
     AnyOf,
     Condition,
+    FilterLimits,
     InvalidFilterError,
     Op,
     filter_from_proto,
@@ -456,3 +460,57 @@ def test_metadata_to_proto_maps_every_entry() -> None:
 )
 def test_value_kind(value: object, kind: str) -> None:
     assert value_kind(value) == kind  # type: ignore[arg-type]
+
+
+# --- width (issue 11: 10,000 conditions crashed the vector service) ------------
+
+
+def _wide_any(count: int) -> c.Filter:
+    return c.Filter(any=c.FilterList(filters=[eq("k", i) for i in range(count)]))
+
+
+def test_too_many_conditions_are_refused_before_parsing() -> None:
+    error = parse_error(_wide_any(10_000), limits=FilterLimits(max_conditions=256))
+    assert error.field == "filter"
+    assert error.description == (
+        "filter has 10000 conditions; at most 256 allowed (MAX_FILTER_CONDITIONS)"
+    )
+
+
+def test_conditions_are_counted_across_the_tree() -> None:
+    proto = all_of(_wide_any(3), not_(_wide_any(3)), eq("a", 1))
+    assert isinstance(filter_from_proto(proto, limits=FilterLimits(max_conditions=7)), AllOf)
+    assert (
+        "has 7 conditions" in parse_error(proto, limits=FilterLimits(max_conditions=6)).description
+    )
+
+
+def test_too_many_in_values_are_refused() -> None:
+    proto = all_of(
+        cond("n", c.OPERATOR_IN, values=list(range(3))),
+        cond("s", c.OPERATOR_NIN, values=["a", "b"]),
+    )
+    assert isinstance(filter_from_proto(proto, limits=FilterLimits(max_values=5)), AllOf)
+    error = parse_error(proto, limits=FilterLimits(max_values=4))
+    assert error.description == "filter has 5 IN/NIN values; at most 4 allowed (MAX_FILTER_VALUES)"
+
+
+def test_the_ceilings_apply_without_explicit_limits() -> None:
+    error = parse_error(_wide_any(FILTER_CONDITIONS_CEILING + 1))
+    assert "MAX_FILTER_CONDITIONS" in error.description
+    huge_in = cond("n", c.OPERATOR_IN, values=list(range(FILTER_VALUES_CEILING + 1)))
+    assert "MAX_FILTER_VALUES" in parse_error(huge_in).description
+
+
+def test_a_huge_filter_is_counted_cheaply() -> None:
+    proto = _wide_any(200_000)
+    started = time.perf_counter()
+    error = parse_error(proto, limits=FilterLimits(max_conditions=10))
+    assert time.perf_counter() - started < 1.0
+    assert error.description.startswith("filter has more than ")
+
+
+def test_width_counting_stops_at_the_depth_limit() -> None:
+    # Deeper than the parser allows: reported as too deep, not walked further.
+    error = parse_error(_nested_alls(40), limits=FilterLimits(max_conditions=1))
+    assert "nested too deeply" in error.description

@@ -1,0 +1,103 @@
+"""One `.env` for the pair (DESIGN.md §4, issue 11): service prefixes win, a
+plain name both services define is refused in the shared `.env`, plain names
+keep working in a service's own environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from askmojo.common.settings import PER_SERVICE_NAMES, SHARED_NAMES, ServiceSettings
+from metadata_service.config import MetadataSettings
+from vector_service.config import VectorSettings
+
+SERVICES = (MetadataSettings, VectorSettings)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting of the developer's (or another test's) environment leaks in."""
+    names = {field.upper() for cls in SERVICES for field in cls.model_fields}
+    for key in list(os.environ):
+        upper = key.upper()
+        plain = upper.removeprefix("METADATA_").removeprefix("VECTOR_")
+        if upper in names or plain in names:
+            monkeypatch.delenv(key)
+
+
+def env_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return path
+
+
+def test_the_per_service_list_is_the_fields_both_services_define() -> None:
+    both = {name.upper() for name in MetadataSettings.model_fields} & {
+        name.upper() for name in VectorSettings.model_fields
+    }
+    shared = {name.upper() for name in ServiceSettings.model_fields} - PER_SERVICE_NAMES
+    assert shared == SHARED_NAMES
+    assert both - SHARED_NAMES == PER_SERVICE_NAMES
+
+
+@pytest.mark.parametrize("cls", SERVICES)
+def test_a_plain_per_service_name_in_the_shared_env_file_is_refused(
+    cls: type[ServiceSettings], tmp_path: Path
+) -> None:
+    path = env_file(tmp_path, "MAX_PAGE_SIZE=5000\n")
+    with pytest.raises(ValidationError) as info:
+        cls(_env_file=path)
+    message = str(info.value)
+    assert "MAX_PAGE_SIZE in .env would set both services" in message
+    assert "METADATA_MAX_PAGE_SIZE" in message and "VECTOR_MAX_PAGE_SIZE" in message
+
+
+def test_a_prefixed_name_changes_only_its_service(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "METADATA_MAX_PAGE_SIZE=500\nVECTOR_MAX_METADATA_KEYS=80\n")
+    metadata, vector = MetadataSettings(_env_file=path), VectorSettings(_env_file=path)
+    assert metadata.max_page_size == 500
+    assert vector.max_page_size == VectorSettings.model_fields["max_page_size"].default
+    assert vector.max_metadata_keys == 80
+    assert metadata.max_metadata_keys == MetadataSettings.model_fields["max_metadata_keys"].default
+
+
+def test_names_of_one_service_and_shared_names_stay_plain(tmp_path: Path) -> None:
+    path = env_file(
+        tmp_path,
+        "METADATA_PORT=1234\nVECTOR_PORT=4321\nDATABASE_URL=sqlite:///x.db\n"
+        "VECTOR_SERVICE_ADDRESS=vector:50052\nMAX_TEXTS_PER_CALL=64\n"
+        "LOG_LEVEL=DEBUG\nENVIRONMENT=production\n",
+    )
+    metadata, vector = MetadataSettings(_env_file=path), VectorSettings(_env_file=path)
+    assert (metadata.metadata_port, vector.vector_port) == (1234, 4321)
+    assert metadata.database_url == "sqlite:///x.db"
+    assert metadata.vector_service_address == "vector:50052"
+    assert vector.max_texts_per_call == 64
+    assert metadata.log_level == vector.log_level == "DEBUG"
+    assert metadata.is_production and vector.is_production
+
+
+def test_the_prefix_wins_over_the_plain_name_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_PAGE_SIZE", "700")
+    # Plain in a service's own environment: still read.
+    assert MetadataSettings(_env_file=None).max_page_size == 700
+    assert VectorSettings(_env_file=None).max_page_size == 700
+    monkeypatch.setenv("VECTOR_MAX_PAGE_SIZE", "900")
+    assert VectorSettings(_env_file=None).max_page_size == 900
+    assert MetadataSettings(_env_file=None).max_page_size == 700
+    # A prefixed name in .env beats the plain one in the environment.
+    path = env_file(tmp_path, "METADATA_MAX_PAGE_SIZE=300\n")
+    assert MetadataSettings(_env_file=path).max_page_size == 300
+
+
+def test_filter_limits_are_settings_capped_by_the_ceilings(tmp_path: Path) -> None:
+    path = env_file(tmp_path, "METADATA_MAX_FILTER_CONDITIONS=64\nVECTOR_MAX_FILTER_VALUES=100\n")
+    assert MetadataSettings(_env_file=path).filter_limits.max_conditions == 64
+    assert VectorSettings(_env_file=path).filter_limits.max_values == 100
+    with pytest.raises(ValidationError):
+        VectorSettings(_env_file=None, max_filter_conditions=100_000)
