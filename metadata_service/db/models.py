@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -168,6 +169,13 @@ class ChunkRow(Base):
             sqlite_where=text("state != 'INDEXED'"),
             postgresql_where=text("state != 'INDEXED'"),
         ),
+        # GetStats counts truncated chunks: the few there are, not all.
+        Index(
+            "ix_chunks_truncated",
+            "document_id",
+            sqlite_where=text("truncated = 1"),
+            postgresql_where=text("truncated = true"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -185,6 +193,9 @@ class ChunkRow(Base):
     # the chunk; others skip it until then. Also the claim's token: an
     # acknowledgement only lands if the lease is still the one it took.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The vector service embedded only the start of the text: it was longer
+    # than the model's window (a collection with too large a chunk_size).
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class VectorDeletionRow(Base):
