@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -79,11 +78,19 @@ def test_a_deletion_cancelled_while_the_vector_service_works_is_released(
 
 
 def test_a_deletion_cancelled_while_it_is_being_claimed_is_released(
-    stored: tuple[Database, MetadataSettings],
+    stored: tuple[Database, MetadataSettings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The claim commits in its thread even though its caller was cancelled:
     the caller waits for it and gives it back."""
     db, settings = stored
+    write = db.write
+    writing = threading.Event()
+
+    def noted_write(work: Any) -> Any:
+        writing.set()
+        return write(work)
+
+    monkeypatch.setattr(db, "write", noted_write)
 
     async def scenario() -> None:
         vectors = SilentVectorService()
@@ -93,10 +100,11 @@ def test_a_deletion_cancelled_while_it_is_being_claimed_is_released(
         ):
             indexer = Indexer(db, vectors, executor, settings)  # type: ignore[arg-type]
             task = asyncio.create_task(indexer.delete_pending(deadline=60))
-            await asyncio.sleep(0.3)  # the claim waits for its write turn
-            task.cancel()
-            await asyncio.sleep(0.1)
-            threading.Timer(0.2, holder.kill).start()
+            # The claim's write has begun in its thread and waits for its turn
+            # (the other process holds the lock until it is killed).
+            assert await asyncio.to_thread(writing.wait, 10)
+            task.cancel()  # lands at once: the task awaits the (shielded) claim
+            holder.kill()  # now the claim may commit
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
         assert not vectors.asked.is_set()
@@ -120,11 +128,11 @@ def test_chunks_claimed_by_a_cancelled_pass_are_released(
     catalog.create_collection(CollectionSpec(name="docs"))
     catalog.upsert_documents("docs", [DocumentInput("a", "Some text.", {})])
     claim_chunks = repo.claim_chunks
-    claiming = threading.Event()
+    claiming, cancelled = threading.Event(), threading.Event()
 
     def slow_claim(*args: Any, **kwargs: Any) -> list[int]:
         claiming.set()
-        time.sleep(0.3)
+        assert cancelled.wait(10), "the test never cancelled the pass"
         return claim_chunks(*args, **kwargs)
 
     monkeypatch.setattr(repo, "claim_chunks", slow_claim)
@@ -136,6 +144,7 @@ def test_chunks_claimed_by_a_cancelled_pass_are_released(
             # The claim runs in a thread: a threading.Event, waited for off the loop.
             assert await asyncio.to_thread(claiming.wait, 10)
             task.cancel()
+            cancelled.set()  # the claim commits only after its pass was cancelled
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from askmojo.common.v1 import common_pb2 as common
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from tests.waiting import wait_until
 
 CLIENTS = 4
 CALLS_PER_CLIENT = 250
@@ -103,12 +104,12 @@ def test_workers_die_with_a_killed_supervisor(production_service: ServiceProcess
     assert len(workers) == 2
     production_service.proc.kill()
     production_service.proc.wait()
-    deadline = time.monotonic() + 15
-    alive = set(workers)
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in alive if _running(pid)}
-        time.sleep(0.1)
-    assert not alive, f"orphaned workers: {alive}"
+    wait_until(
+        lambda: not any(_running(pid) for pid in workers),
+        timeout=15,
+        what="every worker gone",
+        describe=lambda: f"orphaned workers: {[p for p in workers if _running(p)]}",
+    )
 
 
 def _running(pid: int) -> bool:
@@ -122,16 +123,15 @@ def _running(pid: int) -> bool:
 def wait_serving(address: str) -> None:
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def serving() -> bool:
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("service never became SERVING")
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, timeout=30, what="the service SERVING")
 
 
 CHANNELS_PER_CLIENT = 4
@@ -227,13 +227,12 @@ def test_a_killed_worker_is_replaced(production_service: ServiceProcess) -> None
     first = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        started = {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
-        if started - first:
-            break
-        time.sleep(0.2)
-    replacement = started - first
+
+    def started() -> set[int]:
+        return {int(e["worker_pid"]) for e in production_service.logged("worker started")}  # type: ignore[call-overload]
+
+    wait_until(lambda: started() - first, timeout=30, what="a worker started after the kill")
+    replacement = started() - first
     assert len(replacement) == 1, "the supervisor did not start a replacement worker"
     assert production_service.logged("worker died; replacing it")
     # The replacement serves: new connections reach only live workers.

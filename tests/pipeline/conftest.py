@@ -3,7 +3,6 @@ real vector service (real model, embedded Chroma)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -16,6 +15,7 @@ from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
 from tests.conftest import RunningServer
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -64,10 +64,4 @@ def eventually(
     what: str = "condition",
     describe: Callable[[], object] | None = None,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    state = f"; last seen: {describe()}" if describe is not None else ""
-    raise AssertionError(f"{what} did not hold within {timeout} s{state}")
+    wait_until(check, timeout, what, describe, interval=0.1)
