@@ -84,6 +84,17 @@ class VectorSettings(ServiceSettings):
     max_top_k: int = Field(default=1000, ge=1)
     max_records_per_call: int = Field(default=1000, ge=1)
     max_page_size: int = Field(default=10000, ge=1)
+    # Ids one Get or Delete may name: bounds the work (and the SQL Chroma
+    # builds) of one call. The metadata service sends at most
+    # INDEX_BATCH_RECORDS (<= 1000) ids at once and reconcile pages of 500.
+    max_ids_per_call: int = Field(default=1000, ge=1)
+    # Record ids: the metadata service's rule for document ids (no control
+    # characters), with room for its "<document id>#<ordinal>" scheme: a
+    # 512-byte document id (MAX_DOCUMENT_ID_BYTES) + "#" + up to 31 digits.
+    max_record_id_bytes: int = Field(default=544, ge=1)
+    # RPCs in progress at once; beyond it gRPC answers RESOURCE_EXHAUSTED
+    # itself (as the metadata service's MAX_CONCURRENT_RPCS).
+    max_concurrent_rpcs: int = Field(default=4096, ge=1)
     # Room for the metadata service's own keys beside a document's 32.
     max_metadata_keys: int = Field(default=64, ge=0)
     max_metadata_string_bytes: int = Field(default=4096, ge=1)

@@ -13,12 +13,17 @@ from askmojo.common.filters import (
     metadata_to_proto,
     metadata_value_from_proto,
 )
-from askmojo.common.rpc import status_of
+from askmojo.common.rpc import OK_STATUS, status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from vector_service.embedding.worker import BatchResult
-from vector_service.operations import ModelDescription, RecordInput, RecordOutcome
+from vector_service.operations import (
+    ModelDescription,
+    RecordInput,
+    RecordOutcome,
+    TextsOutcome,
+)
 from vector_service.store import CollectionInfo, Match, Stored
 
 
@@ -34,6 +39,24 @@ def to_proto_embeddings(result: BatchResult) -> list[epb.Embedding]:
             result.vectors, result.token_counts, result.truncated, strict=True
         )
     ]
+
+
+def to_proto_text_embeddings(
+    outcome: TextsOutcome, to_status: Callable[[BaseException], status_pb2.Status]
+) -> list[epb.Embedding]:
+    """One Embedding per text, in order, each with its status: the texts
+    without an error take the result's embeddings in turn."""
+    embedded = iter(to_proto_embeddings(outcome.result) if outcome.result is not None else [])
+    embeddings = []
+    for index in range(outcome.count):
+        error = outcome.errors.get(index)
+        if error is not None:
+            embeddings.append(epb.Embedding(status=to_status(error)))
+            continue
+        embedding = next(embedded)
+        embedding.status.CopyFrom(OK_STATUS)
+        embeddings.append(embedding)
+    return embeddings
 
 
 def to_proto_embed_response(result: BatchResult, model: ModelDescription) -> epb.EmbedResponse:
@@ -79,7 +102,10 @@ def to_proto_record_results(
     outcomes: Sequence[RecordOutcome], to_status: Callable[[BaseException], status_pb2.Status]
 ) -> list[vpb.RecordResult]:
     """`to_status` is the service's error map (errors.to_rpc_status)."""
-    return [vpb.RecordResult(id=o.id, status=status_of(o.error, to_status)) for o in outcomes]
+    return [
+        vpb.RecordResult(id=o.id, status=status_of(o.error, to_status), truncated=o.truncated)
+        for o in outcomes
+    ]
 
 
 def to_proto_collection(info: CollectionInfo) -> vpb.EnsureCollectionResponse:

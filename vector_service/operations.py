@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,10 +21,17 @@ from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from vector_service.config import VectorSettings
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.worker import BatchResult
-from vector_service.errors import FailedPrecondition, InvalidArgument
-from vector_service.store import CollectionInfo, Match, Stored, VectorStore
+from vector_service.errors import FailedPrecondition, InvalidArgument, echo
+from vector_service.paging import decode_page_token, encode_page_token, query_fingerprint
+from vector_service.store import CollectionInfo, Match, Stored, VectorStore, to_where
 
 T = TypeVar("T")
+# The metadata service's rule for document ids (validation.py), which vector
+# ids are made from: no control characters.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Longer than any valid collection name (63): checked before the name rule so
+# a huge name is refused without being matched.
+_MAX_NAME_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,18 @@ class RecordInput:
 class RecordOutcome:
     id: str
     error: BaseException | None = None
+    # Its text was longer than the model's window: only the start was embedded.
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class TextsOutcome:
+    """Texts embedded one by one: `result` holds the embeddings of the texts
+    without an error, in order; `errors` why the others got none."""
+
+    count: int
+    result: BatchResult | None
+    errors: Mapping[int, BaseException]
 
 
 class Embedder:
@@ -69,6 +90,8 @@ class Embedder:
         return list(texts)
 
     def check_text(self, text: str, field: str) -> str:
+        if not text:
+            raise InvalidArgument(field, "text is empty: there is nothing to embed")
         longest = self._settings.max_text_length
         if len(text) > longest:
             raise InvalidArgument(
@@ -84,11 +107,34 @@ class Embedder:
         `wait=True` (streams) waits for room."""
         return await self._batcher.embed(self.check_texts(texts), wait=wait)
 
-    async def embed_checked(self, texts: Sequence[str], *, wait: bool) -> np.ndarray:
-        """Vectors for texts already checked one by one (record text fields),
-        however many: an Upsert may carry more records than one Embed call
-        may carry texts, so they go to the batcher in slices of the per-call
-        limit, all queued at once so the batcher can coalesce them."""
+    async def embed_each(self, texts: Sequence[str], *, wait: bool) -> TextsOutcome:
+        """As `embed`, but a bad text fails alone: the call itself is refused
+        only when it is empty or over MAX_TEXTS_PER_CALL."""
+        if not texts:
+            raise InvalidArgument("texts", "send at least one text")
+        limit = self._settings.max_texts_per_call
+        if len(texts) > limit:
+            raise InvalidArgument(
+                "texts", f"{len(texts)} texts; the limit is {limit} per call (MAX_TEXTS_PER_CALL)"
+            )
+        errors: dict[int, BaseException] = {}
+        good: list[str] = []
+        for index, text in enumerate(texts):
+            try:
+                good.append(self.check_text(text, f"texts[{index}]"))
+            except InvalidArgument as exc:
+                errors[index] = exc
+        result = await self._batcher.embed(good, wait=wait) if good else None
+        return TextsOutcome(len(texts), result, errors)
+
+    async def embed_checked(
+        self, texts: Sequence[str], *, wait: bool
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Vectors (and whether each text was truncated) for texts already
+        checked one by one (record text fields), however many: an Upsert may
+        carry more records than one Embed call may carry texts, so they go to
+        the batcher in slices of the per-call limit, all queued at once so
+        the batcher can coalesce them."""
         step = self._settings.max_texts_per_call
         slices = [list(texts[i : i + step]) for i in range(0, len(texts), step)]
         tasks = [asyncio.ensure_future(self._batcher.embed(s, wait=wait)) for s in slices]
@@ -98,7 +144,9 @@ class Embedder:
             for task in tasks:  # one slice failed: the others must not stay queued
                 task.cancel()
             raise
-        return np.concatenate([r.vectors for r in results])
+        return np.concatenate([r.vectors for r in results]), [
+            cut for r in results for cut in r.truncated
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +194,34 @@ class Index:
         return await loop.run_in_executor(self._executors.writes, functools.partial(fn, *args))
 
     def _name(self, name: str, field: str = "collection") -> str:
-        if not is_valid_collection_name(name):
+        if len(name) > _MAX_NAME_CHARS or not is_valid_collection_name(name):
             raise InvalidArgument(
-                field, f"collection name {name!r} is invalid: {COLLECTION_NAME_RULE}"
+                field, f"collection name {echo(name)} is invalid: {COLLECTION_NAME_RULE}"
             )
         return name
+
+    def _record_id(self, record_id: str, field: str) -> str:
+        """The metadata service's document-id rule, with room for the
+        "#<ordinal>" it appends (MAX_RECORD_ID_BYTES)."""
+        if not record_id:
+            raise InvalidArgument(field, "record id must not be empty")
+        size = len(record_id.encode())
+        limit = self._settings.max_record_id_bytes
+        if size > limit:
+            raise InvalidArgument(
+                field, f"record id is {size} bytes; the limit is {limit} (MAX_RECORD_ID_BYTES)"
+            )
+        if _CONTROL.search(record_id):
+            raise InvalidArgument(field, "record id must not contain control characters")
+        return record_id
+
+    def _ids(self, ids: Sequence[str]) -> list[str]:
+        limit = self._settings.max_ids_per_call
+        if len(ids) > limit:
+            raise InvalidArgument(
+                "ids", f"{len(ids)} ids; the limit is {limit} per call (MAX_IDS_PER_CALL)"
+            )
+        return [self._record_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
 
     async def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
         self._name(name, "name")
@@ -183,6 +254,7 @@ class Index:
         errors: dict[int, BaseException] = {}
         valid: list[tuple[int, RecordInput, dict[str, MetadataScalar]]] = []
         seen: set[str] = set()
+        truncated: set[int] = set()  # indexes of records whose text was cut
         for index, record in enumerate(records):
             try:
                 metadata = self._check_record(record, index, info, seen)
@@ -198,8 +270,11 @@ class Index:
                 if record.vector is not None:
                     vectors[row] = np.asarray(record.vector, dtype=np.float32)
             if to_embed:
-                embedded = await self._embedder.embed_checked([t for _, t in to_embed], wait=wait)
+                embedded, cut = await self._embedder.embed_checked(
+                    [t for _, t in to_embed], wait=wait
+                )
                 vectors[[row for row, _ in to_embed]] = embedded
+                truncated = {valid[row][0] for (row, _), c in zip(to_embed, cut, strict=True) if c}
             await self._write(
                 self._store.upsert,
                 collection,
@@ -207,17 +282,19 @@ class Index:
                 vectors,
                 [m for _, _, m in valid],
             )
-        return [RecordOutcome(r.id, errors.get(i)) for i, r in enumerate(records)]
+        return [
+            RecordOutcome(r.id, errors.get(i), truncated=i in truncated)
+            for i, r in enumerate(records)
+        ]
 
     def _check_record(
         self, record: RecordInput, index: int, info: CollectionInfo, seen: set[str]
     ) -> dict[str, MetadataScalar]:
         dimension = info.dimension
         field = f"records[{index}]"
-        if not record.id:
-            raise InvalidArgument(f"{field}.id", "record id must not be empty")
+        self._record_id(record.id, f"{field}.id")
         if record.id in seen:
-            raise InvalidArgument(f"{field}.id", f"id {record.id!r} appears twice in this call")
+            raise InvalidArgument(f"{field}.id", f"id {echo(record.id)} appears twice in this call")
         seen.add(record.id)
         if (record.text is None) == (record.vector is None):
             raise InvalidArgument(field, "set exactly one of text and vector")
@@ -279,13 +356,13 @@ class Index:
         self._name(collection)
         if not ids:
             raise InvalidArgument("ids", "send at least one id")
-        return await self._run(self._store.get, collection, list(ids), include_vectors)
+        return await self._run(self._store.get, collection, self._ids(ids), include_vectors)
 
     async def delete(self, collection: str, ids: Sequence[str], where: FilterNode | None) -> int:
         self._name(collection)
         if bool(ids) == (where is not None):
             raise InvalidArgument("ids", "give either ids or filter (exactly one)")
-        return await self._write(self._store.delete, collection, list(ids), where)
+        return await self._write(self._store.delete, collection, self._ids(ids), where)
 
     async def count(self, collection: str) -> int:
         return await self._run(self._store.count, self._name(collection))
@@ -293,17 +370,15 @@ class Index:
     async def list_ids(
         self, collection: str, page_size: int, page_token: str, where: FilterNode | None
     ) -> tuple[list[str], str]:
+        """Keyset paging: a token holds the last id of its page (store.py
+        says how a page is found), so deletions between pages move nothing."""
         self._name(collection)
-        size = min(page_size or 1000, self._settings.max_page_size)
         if page_size < 0:
             raise InvalidArgument("page_size", "must not be negative")
-        try:
-            offset = int(page_token or "0")
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidArgument(
-                "page_token", "malformed page token: pass next_page_token as is"
-            ) from None
-        ids = await self._run(self._store.list_ids, collection, offset, size, where)
-        return ids, (str(offset + len(ids)) if len(ids) == size else "")
+        size = min(page_size or 1000, self._settings.max_page_size)
+        fingerprint = query_fingerprint(
+            collection, json.dumps(to_where(where), sort_keys=True) if where is not None else None
+        )
+        after = decode_page_token(page_token, fingerprint)
+        ids, more = await self._run(self._store.list_ids, collection, after, size, where)
+        return ids, (encode_page_token(ids[-1], fingerprint) if more and ids else "")

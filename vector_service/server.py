@@ -165,6 +165,9 @@ def _build_server(
     executors = StoreExecutors.create(settings.store_threads)
     embedder = Embedder(batcher, model, settings)
     server = grpc.aio.server(
+        # Beyond it gRPC refuses calls itself (RESOURCE_EXHAUSTED) before
+        # they cost a task or memory here.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

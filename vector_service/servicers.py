@@ -17,9 +17,8 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from vector_service import convert
 from vector_service.config import VectorSettings
-from vector_service.embedding.worker import BatchResult
 from vector_service.errors import check_deadline, grpc_method, to_rpc_status
-from vector_service.operations import Embedder, Index
+from vector_service.operations import Embedder, Index, TextsOutcome
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -46,12 +45,13 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
         self, request_iterator: AsyncIterator[epb.EmbedStreamRequest], context: Context
     ) -> AsyncIterator[epb.EmbedStreamResponse]:
         # Up to _STREAM_PIPELINE batches are embedded at once, so the batcher
-        # always has the next one; responses go out in request order. A batch
-        # that fails validation gets its own error status and the stream goes on.
+        # always has the next one; responses go out in request order. Each
+        # text gets its own status (a bad one fails alone); a batch refused
+        # as a whole gets an error status; either way the stream goes on.
         model = self._embedder.model
 
-        def embed(request: epb.EmbedStreamRequest) -> Awaitable[BatchResult]:
-            return self._embedder.embed(list(request.texts), wait=True)
+        def embed(request: epb.EmbedStreamRequest) -> Awaitable[TextsOutcome]:
+            return self._embedder.embed_each(list(request.texts), wait=True)
 
         async for request, result in in_order(request_iterator, embed, _STREAM_PIPELINE):
             if isinstance(result, Exception):
@@ -60,7 +60,7 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
                 )
                 continue
             yield epb.EmbedStreamResponse(
-                embeddings=convert.to_proto_embeddings(result),
+                embeddings=convert.to_proto_text_embeddings(result, to_rpc_status),
                 batch_id=request.batch_id,
                 status=OK_STATUS,
                 model=model.name,

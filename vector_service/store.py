@@ -13,6 +13,8 @@ All methods block; the servicer runs them on a bounded thread pool.
 from __future__ import annotations
 
 import fcntl
+import heapq
+import itertools
 import logging
 import os
 import threading
@@ -27,6 +29,10 @@ from vector_service.config import VectorSettings
 
 _LOGGER = logging.getLogger(__name__)
 LOCK_FILE = "askmojo-vector-service.lock"
+# Ids read per Chroma call while paging ids (list_ids).
+_SCAN_CHUNK = 5000
+# Passes over the ids a page may take before it falls back to one read.
+_SCAN_RETRIES = 3
 
 
 class StoreError(Exception):
@@ -330,22 +336,70 @@ class VectorStore:
                 collection.delete(ids=existing)
             return len(existing)
         assert where is not None
-        matching = collection.get(where=to_where(where), include=[])["ids"]
-        if matching:
+        # In chunks, so a filter matching millions never holds all their ids.
+        chroma_where, deleted = to_where(where), 0
+        while matching := collection.get(where=chroma_where, limit=_SCAN_CHUNK, include=[])["ids"]:
             collection.delete(ids=matching)
-        return len(matching)
+            deleted += len(matching)
+        return deleted
 
     def count(self, name: str) -> int:
         return int(self._get(name).count())
 
-    def list_ids(self, name: str, offset: int, limit: int, where: FilterNode | None) -> list[str]:
-        result = self._get(name).get(
-            where=to_where(where) if where is not None else None,
-            limit=limit,
-            offset=offset,
-            include=[],
-        )
-        return list(result["ids"])
+    def list_ids(
+        self, name: str, after: str | None, limit: int, where: FilterNode | None
+    ) -> tuple[list[str], bool]:
+        """The `limit` smallest ids greater than `after` (all for None), in
+        code-point order, and whether more follow.
+
+        Keyset paging by id: a page depends only on which ids exist, never on
+        positions, so records deleted between pages shift nothing and every
+        record present throughout a scan is listed exactly once. Chroma 1.5.9
+        can neither sort by id nor range-filter it (`$gt` takes numbers only,
+        `where` cannot name `#id` in embedded Chroma, ordered `search` is for
+        distributed Chroma), so the page is made here: one pass over the
+        collection's ids (ids only, `_SCAN_CHUNK` at a time, in Chroma's own
+        order), keeping the `limit + 1` smallest past `after`. Memory stays a
+        chunk plus a page, never the whole collection; the price is one pass
+        per page (~3 us an id), which reconcile can afford."""
+        collection = self._get(name)
+        chroma_where = to_where(where) if where is not None else None
+        for _ in range(_SCAN_RETRIES):
+            smallest = self._smallest_ids(collection, chroma_where, after, limit + 1)
+            if smallest is not None:
+                break
+        else:
+            # Writes kept shifting the chunks under us: one read of all the
+            # ids is consistent by itself (and costs memory only this once).
+            ids = collection.get(where=chroma_where, include=[])["ids"]
+            smallest = _nsmallest_after(ids, after, limit + 1, [])
+        return smallest[:limit], len(smallest) > limit
+
+    @staticmethod
+    def _smallest_ids(
+        collection: Any, where: dict[str, Any] | None, after: str | None, keep: int
+    ) -> list[str] | None:
+        """One pass over the ids, or None if a write moved them meanwhile.
+        Chunks are read by offset, so a deletion between two reads would
+        shift the second past an id: consecutive chunks overlap by one id,
+        and a different id at the seam means the pass is void."""
+        best: list[str] = []
+        offset, seam = 0, None
+        while True:
+            if seam is None:
+                ids = collection.get(where=where, limit=_SCAN_CHUNK, offset=0, include=[])["ids"]
+            else:
+                ids = collection.get(
+                    where=where, limit=_SCAN_CHUNK + 1, offset=offset - 1, include=[]
+                )["ids"]
+                if not ids or ids[0] != seam:
+                    return None
+                ids = ids[1:]
+            best = _nsmallest_after(ids, after, keep, best)
+            if len(ids) < _SCAN_CHUNK:
+                return best
+            offset += len(ids)
+            seam = ids[-1]
 
     # --- internals
 
@@ -370,6 +424,13 @@ class VectorStore:
         if collection is None:
             raise CollectionNotFound(f"collection {name!r} not found")
         return collection
+
+
+def _nsmallest_after(
+    ids: Sequence[str], after: str | None, keep: int, best: list[str]
+) -> list[str]:
+    fresh = ids if after is None else (i for i in ids if i > after)
+    return heapq.nsmallest(keep, itertools.chain(best, fresh))
 
 
 def _chroma_settings() -> Any:

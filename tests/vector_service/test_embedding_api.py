@@ -106,13 +106,49 @@ def test_stream_keeps_order_and_survives_bad_batches(
     assert [(r.batch_id, r.status.code) for r in responses] == [
         ("one", code_pb2.OK),
         ("empty", code_pb2.INVALID_ARGUMENT),
-        ("too-long", code_pb2.INVALID_ARGUMENT),
+        ("too-long", code_pb2.OK),  # processed; its one text failed alone
         ("two", code_pb2.OK),
     ]
-    assert "MAX_TEXT_LENGTH" in responses[2].status.message
+    too_long = responses[2].embeddings[0]
+    assert too_long.status.code == code_pb2.INVALID_ARGUMENT and not too_long.values
+    assert "MAX_TEXT_LENGTH" in too_long.status.message
     whole = vectors(embed_stub.Embed(epb.EmbedRequest(texts=TEXTS)))
     streamed = np.concatenate([vectors(responses[0]), vectors(responses[3])])
     assert cosines(streamed, whole).min() >= 0.9999
+
+
+def test_a_bad_text_fails_alone_in_its_stream_batch(
+    embed_stub: epb_grpc.EmbeddingServiceStub,
+) -> None:
+    """One over-long and one empty text among good ones: each gets its own
+    status, the good ones their embeddings, and the stream goes on."""
+    batch = [TEXTS[0], "x" * 40000, TEXTS[1], "", TEXTS[2]]
+    requests = [
+        epb.EmbedStreamRequest(texts=batch, batch_id="mixed"),
+        epb.EmbedStreamRequest(texts=[TEXTS[3]], batch_id="next"),
+    ]
+    mixed, after = list(embed_stub.EmbedStream(iter(requests), timeout=120))
+    assert (mixed.batch_id, mixed.status.code, mixed.dimension) == ("mixed", code_pb2.OK, 384)
+    assert [e.status.code for e in mixed.embeddings] == [
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+    ]
+    assert "texts[1]" in mixed.embeddings[1].status.message
+    assert "MAX_TEXT_LENGTH" in mixed.embeddings[1].status.message
+    assert "texts[3]" in mixed.embeddings[3].status.message
+    assert "empty" in mixed.embeddings[3].status.message
+    assert [len(e.values) for e in mixed.embeddings] == [384, 0, 384, 0, 384]
+    good = np.array([list(mixed.embeddings[i].values) for i in (0, 2, 4)], dtype=np.float32)
+    alone = vectors(embed_stub.Embed(epb.EmbedRequest(texts=[TEXTS[0], TEXTS[1], TEXTS[2]])))
+    assert cosines(good, alone).min() >= 0.9999
+    assert (after.batch_id, after.status.code, len(after.embeddings)) == ("next", code_pb2.OK, 1)
+    assert after.embeddings[0].status.code == code_pb2.OK
+    # A unary Embed still fails the call, naming the text.
+    code, message = rpc_code(lambda: embed_stub.Embed(epb.EmbedRequest(texts=batch)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "texts[1]" in message
 
 
 def test_model_info(embed_stub: epb_grpc.EmbeddingServiceStub) -> None:

@@ -13,6 +13,7 @@ import pytest
 from askmojo.common.filters import AllOf, AnyOf, FilterNode, Op
 from tests.conftest import vector_settings
 from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
+from vector_service import store as store_module
 from vector_service.store import (
     CollectionNotFound,
     DimensionMismatch,
@@ -101,14 +102,67 @@ def test_get_delete_count_list(filled: str, store: VectorStore) -> None:
     assert store.delete(filled, ["int1", "missing"], None) == 1
     assert store.delete(filled, [], cond("kind", Op.EQ, "a")) == 1
     assert store.count(filled) == 3
-    pages, offset = [], 0
+    first, more = store.list_ids(filled, None, 2, None)
+    assert (first, more) == (["float25", "none"], True)
+    assert store.list_ids(filled, first[-1], 2, None) == (["str"], False)
+
+
+def test_list_ids_pages_by_id_through_deletions(
+    store: VectorStore, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records deleted between pages (seen or not yet seen) never make a
+    surviving record skipped or listed twice; small chunks exercise the seams."""
+    monkeypatch.setattr(store_module, "_SCAN_CHUNK", 4)
+    store.ensure_collection(name, 3, "toy")
+    ids = [f"id-{i:02d}" for i in range(40)]
+    order = np.random.default_rng(7).permutation(len(ids))  # stored out of id order
+    shuffled = [ids[i] for i in order]
+    store.upsert(name, shuffled, np.stack([unit(1, 0, 0)] * 40), [{"n": int(i)} for i in order])
+    listed: list[str] = []
+    deleted: set[str] = set()
+    after = None
     while True:
-        page = store.list_ids(filled, offset, 2, None)
-        pages.append(page)
-        offset += len(page)
-        if len(page) < 2:
+        page, more = store.list_ids(name, after, 5, None)
+        listed.extend(page)
+        # Two already listed, one not yet: offset paging would skip records.
+        unseen = [i for i in ids if i not in deleted and i not in listed]
+        gone = [*page[:2], *unseen[-1:]]
+        store.delete(name, gone, None)
+        deleted.update(gone)
+        if not more:
             break
-    assert sorted(i for page in pages for i in page) == ["float25", "none", "str"]
+        after = page[-1]
+    survivors = [i for i in ids if i not in deleted]
+    assert [i for i in listed if i not in deleted] == survivors
+    assert len(listed) == len(set(listed))
+
+
+def test_a_deletion_during_a_pass_does_not_skip_ids(
+    store: VectorStore, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within one page's pass over the ids, a deletion between two chunk
+    reads shifts the next chunk: the pass is detected void and redone."""
+    monkeypatch.setattr(store_module, "_SCAN_CHUNK", 3)
+    store.ensure_collection(name, 3, "toy")
+    ids = [f"r{i:02d}" for i in range(12)]
+    store.upsert(name, ids, np.stack([unit(0, 1, 0)] * 12), [{}] * 12)
+    collection = store._get(name)
+    reads = 0
+
+    class DeletingOnce:
+        """The collection, with a record deleted right after the first read."""
+
+        def get(self, **kwargs: object) -> object:
+            nonlocal reads
+            result = collection.get(**kwargs)
+            reads += 1
+            if reads == 1:
+                collection.delete(ids=["r00"])
+            return result
+
+    monkeypatch.setattr(store, "_get", lambda _name: DeletingOnce())
+    page, more = store.list_ids(name, None, 20, None)
+    assert (page, more) == (ids[1:], False)
 
 
 def test_dimension_is_enforced(filled: str, store: VectorStore) -> None:

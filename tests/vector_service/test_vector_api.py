@@ -3,6 +3,7 @@ persist-directory lock between real processes, and grpcurl."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -17,8 +18,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import code_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from askmojo.common.filters import metadata_to_proto
 from askmojo.common.v1 import common_pb2 as common
@@ -248,6 +250,194 @@ def test_upsert_stream_survives_bad_batches(
         code_pb2.OK,
     ]
     assert "at least one record" in responses[2].status.message
+
+
+def rpc_failure(call: Any) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
+    """Code, message and field violations of a failed call."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error: Any = info.value
+    status = rpc_status.from_call(error)
+    fields: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else []:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields += [(v.field, v.description) for v in bad_request.field_violations]
+    return error.code(), error.details(), fields
+
+
+def unit_vector(index: int) -> vpb.Vector:
+    values = [0.0] * 384
+    values[index % 384] = 1.0
+    return vpb.Vector(values=values)
+
+
+def test_list_ids_keeps_every_survivor_when_records_go_between_pages(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    """Keyset paging: records deleted between pages (listed or not yet) never
+    make a surviving one skipped or listed twice (offsets did both)."""
+    ids = [f"doc-{i:02d}#0" for i in range(30)]
+    stored = stub.Upsert(
+        vpb.UpsertRequest(
+            collection=collection,
+            records=[vpb.VectorRecord(id=i, vector=unit_vector(n)) for n, i in enumerate(ids)],
+        )
+    )
+    assert {r.status.code for r in stored.results} == {code_pb2.OK}
+    listed: list[str] = []
+    deleted: set[str] = set()
+    token = ""
+    while True:
+        page = stub.ListIds(
+            vpb.ListIdsRequest(collection=collection, page_size=4, page_token=token)
+        )
+        listed += page.ids
+        unseen = [i for i in ids if i not in deleted and i not in listed]
+        gone = [*page.ids[:3], *unseen[-1:]]
+        if gone:
+            stub.Delete(vpb.DeleteRequest(collection=collection, ids=gone))
+        deleted.update(gone)
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(listed) == len(set(listed))
+    assert [i for i in listed if i not in deleted] == [i for i in ids if i not in deleted]
+    assert listed == sorted(listed)
+
+
+def test_list_ids_refuses_tokens_it_did_not_make(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    stub.Upsert(
+        vpb.UpsertRequest(
+            collection=collection,
+            records=[vpb.VectorRecord(id=f"t{i}", vector=unit_vector(i)) for i in range(3)],
+        )
+    )
+    first = stub.ListIds(vpb.ListIdsRequest(collection=collection, page_size=1))
+    assert first.ids == ["t0"] and first.next_page_token
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    stub.EnsureCollection(vpb.EnsureCollectionRequest(name=other))
+    forged = base64.urlsafe_b64encode(b'{"v":1,"k":"t0","q":"0000"}').decode()
+    for token, collection_name, words in [
+        (str(2**32), collection, "malformed page token"),  # an old offset token, too big
+        (str(2**64), collection, "malformed page token"),
+        ("-1", collection, "malformed page token"),
+        ("x", collection, "malformed page token"),
+        ("%%%", collection, "malformed page token"),
+        (base64.urlsafe_b64encode(b"[1,2]").decode(), collection, "malformed page token"),
+        ("A" * 100_000, collection, "malformed page token"),
+        (forged, collection, "different query"),
+        (first.next_page_token, other, "different query"),
+    ]:
+        code, message, fields = rpc_failure(
+            lambda t=token, c=collection_name: stub.ListIds(
+                vpb.ListIdsRequest(collection=c, page_token=t)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (token[:20], message)
+        assert words in message and fields[0][0] == "page_token"
+    rest = stub.ListIds(vpb.ListIdsRequest(collection=collection, page_token=first.next_page_token))
+    assert list(rest.ids) == ["t1", "t2"] and not rest.next_page_token
+
+
+def test_get_and_delete_take_a_bounded_number_of_ids(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    many = [f"id-{i}" for i in range(1001)]
+    for call in (
+        lambda: stub.Get(vpb.GetRequest(collection=collection, ids=many)),
+        lambda: stub.Delete(vpb.DeleteRequest(collection=collection, ids=many)),
+    ):
+        code, message, fields = rpc_failure(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1001 ids" in message and "1000" in message and "MAX_IDS_PER_CALL" in message
+        assert [f for f, _ in fields] == ["ids"]
+    assert not stub.Get(vpb.GetRequest(collection=collection, ids=many[:1000])).records
+    assert stub.Delete(vpb.DeleteRequest(collection=collection, ids=many[:1000])).deleted_count == 0
+
+
+def test_record_ids_follow_the_metadata_services_rule(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    longest_document_id = "é" * 256  # 512 bytes: MAX_DOCUMENT_ID_BYTES
+    accepted = f"{longest_document_id}#1234567"
+    results = stub.Upsert(
+        vpb.UpsertRequest(
+            collection=collection,
+            records=[
+                vpb.VectorRecord(id=accepted, vector=unit_vector(0)),
+                vpb.VectorRecord(id="nul\x00id", vector=unit_vector(1)),
+                vpb.VectorRecord(id="tab\tid", vector=unit_vector(2)),
+                vpb.VectorRecord(id="m" * 1_000_000, vector=unit_vector(3)),
+                vpb.VectorRecord(id="x" * 545, vector=unit_vector(4)),
+            ],
+        )
+    ).results
+    assert [r.status.code for r in results] == [code_pb2.OK] + [code_pb2.INVALID_ARGUMENT] * 4
+    assert "control characters" in results[1].status.message
+    assert "1000000 bytes" in results[3].status.message
+    assert "MAX_RECORD_ID_BYTES" in results[4].status.message
+    assert all(len(r.status.message) < 1100 for r in results)
+    assert stub.Count(vpb.CountRequest(collection=collection)).count == 1
+    got = stub.Get(vpb.GetRequest(collection=collection, ids=[accepted]))
+    assert [r.id for r in got.records] == [accepted]
+    code, _, fields = rpc_failure(
+        lambda: stub.Get(vpb.GetRequest(collection=collection, ids=["ok", "bad\x00"]))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in fields] == ["ids[1]"]
+
+
+def test_echoed_input_never_overflows_the_trailers(
+    stub: vpb_grpc.VectorServiceStub, collection: str
+) -> None:
+    """A 20,000-character name, key or id comes back INVALID_ARGUMENT with a
+    short message, not RESOURCE_EXHAUSTED "Stream removed"."""
+    huge = "a" * 20_000
+    wide = "é" * 20_000  # 2 bytes each, percent-encoded in grpc-message
+    long_key = common.Filter(
+        condition=common.Condition(
+            key="k" * 20_000, op=common.OPERATOR_EQ, value=common.MetadataValue(int_value=1)
+        )
+    )
+    calls = [
+        lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name=huge)),
+        lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name=wide)),
+        lambda: stub.DropCollection(vpb.DropCollectionRequest(name=huge)),
+        lambda: stub.Query(vpb.QueryRequest(collection=huge, query_text="q", top_k=1)),
+        lambda: stub.Get(vpb.GetRequest(collection=huge, ids=["x"])),
+        lambda: stub.Count(vpb.CountRequest(collection=huge)),
+        lambda: stub.ListIds(vpb.ListIdsRequest(collection=huge)),
+        lambda: stub.Query(
+            vpb.QueryRequest(collection=collection, query_text="q", top_k=1, filter=long_key)
+        ),
+        lambda: stub.Delete(vpb.DeleteRequest(collection=collection, filter=long_key)),
+        lambda: stub.ListIds(vpb.ListIdsRequest(collection=collection, filter=long_key)),
+    ]
+    for call in calls:
+        code, message, fields = rpc_failure(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, message[:200]
+        assert len(message.encode()) <= 1024 and fields
+        assert all(len(f.encode()) <= 256 and len(d.encode()) <= 1024 for f, d in fields)
+    code, message, _ = rpc_failure(
+        lambda: stub.EnsureCollection(vpb.EnsureCollectionRequest(name=huge))
+    )
+    assert "(20000 chars)" in message and "3 to 63 characters" in message
+    results = stub.Upsert(
+        vpb.UpsertRequest(
+            collection=collection,
+            records=[
+                vpb.VectorRecord(
+                    id="meta",
+                    vector=unit_vector(0),
+                    metadata={"k" * 20_000: common.MetadataValue(int_value=1)},
+                )
+            ],
+        )
+    ).results
+    assert results[0].status.code == code_pb2.INVALID_ARGUMENT
+    assert len(results[0].status.message.encode()) <= 1024
 
 
 def test_second_service_on_the_same_directory_exits(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)askmojo/vector/v1/embedding_service.proto\x12\x11\x61skmojo.vector.v1\x1a\x17google/rpc/status.proto\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"c\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.askmojo.vector.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"5\n\x12\x45mbedStreamRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\"\x9f\x01\n\x13\x45mbedStreamResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.askmojo.vector.v1.Embedding\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xb6\x01\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x03 \x01(\x05\x12\x1a\n\x12max_texts_per_call\x18\x04 \x01(\x05\x12\x17\n\x0fmax_text_length\x18\x05 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x05\x12\x0f\n\x07workers\x18\x07 \x01(\x05\x32\xa1\x02\n\x10\x45mbeddingService\x12J\n\x05\x45mbed\x12\x1f.askmojo.vector.v1.EmbedRequest\x1a .askmojo.vector.v1.EmbedResponse\x12`\n\x0b\x45mbedStream\x12%.askmojo.vector.v1.EmbedStreamRequest\x1a&.askmojo.vector.v1.EmbedStreamResponse(\x01\x30\x01\x12_\n\x0cGetModelInfo\x12&.askmojo.vector.v1.GetModelInfoRequest\x1a\'.askmojo.vector.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)askmojo/vector/v1/embedding_service.proto\x12\x11\x61skmojo.vector.v1\x1a\x17google/rpc/status.proto\"g\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\"\n\x06status\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"c\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.askmojo.vector.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"5\n\x12\x45mbedStreamRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\"\x9f\x01\n\x13\x45mbedStreamResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.askmojo.vector.v1.Embedding\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xb6\x01\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x03 \x01(\x05\x12\x1a\n\x12max_texts_per_call\x18\x04 \x01(\x05\x12\x17\n\x0fmax_text_length\x18\x05 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x05\x12\x0f\n\x07workers\x18\x07 \x01(\x05\x32\xa1\x02\n\x10\x45mbeddingService\x12J\n\x05\x45mbed\x12\x1f.askmojo.vector.v1.EmbedRequest\x1a .askmojo.vector.v1.EmbedResponse\x12`\n\x0b\x45mbedStream\x12%.askmojo.vector.v1.EmbedStreamRequest\x1a&.askmojo.vector.v1.EmbedStreamResponse(\x01\x30\x01\x12_\n\x0cGetModelInfo\x12&.askmojo.vector.v1.GetModelInfoRequest\x1a\'.askmojo.vector.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'askmojo.vector.v1.embedding
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDING']._serialized_start=89
-  _globals['_EMBEDDING']._serialized_end=156
-  _globals['_EMBEDREQUEST']._serialized_start=158
-  _globals['_EMBEDREQUEST']._serialized_end=187
-  _globals['_EMBEDRESPONSE']._serialized_start=189
-  _globals['_EMBEDRESPONSE']._serialized_end=288
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=290
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=343
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=346
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=505
-  _globals['_GETMODELINFOREQUEST']._serialized_start=507
-  _globals['_GETMODELINFOREQUEST']._serialized_end=528
-  _globals['_GETMODELINFORESPONSE']._serialized_start=531
-  _globals['_GETMODELINFORESPONSE']._serialized_end=713
-  _globals['_EMBEDDINGSERVICE']._serialized_start=716
-  _globals['_EMBEDDINGSERVICE']._serialized_end=1005
+  _globals['_EMBEDDING']._serialized_end=192
+  _globals['_EMBEDREQUEST']._serialized_start=194
+  _globals['_EMBEDREQUEST']._serialized_end=223
+  _globals['_EMBEDRESPONSE']._serialized_start=225
+  _globals['_EMBEDRESPONSE']._serialized_end=324
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=326
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=379
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=382
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=541
+  _globals['_GETMODELINFOREQUEST']._serialized_start=543
+  _globals['_GETMODELINFOREQUEST']._serialized_end=564
+  _globals['_GETMODELINFORESPONSE']._serialized_start=567
+  _globals['_GETMODELINFORESPONSE']._serialized_end=749
+  _globals['_EMBEDDINGSERVICE']._serialized_start=752
+  _globals['_EMBEDDINGSERVICE']._serialized_end=1041
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,7 @@ class Embedding(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     token_count: _builtins.int
     """Tokens the model saw, special tokens included."""
     truncated: _builtins.bool
@@ -36,16 +37,25 @@ class Embedding(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """L2-normalised float32 vector of `dimension` values."""
 
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """Set in EmbedStream responses: OK, or why this one text got no embedding
+        (values empty), e.g. INVALID_ARGUMENT for an empty text or one over
+        max_text_length. The batch's other texts are embedded all the same.
+        Unset in Embed responses, where a bad text fails the call instead.
+        """
+
     def __init__(
         self,
         *,
         values: _abc.Iterable[_builtins.float] | None = ...,
         token_count: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_count", b"token_count", "truncated", b"truncated", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "token_count", b"token_count", "truncated", b"truncated", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,11 +149,15 @@ class EmbedStreamResponse(_message.Message):
     dimension: _builtins.int
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
-        """One per text of the matching request, in order; empty if status is not OK."""
+        """One per text of the matching request, in order, each with its own
+        status; empty if the batch's status is not OK.
+        """
 
     @_builtins.property
     def status(self) -> _status_pb2.Status:
-        """OK, or why this batch failed; the stream goes on."""
+        """OK, or why the whole batch was refused (no texts, over
+        max_texts_per_call, the pool unavailable...); the stream goes on.
+        """
 
     def __init__(
         self,

@@ -74,6 +74,7 @@ class VectorRecord(_message.Message):
     VECTOR_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Non-empty, at most max_record_id_bytes (UTF-8), no control characters."""
     text: _builtins.str
     """Embedded by the service."""
     @_builtins.property
@@ -621,7 +622,11 @@ class ListIdsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     page_size: _builtins.int
+    """0: 1000; capped at the server's limit."""
     page_token: _builtins.str
+    """next_page_token of the previous response, as is (opaque); empty for the
+    first page. Keep collection and filter the same while paging.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
     def __init__(
@@ -647,8 +652,11 @@ class ListIdsResponse(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ascending (by Unicode code point)."""
+
     def __init__(
         self,
         *,

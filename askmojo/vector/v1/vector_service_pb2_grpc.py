@@ -121,13 +121,14 @@ class VectorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Up to max_ids_per_call records by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes by ids or by filter.
+        """Deletes by ids (up to max_ids_per_call) or by filter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +141,8 @@ class VectorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListIds(self, request, context):
-        """Record ids in a stable order, paged (used by reconcile).
+        """Record ids in id order, paged by id (keyset): records deleted between
+        pages never make another one skipped (used by reconcile).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,11 +47,14 @@ class VectorServiceStub:
     Query: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.QueryRequest, _vector_service_pb2.QueryResponse]
     """Nearest neighbours of a text or a vector, filtered inside the index."""
     Get: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.GetRequest, _vector_service_pb2.GetResponse]
+    """Up to max_ids_per_call records by id."""
     Delete: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.DeleteRequest, _vector_service_pb2.DeleteResponse]
-    """Deletes by ids or by filter."""
+    """Deletes by ids (up to max_ids_per_call) or by filter."""
     Count: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.CountRequest, _vector_service_pb2.CountResponse]
     ListIds: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.ListIdsRequest, _vector_service_pb2.ListIdsResponse]
-    """Record ids in a stable order, paged (used by reconcile)."""
+    """Record ids in id order, paged by id (keyset): records deleted between
+    pages never make another one skipped (used by reconcile).
+    """
 
 @_typing.type_check_only
 class VectorServiceAsyncStub(VectorServiceStub):
@@ -70,11 +73,14 @@ class VectorServiceAsyncStub(VectorServiceStub):
     Query: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.QueryRequest, _vector_service_pb2.QueryResponse]  # type: ignore[assignment]
     """Nearest neighbours of a text or a vector, filtered inside the index."""
     Get: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.GetRequest, _vector_service_pb2.GetResponse]  # type: ignore[assignment]
+    """Up to max_ids_per_call records by id."""
     Delete: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.DeleteRequest, _vector_service_pb2.DeleteResponse]  # type: ignore[assignment]
-    """Deletes by ids or by filter."""
+    """Deletes by ids (up to max_ids_per_call) or by filter."""
     Count: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.CountRequest, _vector_service_pb2.CountResponse]  # type: ignore[assignment]
     ListIds: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.ListIdsRequest, _vector_service_pb2.ListIdsResponse]  # type: ignore[assignment]
-    """Record ids in a stable order, paged (used by reconcile)."""
+    """Record ids in id order, paged by id (keyset): records deleted between
+    pages never make another one skipped (used by reconcile).
+    """
 
 class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,7 +131,8 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vector_service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vector_service_pb2.GetResponse, _abc.Awaitable[_vector_service_pb2.GetResponse]]: ...
+    ) -> _typing.Union[_vector_service_pb2.GetResponse, _abc.Awaitable[_vector_service_pb2.GetResponse]]:
+        """Up to max_ids_per_call records by id."""
 
     @_abc_1.abstractmethod
     def Delete(
@@ -133,7 +140,7 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vector_service_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vector_service_pb2.DeleteResponse, _abc.Awaitable[_vector_service_pb2.DeleteResponse]]:
-        """Deletes by ids or by filter."""
+        """Deletes by ids (up to max_ids_per_call) or by filter."""
 
     @_abc_1.abstractmethod
     def Count(
@@ -148,6 +155,8 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vector_service_pb2.ListIdsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vector_service_pb2.ListIdsResponse, _abc.Awaitable[_vector_service_pb2.ListIdsResponse]]:
-        """Record ids in a stable order, paged (used by reconcile)."""
+        """Record ids in id order, paged by id (keyset): records deleted between
+        pages never make another one skipped (used by reconcile).
+        """
 
 def add_VectorServiceServicer_to_server(servicer: VectorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
