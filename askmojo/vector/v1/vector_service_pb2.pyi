@@ -107,7 +107,12 @@ class RecordResult(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    truncated: _builtins.bool
+    """The record's text was longer than the model's window: only its start
+    was embedded (see Embedding.truncated).
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
     def __init__(
@@ -115,10 +120,11 @@ class RecordResult(_message.Message):
         *,
         id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "status", b"status", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
