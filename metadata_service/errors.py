@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from askmojo.common.filters import InvalidFilterError
+from askmojo.common.logs import exception_summary
 from askmojo.common.rpc import (
     bad_request_status,
     deadline_passed,
@@ -131,7 +132,9 @@ def to_rpc_status(exc: BaseException) -> status_pb2.Status:
             return outage
     ref = uuid.uuid4().hex[:12]
     if isinstance(exc, DBAPIError):
-        _LOGGER.error("database error [ref %s]", ref, exc_info=exc)
+        # The summary, not the traceback: a DBAPIError's text holds the whole
+        # statement (megabytes for a long IN list).
+        _LOGGER.error("database error [ref %s]: %s", ref, exception_summary(exc))
     else:
         _LOGGER.error("unexpected error [ref %s]", ref, exc_info=exc)
     return make_status(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log")

@@ -1,6 +1,12 @@
 """Structured logging: `key=value` text in development, one JSON object per
 line in production (for log shippers). Fields passed with `extra={...}` are
-part of every record's output."""
+part of every record's output.
+
+A record never carries a whole SQL statement or its parameters: an exception
+is written as its frames and a bounded summary (`exception_summary`), and a
+message is cut at MAX_MESSAGE_CHARS. (A SQLAlchemy error's text holds the
+statement, and a failed call with a long IN list wrote megabytes per line.)
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,70 @@ import json
 import logging
 import os
 import sys
+import traceback
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
+
+SUMMARY_CHARS = 200
+MAX_MESSAGE_CHARS = 2000
+_MAX_FRAMES = 30
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    return {
+        k: bounded(v) if isinstance(v, str) else v
+        for k, v in vars(record).items()
+        if k not in _STANDARD
+    }
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters not logged)"
+
+
+def exception_summary(exc: BaseException, limit: int = SUMMARY_CHARS) -> str:
+    """`Class: first `limit` characters of the message`, on one line. For a
+    SQLAlchemy DBAPIError, the driver's own error (`exc.orig`), whose text,
+    unlike the wrapper's, holds neither the statement nor the parameters."""
+    orig = getattr(exc, "orig", None)
+    name = type(exc).__name__
+    if isinstance(orig, BaseException):
+        name, exc = f"{name}: {type(orig).__name__}", orig
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{name}: {text}" if text else name
+
+
+def format_exception_bounded(
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> str:
+    """A traceback's frames (the last _MAX_FRAMES), each exception of the
+    chain as `exception_summary`: never a statement or its parameters."""
+    if exc is None:
+        return exc_type.__name__ if exc_type is not None else ""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 5:
+        seen.add(id(current))
+        frames = traceback.format_list(traceback.extract_tb(current.__traceback__)[-_MAX_FRAMES:])
+        parts.append(
+            "Traceback (most recent call last):\n" + "".join(frames) + exception_summary(current)
+        )
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    # Oldest first, as Python prints a chain.
+    return "\n\nThe above exception led to:\n\n".join(reversed(parts))
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,17 +87,27 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage()),
         }
         entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
+    def formatException(self, ei: Any) -> str:
+        return format_exception_bounded(*ei)
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s [%(process)d] %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = bounded(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception_bounded(*ei)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from askmojo.common.logs import exception_summary
 from metadata_service.config import MetadataSettings
 from metadata_service.db.sqlite_writers import SQLiteWriters
 
@@ -73,6 +74,9 @@ def build_engine(settings: MetadataSettings) -> Engine:
         "max_overflow": settings.max_overflow,
         "pool_pre_ping": settings.pool_pre_ping,
         "pool_recycle": settings.pool_recycle,
+        # An error's text then carries the statement but not its values (a
+        # long IN list, document text); logs bound the statement too (logs.py).
+        "hide_parameters": True,
     }
     if url.get_backend_name() != "sqlite":
         return create_engine(url, **pool_args)
@@ -200,7 +204,7 @@ class Database:
                 delay = 0.01 * 2**attempt * (0.5 + random.random())
                 _LOGGER.debug(
                     "write transaction retried",
-                    extra={"attempt": attempt, "error": str(exc.orig), "delay_s": delay},
+                    extra={"attempt": attempt, "error": exception_summary(exc), "delay_s": delay},
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")

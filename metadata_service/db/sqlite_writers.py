@@ -42,6 +42,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from askmojo.common.logs import exception_summary
+
 try:
     import fcntl
 except ImportError:  # not POSIX: SQLite's busy timeout arbitrates alone
@@ -197,7 +199,7 @@ class SQLiteWriters:
             except Exception as exc:  # rolled back whole: nothing of it was written
                 _LOGGER.debug(
                     "a shared write transaction failed; its units run one by one",
-                    extra={"units": len(group), "error": str(exc)},
+                    extra={"units": len(group), "error": exception_summary(exc)},
                 )
             except BaseException as exc:
                 for item in group:
