@@ -202,6 +202,11 @@ class GetModelInfoResponse(_message.Message):
     MAX_TEXT_LENGTH_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_STRING_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RECORDS_PER_CALL_FIELD_NUMBER: _builtins.int
+    MAX_FILTER_CONDITIONS_FIELD_NUMBER: _builtins.int
+    MAX_FILTER_VALUES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     dimension: _builtins.int
     max_sequence_length: _builtins.int
@@ -212,6 +217,16 @@ class GetModelInfoResponse(_message.Message):
     max_message_bytes: _builtins.int
     workers: _builtins.int
     """Embedding worker processes."""
+    max_metadata_keys: _builtins.int
+    """The service's other limits, so a client (the metadata service) can check
+    at start-up that what it sends is accepted: metadata keys per record,
+    bytes of a metadata string, records per Upsert, and filter width
+    (conditions, IN/NIN values). 0: not reported.
+    """
+    max_metadata_string_bytes: _builtins.int
+    max_records_per_call: _builtins.int
+    max_filter_conditions: _builtins.int
+    max_filter_values: _builtins.int
     def __init__(
         self,
         *,
@@ -222,10 +237,15 @@ class GetModelInfoResponse(_message.Message):
         max_text_length: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
         workers: _builtins.int = ...,
+        max_metadata_keys: _builtins.int = ...,
+        max_metadata_string_bytes: _builtins.int = ...,
+        max_records_per_call: _builtins.int = ...,
+        max_filter_conditions: _builtins.int = ...,
+        max_filter_values: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "max_message_bytes", b"max_message_bytes", "max_sequence_length", b"max_sequence_length", "max_text_length", b"max_text_length", "max_texts_per_call", b"max_texts_per_call", "model", b"model", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "max_filter_conditions", b"max_filter_conditions", "max_filter_values", b"max_filter_values", "max_message_bytes", b"max_message_bytes", "max_metadata_keys", b"max_metadata_keys", "max_metadata_string_bytes", b"max_metadata_string_bytes", "max_records_per_call", b"max_records_per_call", "max_sequence_length", b"max_sequence_length", "max_text_length", b"max_text_length", "max_texts_per_call", b"max_texts_per_call", "model", b"model", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
