@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.waiting import until
-from vector_service.embedding.batcher import DynamicBatcher, QueueFull
+from vector_service.embedding.batcher import DynamicBatcher, Embeds, QueueFull
 from vector_service.embedding.worker import BatchResult
 
 
@@ -30,7 +30,7 @@ class GatedPool:
 
 
 def batcher(
-    pool: GatedPool,
+    pool: Embeds,
     token_counter: Callable[[Sequence[str]], list[int]] | None = None,
     **overrides: float,
 ) -> DynamicBatcher:
@@ -43,7 +43,7 @@ def batcher(
         **overrides,
     }
     return DynamicBatcher(
-        pool,  # type: ignore[arg-type]
+        pool,
         dimension=1,
         window=256,
         token_counter=token_counter,
@@ -233,7 +233,7 @@ class HeldPool:
 def test_a_query_takes_the_express_worker_while_bulk_work_holds_the_others() -> None:
     async def scenario() -> None:
         pool = HeldPool()
-        b = batcher(pool, max_queued_texts=16, express_slots=1)  # type: ignore[arg-type]
+        b = batcher(pool, max_queued_texts=16, express_slots=1)
         b.start()
         bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
         await until(lambda: len(pool.batches) == 1, what="the bulk worker took a batch")
@@ -256,7 +256,7 @@ def test_a_query_takes_the_express_worker_while_bulk_work_holds_the_others() -> 
 def test_without_express_workers_a_query_still_goes_before_queued_bulk_texts() -> None:
     async def scenario() -> None:
         pool = HeldPool()
-        b = batcher(pool, max_queued_texts=16)  # type: ignore[arg-type]
+        b = batcher(pool, max_queued_texts=16)
         b.start()
         bulk = asyncio.create_task(b.embed([f"bulk-{i}" for i in range(8)], wait=True))
         await until(lambda: len(pool.batches) == 1, what="the only worker took a bulk batch")

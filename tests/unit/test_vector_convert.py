@@ -11,7 +11,7 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from vector_service import convert
 from vector_service.embedding.worker import BatchResult
 from vector_service.errors import InvalidArgument, to_rpc_status
-from vector_service.operations import ModelDescription, RecordOutcome
+from vector_service.operations import ModelDescription, RecordOutcome, TextsOutcome
 from vector_service.store import Match, Stored
 
 
@@ -43,6 +43,35 @@ def test_embeddings_and_model_fields() -> None:
     assert (response.model, response.dimension) == ("m", 2)
     assert [list(e.values) for e in response.embeddings] == [[0.5, -0.5], [1.0, 0.0]]
     assert [(e.token_count, e.truncated) for e in response.embeddings] == [(3, False), (256, True)]
+
+
+def test_text_embeddings_carry_one_status_each() -> None:
+    result = BatchResult(
+        vectors=np.array([[0.5, -0.5], [1.0, 0.0]], dtype=np.float32),
+        token_counts=[3, 256],
+        truncated=[False, True],
+    )
+    outcome = TextsOutcome(
+        4,
+        result,
+        {
+            1: InvalidArgument("texts[1]", "text is empty"),
+            3: InvalidArgument("texts[3]", "too long"),
+        },
+    )
+    embeddings = convert.to_proto_text_embeddings(outcome, to_rpc_status)
+    assert [e.status.code for e in embeddings] == [
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+    ]
+    assert [list(e.values) for e in embeddings] == [[0.5, -0.5], [], [1.0, 0.0], []]
+    assert [(e.token_count, e.truncated) for e in embeddings[::2]] == [(3, False), (256, True)]
+    assert "texts[3]" in embeddings[3].status.message
+    nothing_good = TextsOutcome(1, None, {0: InvalidArgument("texts[0]", "text is empty")})
+    (only,) = convert.to_proto_text_embeddings(nothing_good, to_rpc_status)
+    assert only.status.code == code_pb2.INVALID_ARGUMENT and not only.values
 
 
 def test_record_results_use_the_error_map() -> None:

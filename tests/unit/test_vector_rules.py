@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from vector_service.config import VectorSettings
-from vector_service.errors import to_rpc_status
+from vector_service.errors import InvalidArgument, echo, fit, shorten, to_rpc_status
+from vector_service.paging import decode_page_token, encode_page_token, query_fingerprint
 
 
 @pytest.mark.parametrize(
@@ -79,3 +80,37 @@ def test_default_threads_never_oversubscribe() -> None:
     settings = _settings()
     assert not settings.oversubscribed
     assert _settings(max_workers=1, torch_threads=64).oversubscribed
+
+
+def test_echoed_values_are_shortened_and_say_how_long_they_were() -> None:
+    assert shorten("abc") == "abc"
+    assert shorten("a" * 20_000) == "a" * 80 + "…(20000 chars)"
+    assert echo("a" * 20_000) == repr("a" * 80) + "…(20000 chars)"
+    wide = fit("é" * 20_000, 1024)
+    assert len(wide.encode()) <= 1024 and wide.endswith("…(20000 chars)")
+    assert fit("short", 1024) == "short"
+
+
+def test_no_status_outgrows_the_trailers() -> None:
+    """Whatever an error says (shared code and Chroma may echo input), the
+    status keeps message and violations to a few KiB."""
+    huge = "ü" * 50_000
+    for error in (
+        InvalidArgument(f"records[0].metadata[{huge!r}]", f"key {huge!r} is invalid"),
+        chromadb.errors.InvalidArgumentError(f"Got: {huge}"),
+    ):
+        status = to_rpc_status(error)
+        assert len(status.SerializeToString()) < 3 * 1024
+        assert len(status.message.encode()) <= 1024
+
+
+def test_page_tokens_are_opaque_and_bound_to_their_query() -> None:
+    query = query_fingerprint("docs", None)
+    token = encode_page_token("doc-7#0", query)
+    assert decode_page_token(token, query) == "doc-7#0"
+    assert decode_page_token("", query) is None
+    for bad in (str(2**32), "12", "-1", "x", "@@@", "e30", "A" * 9000):  # e30: base64 of {}
+        with pytest.raises(InvalidArgument, match="malformed page token"):
+            decode_page_token(bad, query)
+    with pytest.raises(InvalidArgument, match="different query"):
+        decode_page_token(token, query_fingerprint("other", None))

@@ -11,8 +11,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from tests.conftest import RunningServer, vector_settings
 from tests.vector_service.conftest import CHROMA, free_port, wait_for_port
-from vector_service.server import create_server
+from tests.waiting import wait_until
+from vector_service.server import VectorServer, create_server
 from vector_service.store import VectorStore
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
@@ -438,6 +441,61 @@ def test_echoed_input_never_overflows_the_trailers(
     ).results
     assert results[0].status.code == code_pb2.INVALID_ARGUMENT
     assert len(results[0].status.message.encode()) <= 1024
+
+
+class GrpcOnly:
+    """A vector server on the session's pool and store: starting and stopping
+    it leaves those to their owner (the session's server)."""
+
+    def __init__(self, server: VectorServer) -> None:
+        self.inner = server
+
+    async def start(self) -> None:
+        self.inner.batcher.start()
+        await self.inner.grpc_server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.inner.grpc_server.stop(grace)
+        await self.inner.batcher.stop()
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused(vector_server: RunningServer) -> None:
+    """MAX_CONCURRENT_RPCS=1: while a stream holds the one slot, gRPC refuses
+    another call itself (RESOURCE_EXHAUSTED); once it ends, calls go through."""
+    session: VectorServer = vector_server.server
+    settings = vector_server.settings.model_copy(update={"max_concurrent_rpcs": 1})
+
+    def create() -> tuple[GrpcOnly, int]:
+        server, port = create_server(settings, (session.pool, session.store), port=0)
+        return GrpcOnly(server), port
+
+    release = threading.Event()
+
+    def requests() -> Iterator[epb.EmbedStreamRequest]:
+        yield epb.EmbedStreamRequest(batch_id="hold")  # no texts: answered without the model
+        release.wait(60)
+
+    with RunningServer(create, settings) as limited, grpc.insecure_channel(limited.address) as ch:
+        embed = epb_grpc.EmbeddingServiceStub(ch)
+        vectors = vpb_grpc.VectorServiceStub(ch)
+        stream = embed.EmbedStream(requests(), timeout=60)
+        try:
+            # Answered: the stream's handler runs and holds the slot.
+            assert next(stream).status.code == code_pb2.INVALID_ARGUMENT
+            code, message = rpc_error(lambda: vectors.Count(vpb.CountRequest(collection="abc")))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        finally:
+            release.set()
+        assert list(stream) == []
+
+        def goes_through() -> bool:
+            try:
+                vectors.Count(vpb.CountRequest(collection="abc"), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+            return True
+
+        wait_until(goes_through, what="a call after the stream ended to go through")
 
 
 def test_second_service_on_the_same_directory_exits(

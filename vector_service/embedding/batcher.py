@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from vector_service.embedding.pool import EmbeddingPool, PoolUnavailable
+from vector_service.embedding.pool import PoolUnavailable
 from vector_service.embedding.tokens import estimate_tokens
 from vector_service.embedding.worker import BatchResult
 
@@ -43,6 +44,16 @@ _LOGGER = logging.getLogger(__name__)
 # -> 1.02), and the longer a text may wait behind shorter ones (at most
 # LOOKAHEAD batches: each batch takes the oldest text).
 LOOKAHEAD = 8
+
+
+class Embeds(Protocol):
+    """What the batcher needs of the pool: `EmbeddingPool` is one, and the
+    unit tests' stand-ins are others."""
+
+    async def embed(self, texts: list[str], interactive: bool = False) -> BatchResult:
+        """Vectors for one batch; `interactive` batches may use the express
+        workers. Raises PoolUnavailable when the batch could not run."""
+        ...
 
 
 class Lane(enum.Enum):
@@ -90,7 +101,7 @@ class BatcherStats:
 class DynamicBatcher:
     def __init__(
         self,
-        pool: EmbeddingPool,
+        pool: Embeds,
         *,
         dimension: int,
         window: int,
