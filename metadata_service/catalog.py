@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,8 +42,14 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
     NotFound,
+    quoted,
 )
-from metadata_service.paging import decode_page_token, encode_page_token, query_fingerprint
+from metadata_service.paging import (
+    PageTokens,
+    document_bytes,
+    page_byte_budget,
+    query_fingerprint,
+)
 from metadata_service.validation import PreparedDocument
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,6 +74,11 @@ class Catalog:
     def __init__(self, db: Database, settings: MetadataSettings) -> None:
         self._db = db
         self._settings = settings
+        secret = settings.page_token_secret
+        self._page_tokens = (
+            None if secret is None else PageTokens(secret.get_secret_value().encode())
+        )
+        self._page_tokens_lock = threading.Lock()
 
     # --- collections ----------------------------------------------------------
 
@@ -83,19 +95,20 @@ class Catalog:
         )
         if spec.dimension < 0 or dimension == 0:
             raise InvalidArgument(
-                "dimension", f"give the embedding dimension of model {model!r} (a positive number)"
+                "dimension",
+                f"give the embedding dimension of model {quoted(model)} (a positive number)",
             )
         if model == self._settings.default_embedding_model and (
             dimension != self._settings.default_embedding_dimension
         ):
             expected = self._settings.default_embedding_dimension
             raise FailedPrecondition(
-                f"model {model!r} produces {expected}-dimensional vectors, not {dimension}"
+                f"model {quoted(model)} produces {expected}-dimensional vectors, not {dimension}"
             )
 
         def work(session: Session) -> CollectionInfo:
             if repo.get_collection(session, spec.name) is not None:
-                raise AlreadyExists(f"collection {spec.name!r} already exists")
+                raise AlreadyExists(f"collection {quoted(spec.name)} already exists")
             row = repo.add_collection(
                 session,
                 CollectionRow(
@@ -125,15 +138,16 @@ class Catalog:
 
     def list_collections(self, page_size: int, page_token: str) -> Page[CollectionInfo]:
         limit = validation.page_size(page_size, self._settings)
+        tokens = self._tokens()
         fingerprint = query_fingerprint("collections")
-        after = decode_page_token(page_token, fingerprint)
+        after = tokens.decode(page_token, fingerprint)
 
         def work(session: Session) -> Page[CollectionInfo]:
             rows = repo.list_collections(session, after, limit + 1)
             page, more = rows[:limit], len(rows) > limit
             counts = repo.collection_counts(session, [row.id for row in page])
             items = [_collection_info(r, counts.get(r.id, repo.CollectionCounts())) for r in page]
-            token = encode_page_token(page[-1].name, fingerprint) if more else ""
+            token = tokens.encode(page[-1].name, fingerprint) if more else ""
             return Page(items, token)
 
         return self._db.read(work)
@@ -209,7 +223,7 @@ class Catalog:
                 if doc.id in first_index:
                     raise InvalidArgument(
                         f"{field}.id",
-                        f"id {doc.id!r} is also at documents[{first_index[doc.id]}]: "
+                        f"id {quoted(doc.id)} is also at documents[{first_index[doc.id]}]: "
                         "send each id once per batch",
                     )
                 prepared.append(
@@ -258,7 +272,7 @@ class Catalog:
         ref = self._collection_ref(session, collection)
         if ref != looked_up:
             raise Aborted(
-                f"collection {collection!r} was re-created meanwhile; send the batch again"
+                f"collection {quoted(collection)} was re-created meanwhile; send the batch again"
             )
         collection_id = ref.id
         # Rows are written in id order, the order find_documents locks them in,
@@ -359,21 +373,29 @@ class Catalog:
             ref = self._collection_ref(session, collection)
             row = repo.get_document(session, ref.id, doc_id, include_text=include_text)
             if row is None:
-                raise NotFound(f"document {doc_id!r} not found in collection {collection!r}")
+                raise NotFound(
+                    f"document {quoted(doc_id)} not found in collection {quoted(collection)}"
+                )
             return _document_info(row, include_text)
 
         return self._db.read(work)
 
     def list_documents(self, query: DocumentQuery) -> Page[DocumentInfo]:
+        """A page of at most page_size documents that also fits in a response
+        (MAX_MESSAGE_BYTES, less a margin): fewer, and a next_page_token,
+        when their texts are large; always at least one. Sizes are read
+        first, so no text is loaded that the page cannot carry."""
         limit = validation.page_size(query.page_size, self._settings)
+        tokens = self._tokens()
         fingerprint = query_fingerprint(
             "documents", query.collection, query.filter, sorted(query.states)
         )
-        after = decode_page_token(query.page_token, fingerprint)
+        after = tokens.decode(query.page_token, fingerprint)
+        budget = page_byte_budget(self._settings.max_message_bytes)
 
         def work(session: Session) -> Page[DocumentInfo]:
             ref = self._collection_ref(session, query.collection)
-            rows = repo.list_documents(
+            sizes = repo.list_document_sizes(
                 session,
                 ref.id,
                 where=query.filter,
@@ -382,9 +404,26 @@ class Catalog:
                 limit=limit + 1,
                 include_text=query.include_text,
             )
-            page, more = rows[:limit], len(rows) > limit
-            token = encode_page_token(page[-1].external_id, fingerprint) if more else ""
-            return Page([_document_info(row, query.include_text) for row in page], token)
+            chosen = _fitting(
+                [document_bytes(s.data_bytes, s.metadata_entries) for s in sizes[:limit]], budget
+            )
+            rows = repo.list_documents(
+                session,
+                ref.id,
+                [s.pk for s in sizes[:chosen]],
+                where=query.filter,
+                states=query.states,
+                include_text=query.include_text,
+            )
+            items = [_document_info(row, query.include_text) for row in rows]
+            # Measured again as loaded: on PostgreSQL a document may have
+            # grown since its size was read.
+            kept = _fitting([_document_bytes(item) for item in items], budget)
+            if kept < len(items):
+                more, last = True, items[kept - 1].id
+            else:  # every chosen key is done with, loaded or gone meanwhile
+                more, last = len(sizes) > chosen, sizes[chosen - 1].external_id if chosen else ""
+            return Page(items[:kept], tokens.encode(last, fingerprint) if more else "")
 
         return self._db.read(work)
 
@@ -586,11 +625,24 @@ class Catalog:
 
     # --- helpers --------------------------------------------------------------
 
+    def _tokens(self) -> PageTokens:
+        """The deployment's page token signer: PAGE_TOKEN_SECRET, else the
+        secret kept in the database, which its first reader makes."""
+        if self._page_tokens is None:
+            with self._page_tokens_lock:
+                if self._page_tokens is None:
+                    secret = self._db.read(repo.page_token_secret)
+                    if secret is None:
+                        candidate = secrets.token_hex(32)
+                        secret = self._db.write(lambda s: repo.add_page_token_secret(s, candidate))
+                    self._page_tokens = PageTokens(secret.encode())
+        return self._page_tokens
+
     def _require_collection(self, session: Session, name: str) -> CollectionRow:
         validation.collection_name(name, "collection" if name else "name")
         row = repo.get_collection(session, name)
         if row is None:
-            raise NotFound(f"collection {name!r} not found")
+            raise NotFound(f"collection {quoted(name)} not found")
         return row
 
     def _collection_ref(self, session: Session, name: str) -> _CollectionRef:
@@ -599,7 +651,7 @@ class Catalog:
         validation.collection_name(name, "collection")
         key = repo.collection_key(session, name)
         if key is None:
-            raise NotFound(f"collection {name!r} not found")
+            raise NotFound(f"collection {quoted(name)} not found")
         return _CollectionRef(
             key.id, ChunkingSpec(key.chunk_size, key.chunk_overlap), key.vector_collection
         )
@@ -674,6 +726,25 @@ def _collection_info(row: CollectionRow, counts: repo.CollectionCounts) -> Colle
         created_at=row.created_at,
         vector_collection=row.vector_collection,
     )
+
+
+def _document_bytes(info: DocumentInfo) -> int:
+    """What repo.list_document_sizes measures, for a loaded document."""
+    data = [info.id, info.text or "", info.error or ""]
+    data += [key for key in info.metadata]
+    data += [value for value in info.metadata.values() if isinstance(value, str)]
+    return document_bytes(sum(len(part.encode()) for part in data), len(info.metadata))
+
+
+def _fitting(sizes: Sequence[int], budget: int) -> int:
+    """How many of `sizes`, from the first, fit in `budget` together; at
+    least one (the settings make sure any single document fits)."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > budget:
+            return max(count, 1)
+    return len(sizes)
 
 
 def _document_info(row: DocumentRow, include_text: bool) -> DocumentInfo:

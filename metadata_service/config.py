@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from askmojo.common.settings import ServiceSettings, usable_cpus
 
@@ -96,6 +96,9 @@ class MetadataSettings(ServiceSettings):
     # Over this a request is refused by gRPC itself with RESOURCE_EXHAUSTED.
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    # Key signing page tokens (HMAC-SHA256), shared by every worker and
+    # replica. Unset: a random one made once and kept in the database.
+    page_token_secret: SecretStr | None = Field(default=None, min_length=16)
     # Seconds between readiness probes of the database (health service).
     health_probe_interval: float = Field(default=5.0, gt=0)
 
@@ -105,6 +108,23 @@ class MetadataSettings(ServiceSettings):
             raise ValueError("DEFAULT_CHUNK_OVERLAP must be less than half of DEFAULT_CHUNK_SIZE")
         if self.default_page_size > self.max_page_size:
             raise ValueError("DEFAULT_PAGE_SIZE must not exceed MAX_PAGE_SIZE")
+        # A ListDocuments page holds at least one document, so the largest
+        # one the limits admit must fit in a message. (Imported here: paging
+        # holds the sizes, and settings must load before anything else.)
+        from metadata_service.paging import RESPONSE_MARGIN_BYTES, largest_document_bytes
+
+        smallest_message = RESPONSE_MARGIN_BYTES + largest_document_bytes(
+            max_text_bytes=self.max_text_bytes,
+            max_document_id_bytes=self.max_document_id_bytes,
+            max_metadata_keys=self.max_metadata_keys,
+            max_metadata_string_bytes=self.max_metadata_string_bytes,
+        )
+        if self.max_message_bytes < smallest_message:
+            raise ValueError(
+                f"MAX_MESSAGE_BYTES must be at least {smallest_message}: a document of "
+                "MAX_TEXT_BYTES with MAX_METADATA_KEYS keys of MAX_METADATA_STRING_BYTES "
+                "must fit in one ListDocuments response"
+            )
         return self
 
     @property

@@ -39,12 +39,13 @@ class MetadataError(Exception):
 
 class InvalidArgument(MetadataError):
     """Bad input. `violations` are (field, description) pairs, sent to the
-    client as google.rpc.BadRequest details."""
+    client as google.rpc.BadRequest details; the message is "field:
+    description" unless given."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
+    def __init__(self, field: str, description: str, *, message: str | None = None) -> None:
+        super().__init__(message or f"{field}: {description}")
         self.violations: Sequence[tuple[str, str]] = ((field, description),)
 
 
@@ -66,18 +67,6 @@ class Aborted(MetadataError):
     code = grpc.StatusCode.ABORTED
 
 
-class ResourceExhausted(MetadataError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Unavailable(MetadataError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Unimplemented(MetadataError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
 class DeadlineExceeded(MetadataError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -89,20 +78,60 @@ class IndexingFailed(MetadataError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+# A status travels in the response trailers, which gRPC caps (8 KiB by
+# default): an error echoing a 20,000-character name reached the client as
+# RESOURCE_EXHAUSTED "Stream removed" instead of itself. A value is echoed
+# for a person to recognise it, which its start does.
+ECHO_CHARS = 80
+# What any one message, field path or description may take of the trailers,
+# whoever built it (the filter parser, the vector service): the status is
+# sent twice, as grpc-message percent-encoded and as grpc-status-details-bin.
+_MAX_MESSAGE_BYTES = 1024
+_MAX_FIELD_BYTES = 256
+
+
+def quoted(value: str, limit: int = ECHO_CHARS) -> str:
+    """`value` as an error message echoes it: quoted, and cut to `limit`
+    characters with its full length said. Every echo of client input in the
+    metadata service's errors goes through this."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}…({len(value)} chars)"
+
+
+def _bounded(text: str, limit: int) -> str:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    # errors="ignore" drops a character the cut split in two.
+    return f"{raw[:limit].decode(errors='ignore')}…({len(text)} chars)"
+
+
 def invalid_filter(exc: InvalidFilterError) -> InvalidArgument:
     return InvalidArgument(exc.field, exc.description)
 
 
 def to_rpc_status(exc: BaseException) -> status_pb2.Status:
-    """The status a client sees for `exc`. Unexpected exceptions are logged
-    with their traceback under a reference the client message carries;
-    database details (hosts, users, SQL) stay in the log."""
+    """The status a client sees for `exc`, its texts bounded to fit the
+    trailers. Unexpected exceptions are logged with their traceback under a
+    reference the client message carries; database details (hosts, users,
+    SQL) stay in the log."""
+    status = _status_of(exc)
+    status.message = _bounded(status.message, _MAX_MESSAGE_BYTES)
+    return status
+
+
+def _status_of(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, InvalidArgument):
-        return bad_request_status(str(exc), exc.violations)
+        violations = [
+            (_bounded(field, _MAX_FIELD_BYTES), _bounded(description, _MAX_MESSAGE_BYTES))
+            for field, description in exc.violations
+        ]
+        return bad_request_status(str(exc), violations)
     if isinstance(exc, MetadataError):
         return make_status(exc.code, str(exc))
     if isinstance(exc, InvalidFilterError):
-        return to_rpc_status(invalid_filter(exc))
+        return _status_of(invalid_filter(exc))
     if isinstance(exc, VectorServiceUnavailable):
         # The vector service's address and error are the operator's business.
         _LOGGER.warning("vector service unavailable: %s", exc.detail)

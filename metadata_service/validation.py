@@ -17,7 +17,7 @@ from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from metadata_service.chunking import Chunk, chunk_text
 from metadata_service.config import MetadataSettings
 from metadata_service.domain import ChunkingSpec, CollectionSpec, DocumentInput
-from metadata_service.errors import InvalidArgument
+from metadata_service.errors import InvalidArgument, quoted
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_KEY_PREFIX = "_"
@@ -25,7 +25,9 @@ RESERVED_KEY_PREFIX = "_"
 
 def collection_name(name: str, field: str = "name") -> str:
     if not is_valid_collection_name(name):
-        raise InvalidArgument(field, f"collection name {name!r} is invalid: {COLLECTION_NAME_RULE}")
+        raise InvalidArgument(
+            field, f"collection name {quoted(name)} is invalid: {COLLECTION_NAME_RULE}"
+        )
     return name
 
 

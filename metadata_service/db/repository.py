@@ -32,7 +32,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased, defer, selectinload
+from sqlalchemy.sql.expression import column, table
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import Integer, String
 
 from askmojo.common.filters import (
     AllOf,
@@ -310,7 +314,51 @@ def get_document(
     return session.scalars(stmt).one_or_none()
 
 
-def list_documents(
+class _ByteLength(FunctionElement[int]):
+    """Bytes of a text's UTF-8 form. SQLite's length() counts characters and
+    its octet_length() is only in 3.43 and later."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_ByteLength)
+def _byte_length(element: _ByteLength, compiler: Any, **kw: Any) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_ByteLength, "sqlite")
+def _byte_length_sqlite(element: _ByteLength, compiler: Any, **kw: Any) -> str:
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
+
+
+@dataclass(frozen=True)
+class DocumentSize:
+    """What a listed document weighs, known before its text is read: bytes of
+    its id, text (when listed), error, metadata keys and string values, and
+    the number of its metadata entries."""
+
+    pk: int
+    external_id: str
+    data_bytes: int
+    metadata_entries: int
+
+
+def _listed(
+    stmt: Any,
+    collection_id: int,
+    where: FilterNode | None,
+    states: Collection[IndexState],
+) -> Any:
+    stmt = stmt.where(DocumentRow.collection_id == collection_id)
+    if where is not None:
+        stmt = stmt.where(filter_clause(where))
+    if states:
+        stmt = stmt.where(DocumentRow.state.in_(list(states)))
+    return stmt
+
+
+def list_document_sizes(
     session: Session,
     collection_id: int,
     *,
@@ -319,25 +367,94 @@ def list_documents(
     after: str | None,
     limit: int,
     include_text: bool,
-) -> Sequence[DocumentRow]:
-    """Keyset page ordered by external id: rows inserted meanwhile never shift
-    a page, so nothing is skipped or repeated."""
-    stmt = (
-        select(DocumentRow)
-        .where(DocumentRow.collection_id == collection_id)
-        .order_by(DocumentRow.external_id)
-        .limit(limit)
-        .options(selectinload(DocumentRow.metadata_entries))
+) -> list[DocumentSize]:
+    """Keyset page ordered by external id (rows inserted meanwhile never shift
+    a page, so nothing is skipped or repeated), as sizes: the caller picks
+    what fits a response and loads only that (`list_documents`)."""
+    value_bytes = _ByteLength(MetadataRow.key) + func.coalesce(
+        _ByteLength(MetadataRow.string_value), 0
     )
-    if where is not None:
-        stmt = stmt.where(filter_clause(where))
-    if states:
-        stmt = stmt.where(DocumentRow.state.in_(list(states)))
+    metadata_bytes = (
+        select(func.coalesce(func.sum(value_bytes), 0))
+        .where(MetadataRow.document_id == DocumentRow.id)
+        .scalar_subquery()
+    )
+    data_bytes = (
+        _ByteLength(DocumentRow.external_id)
+        + func.coalesce(_ByteLength(DocumentRow.error), 0)
+        + metadata_bytes
+    )
+    if include_text:
+        data_bytes = data_bytes + _ByteLength(DocumentRow.text)
+    metadata_entries = (
+        select(func.count()).where(MetadataRow.document_id == DocumentRow.id).scalar_subquery()
+    )
+    stmt = _listed(
+        select(DocumentRow.id, DocumentRow.external_id, data_bytes, metadata_entries),
+        collection_id,
+        where,
+        states,
+    )
     if after is not None:
         stmt = stmt.where(DocumentRow.external_id > after)
+    stmt = stmt.order_by(DocumentRow.external_id).limit(limit)
+    return [
+        DocumentSize(int(pk), external_id, int(size), int(count))
+        for pk, external_id, size, count in session.execute(stmt)
+    ]
+
+
+def list_documents(
+    session: Session,
+    collection_id: int,
+    pks: Collection[int],
+    *,
+    where: FilterNode | None,
+    states: Collection[IndexState],
+    include_text: bool,
+) -> Sequence[DocumentRow]:
+    """The documents `list_document_sizes` picked, in id order; the filter is
+    applied again, for a database that shows each statement the changes
+    committed since the last (PostgreSQL's READ COMMITTED)."""
+    stmt = _listed(
+        select(DocumentRow).where(DocumentRow.id.in_(list(pks))),
+        collection_id,
+        where,
+        states,
+    )
+    stmt = stmt.order_by(DocumentRow.external_id).options(
+        selectinload(DocumentRow.metadata_entries)
+    )
     if not include_text:
         stmt = stmt.options(defer(DocumentRow.text))
     return session.scalars(stmt).all()
+
+
+# The deployment's page token secret (catalog.Catalog._tokens): one row,
+# made by migration 0004 or by the first reader that finds none.
+_SECRETS = table("deployment_secrets", column("name", String), column("value", String))
+_PAGE_TOKEN_SECRET = "page_token"
+
+
+def page_token_secret(session: Session) -> str | None:
+    stmt = select(_SECRETS.c.value).where(_SECRETS.c.name == _PAGE_TOKEN_SECRET)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def add_page_token_secret(session: Session, candidate: str) -> str:
+    """Stores `candidate` unless another worker or replica stored one first;
+    returns the one stored. ON CONFLICT raises nothing, so a transaction
+    shared with other writers (SQLite group commit) is never spoilt."""
+    session.execute(
+        text(
+            "INSERT INTO deployment_secrets (name, value) VALUES (:name, :value) "
+            "ON CONFLICT (name) DO NOTHING"
+        ),
+        {"name": _PAGE_TOKEN_SECRET, "value": candidate},
+    )
+    stored = page_token_secret(session)
+    assert stored is not None  # inserted just now, or there already
+    return stored
 
 
 def delete_documents(

@@ -8,12 +8,14 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from askmojo.common.filters import FilterNode, Op
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
+from metadata_service.db import repository as repo
 from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
@@ -305,7 +307,7 @@ def test_pagination_is_stable_under_concurrent_inserts(catalog: Catalog) -> None
 def test_page_token_is_bound_to_its_query(filtered: Catalog) -> None:
     page = filtered.list_documents(DocumentQuery("docs", page_size=2))
     assert page.next_page_token
-    with pytest.raises(InvalidArgument, match="different query"):
+    with pytest.raises(InvalidArgument, match="not valid for this query"):
         filtered.list_documents(
             DocumentQuery(
                 "docs",
@@ -314,8 +316,84 @@ def test_page_token_is_bound_to_its_query(filtered: Catalog) -> None:
                 filter=cond("kind", Op.EQ, "a"),
             )
         )
-    with pytest.raises(InvalidArgument, match="malformed page token"):
+    with pytest.raises(InvalidArgument, match="not valid for this query"):
         filtered.list_documents(DocumentQuery("docs", page_token="not-a-token!"))
+
+
+def test_page_tokens_hold_across_catalogs_of_one_database(
+    filtered: Catalog, database: Database, backend_settings: MetadataSettings
+) -> None:
+    """Worker processes and replicas each have their own Catalog: the secret
+    kept in the database signs for all of them."""
+    page = filtered.list_documents(DocumentQuery("docs", page_size=2))
+    other = Catalog(database, backend_settings)
+    rest = other.list_documents(
+        DocumentQuery("docs", page_size=100, page_token=page.next_page_token)
+    )
+    assert [d.id for d in page.items] + [d.id for d in rest.items] == ids(filtered)
+
+
+def test_page_token_secret_setting_signs_instead(
+    filtered: Catalog, database: Database, backend_settings: MetadataSettings
+) -> None:
+    configured = backend_settings.model_copy(update={"page_token_secret": SecretStr("k" * 32)})
+    mine, theirs = Catalog(database, configured), Catalog(database, configured)
+    page = mine.list_documents(DocumentQuery("docs", page_size=2))
+    assert theirs.list_documents(DocumentQuery("docs", page_token=page.next_page_token)).items
+    with pytest.raises(InvalidArgument, match="not valid for this query"):
+        filtered.list_documents(DocumentQuery("docs", page_token=page.next_page_token))
+
+
+def test_pages_fit_the_message_limit_and_load_only_what_fits(
+    database: Database, backend_settings: MetadataSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Documents of ~1 MiB and a 4 MiB message limit: each page carries what
+    fits (3 here) and a token, page_size notwithstanding, and only those
+    texts are ever loaded."""
+    small = backend_settings.model_copy(update={"max_message_bytes": 4 * 1024 * 1024})
+    catalog = Catalog(database, small)
+    catalog.create_collection(CollectionSpec(name="big"))
+    big = "word " * (1024 * 1024 // 5 - 10)
+    stored = [f"d{i:02d}" for i in range(8)]
+    catalog.upsert_documents("big", [doc(i, big, n=i) for i in stored])
+    catalog.upsert_documents("big", [doc("e-small", "tiny")])
+    loaded: list[int] = []
+    list_documents = repo.list_documents
+
+    def counting(*args: object, **kwargs: object) -> object:
+        rows = list_documents(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(repo, "list_documents", counting)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = catalog.list_documents(
+            DocumentQuery("big", page_size=1000, page_token=token, include_text=True)
+        )
+        assert 1 <= len(page.items) <= 3
+        assert sum(len(d.text or "") for d in page.items) <= 4 * 1024 * 1024 - 8 * 1024
+        seen += [d.id for d in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [*stored, "e-small"]
+    assert max(loaded) == 3 and sum(loaded) == len(seen)
+    # Without texts, the whole collection is one page.
+    basic = catalog.list_documents(DocumentQuery("big", page_size=1000))
+    assert (len(basic.items), basic.next_page_token) == (9, "")
+
+
+def test_one_document_a_page_when_only_one_fits(
+    database: Database, backend_settings: MetadataSettings
+) -> None:
+    tight = backend_settings.model_copy(update={"max_message_bytes": 1024 * 1024 + 20 * 1024})
+    catalog = Catalog(database, tight)
+    catalog.create_collection(CollectionSpec(name="big"))
+    catalog.upsert_documents("big", [doc(f"d{i}", "x " * (512 * 1024 - 8)) for i in range(3)])
+    page = catalog.list_documents(DocumentQuery("big", page_size=10, include_text=True))
+    assert [d.id for d in page.items] == ["d0"] and page.next_page_token
 
 
 # --- delete and stats -------------------------------------------------------------

@@ -203,7 +203,7 @@ def test_list_errors(docs_stub: Stub) -> None:
         )
     )
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"])
-    assert "malformed page token" in message
+    assert message.startswith("page_token is not valid for this query")
 
     string_gt = common.Filter(
         condition=common.Condition(
