@@ -146,6 +146,8 @@ class IngestTally:
 
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # Chunks longer than the model's window (only their start was embedded).
+    truncated_chunks: int = 0
 
     @property
     def total(self) -> int:
@@ -166,6 +168,7 @@ class IngestTally:
                 self.add_failure(result.id, status_text(result.status, strip_field=True))
             else:
                 self.counts[state] += 1
+                self.truncated_chunks += result.truncated_chunks
 
     def add_response(self, response: pb.IngestDocumentsResponse, sent_ids: Sequence[str]) -> None:
         """A refused batch has no per-document results: each of its documents
@@ -198,6 +201,8 @@ def ingest_summary(
     lines = [
         f"{tally.total} {noun} into {collection} in {seconds:.1f} s ({rate:.1f} docs/s): {counts}"
     ]
+    if tally.truncated_chunks:
+        lines.append(truncation_warning(tally.truncated_chunks))
     if ignored:
         lines.append(f"{ignored} other files ignored (only .txt and .md are ingested)")
     for path in ignored_explicit:
@@ -208,6 +213,16 @@ def ingest_summary(
         if len(tally.failures) > shown_failures:
             lines.append(f"  … and {len(tally.failures) - shown_failures} more")
     return lines
+
+
+def truncation_warning(chunks: int) -> str:
+    """Only the start of such a chunk was embedded: a search cannot find
+    what its end says."""
+    noun, were = ("chunk", "was") if chunks == 1 else ("chunks", "were")
+    return (
+        f"{chunks} {noun} {were} longer than the model's window and {were} truncated; "
+        "use smaller chunk_size"
+    )
 
 
 # --- tables -------------------------------------------------------------------
@@ -266,6 +281,13 @@ def stats_rows(stats: pb.GetStatsResponse) -> list[tuple[str, str]]:
     rows = [
         ("documents", f"{total} ({states})"),
         ("chunks", str(stats.chunk_count)),
+        (
+            "truncated chunks",
+            f"{stats.truncated_chunk_count} (longer than the model's window; "
+            "only their start is searchable)"
+            if stats.truncated_chunk_count
+            else "0",
+        ),
         ("database", database),
         (
             "pool",

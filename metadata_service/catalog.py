@@ -445,31 +445,54 @@ class Catalog:
             )
         for index, doc_id in enumerate(ids):
             validation.document_id(doc_id, self._settings, f"ids[{index}]")
+        if where is not None:
+            # DELETE_BATCH_DOCUMENTS per transaction (the pipeline removes
+            # each batch's vectors in between: delete_matching).
+            total, cursor = 0, None
+            while True:
+                batch = self.delete_matching(collection, where, lease, cursor)
+                total += batch.deleted
+                if batch.cursor is None:
+                    return DeleteDocumentsOutcome(total)
+                cursor = batch.cursor
 
         def work(session: Session) -> DeleteDocumentsOutcome:
             ref = self._collection_ref(session, collection)
-            deleted = repo.delete_documents(
-                session, ref.id, external_ids=list(ids) if ids else None, where=where
-            )
-            # The vectors' removal is recorded with the rows' (the deletion
-            # outbox): it happens now, or when the vector service is back.
-            repo.add_deletions(
-                session,
-                [
-                    {
-                        **_DELETION_DEFAULTS,
-                        "vector_collection": ref.vector_collection,
-                        "document_id": d.external_id,
-                        "incarnation": d.incarnation,
-                        "max_generation": d.generation,
-                        "lease_until": lease,
-                    }
-                    for d in deleted
-                ],
-            )
+            deleted = repo.delete_documents(session, ref.id, external_ids=list(ids))
+            _record_deletions(session, ref, deleted, lease)
             gone = {d.external_id for d in deleted}
             return DeleteDocumentsOutcome(
                 len(deleted), [i for i in dict.fromkeys(ids) if i not in gone]
+            )
+
+        return self._db.write(work)
+
+    def delete_matching(
+        self,
+        collection: str,
+        where: FilterNode,
+        lease: datetime | None,
+        cursor: DeleteCursor | None,
+    ) -> DeletedBatch:
+        """One batch of a delete by filter: up to DELETE_BATCH_DOCUMENTS
+        matching documents, in one transaction with their deletion outbox
+        rows (under `lease`). Memory and the vector calls per batch stay
+        bounded however many documents match. `cursor` None starts the
+        delete; it covers the documents that exist then, not those created
+        while it runs. The result's cursor is None when no batch is left."""
+        limit = self._settings.delete_batch_documents
+
+        def work(session: Session) -> DeletedBatch:
+            ref = self._collection_ref(session, collection)
+            start = cursor or DeleteCursor(0, repo.newest_document_pk(session, ref.id))
+            pks = repo.matching_document_pks(
+                session, ref.id, where, after=start.after, through=start.through, limit=limit
+            )
+            deleted = repo.delete_documents(session, ref.id, pks=pks) if pks else []
+            _record_deletions(session, ref, deleted, lease)
+            more = len(pks) == limit
+            return DeletedBatch(
+                len(deleted), DeleteCursor(pks[-1], start.through) if more else None
             )
 
         return self._db.write(work)
@@ -483,14 +506,18 @@ class Catalog:
 
         return self._db.read(work)
 
-    def document_states(
-        self, collection: str, ids: Sequence[str]
-    ) -> dict[str, tuple[IndexState, str | None]]:
-        def work(session: Session) -> dict[str, tuple[IndexState, str | None]]:
+    def document_states(self, collection: str, ids: Sequence[str]) -> dict[str, IndexingState]:
+        def work(session: Session) -> dict[str, IndexingState]:
             ref = self._collection_ref(session, collection)
             stored = repo.find_documents(session, ref.id, set(ids))
-            states = repo.document_states(session, [d.pk for d in stored.values()])
-            return {doc_id: states[d.pk] for doc_id, d in stored.items() if d.pk in states}
+            pks = [d.pk for d in stored.values()]
+            states = repo.document_states(session, pks)
+            truncated = repo.truncated_chunks_of(session, pks)
+            return {
+                doc_id: IndexingState(*states[d.pk], truncated.get(d.pk, 0))
+                for doc_id, d in stored.items()
+                if d.pk in states
+            }
 
         return self._db.read(work)
 
@@ -619,6 +646,7 @@ class Catalog:
                 documents_by_state=repo.documents_by_state(session, collection_id),
                 chunk_count=repo.chunk_total(session, collection_id),
                 worker_pid=os.getpid(),
+                truncated_chunk_count=repo.truncated_chunk_total(session, collection_id),
             )
 
         return self._db.read(work)
@@ -655,6 +683,54 @@ class Catalog:
         return _CollectionRef(
             key.id, ChunkingSpec(key.chunk_size, key.chunk_overlap), key.vector_collection
         )
+
+
+@dataclass(frozen=True)
+class IndexingState:
+    """Where a document's indexing stands, as an ingest call reports it."""
+
+    state: IndexState
+    error: str | None
+    truncated_chunks: int
+
+
+@dataclass(frozen=True)
+class DeleteCursor:
+    """Where a delete by filter stands: documents with row ids in
+    (after, through] are still to be looked at."""
+
+    after: int
+    through: int
+
+
+@dataclass(frozen=True)
+class DeletedBatch:
+    deleted: int
+    cursor: DeleteCursor | None  # None: the delete is complete
+
+
+def _record_deletions(
+    session: Session,
+    ref: _CollectionRef,
+    deleted: Sequence[repo.DeletedDocument],
+    lease: datetime | None,
+) -> None:
+    """The vectors' removal, recorded with the rows' (the deletion outbox):
+    it happens now, or when the vector service is back."""
+    repo.add_deletions(
+        session,
+        [
+            {
+                **_DELETION_DEFAULTS,
+                "vector_collection": ref.vector_collection,
+                "document_id": d.external_id,
+                "incarnation": d.incarnation,
+                "max_generation": d.generation,
+                "lease_until": lease,
+            }
+            for d in deleted
+        ],
+    )
 
 
 # Column defaults of a vector_deletions row (Core inserts skip ORM defaults).

@@ -153,6 +153,7 @@ def to_proto_upsert_result(outcome: UpsertOutcome, status: status_pb2.Status) ->
         status=status,
         chunk_count=outcome.chunk_count,
         generation=outcome.generation,
+        truncated_chunks=outcome.truncated_chunks,
     )
 
 
@@ -233,6 +234,7 @@ def to_proto_stats(stats: Stats) -> pb.GetStatsResponse:
         ],
         chunk_count=stats.chunk_count,
         worker_pid=stats.worker_pid,
+        truncated_chunk_count=stats.truncated_chunk_count,
     )
 
 

@@ -89,6 +89,9 @@ class UpsertOutcome:
     error: Exception | None = None
     chunk_count: int = 0
     generation: int = 0
+    # Chunks the vector service embedded only in part (longer than the
+    # model's window); known once the document is indexed.
+    truncated_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Stats:
     documents_by_state: Mapping[IndexState, int] = field(default_factory=dict)
     chunk_count: int = 0
     worker_pid: int = 0
+    truncated_chunk_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,36 @@ def vector_metadata(
     }
 
 
-def deletion_filter(row: VectorDeletionRow) -> FilterNode:
-    """The vectors a deletion row stands for (never a newer version's)."""
+def deletion_groups(rows: Sequence[VectorDeletionRow], limit: int) -> list[list[VectorDeletionRow]]:
+    """The deletion rows in the groups one vector call each carries out:
+    a dropped collection alone; the deleted documents of one vector
+    collection up to `limit` together (DELETE_BATCH_DOCUMENTS, under the
+    vector service's per-call limits); a shrunk document alone."""
+    groups: list[list[VectorDeletionRow]] = []
+    whole: dict[str, list[VectorDeletionRow]] = defaultdict(list)
+    for row in rows:
+        if row.document_id is not None and row.first_ordinal == 0:
+            pending = whole[row.vector_collection]
+            pending.append(row)
+            if len(pending) >= limit:
+                groups.append(whole.pop(row.vector_collection))
+        else:
+            groups.append([row])
+    groups.extend(whole.values())
+    return groups
+
+
+def deletion_filter(rows: Sequence[VectorDeletionRow]) -> FilterNode:
+    """The vectors a group of deletion rows stands for (never a newer
+    version's). Several rows: deleted documents, whose incarnations died with
+    their rows, so every vector carrying one of them goes, whatever its
+    generation (ingest never gives a document 0 chunks: a row with
+    first_ordinal 0 always stands for a deleted document)."""
+    if len(rows) > 1:
+        assert all(r.incarnation is not None and r.first_ordinal == 0 for r in rows)
+        incarnations = tuple(sorted({r.incarnation for r in rows if r.incarnation is not None}))
+        return Condition(INCARNATION_KEY, Op.IN, incarnations)
+    row = rows[0]
     assert row.incarnation is not None
     conditions: list[FilterNode] = [
         Condition(INCARNATION_KEY, Op.EQ, (row.incarnation,)),
@@ -153,6 +181,7 @@ class Indexer:
         indexed: list[int] = []
         failed: dict[int, str] = {}
         released: list[int] = []
+        truncated: list[int] = []
         try:
             by_collection: dict[str, list[repo.ClaimedChunk]] = defaultdict(list)
             for chunk in chunks:
@@ -169,6 +198,8 @@ class Indexer:
                     for ack in acks:
                         if ack.ok:
                             indexed.append(chunk_of[ack.id])
+                            if ack.truncated:
+                                truncated.append(chunk_of[ack.id])
                         elif ack.transient or ack.collection_missing:
                             if ack.collection_missing:
                                 self._ensured.discard(name)  # re-created on the next pass
@@ -178,7 +209,7 @@ class Indexer:
         except VectorServiceUnavailable:
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await self._settle(lease, indexed, failed, released)
+            await self._settle(lease, indexed, failed, released, truncated)
             raise
         except asyncio.CancelledError:
             # Shutdown or a client that went away: record what was
@@ -186,14 +217,14 @@ class Indexer:
             # leased (untouchable) until INDEX_LEASE_SECONDS pass.
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await asyncio.shield(self._settle(lease, indexed, failed, released))
+            await asyncio.shield(self._settle(lease, indexed, failed, released, truncated))
             raise
         except VectorServiceError as exc:
             # The vector service refused the whole request (e.g. the collection
             # exists there with another model): a per-chunk failure to report.
             done = {*indexed, *failed, *released}
             failed.update({c.chunk_id: str(exc) for c in chunks if c.chunk_id not in done})
-        await self._settle(lease, indexed, failed, released)
+        await self._settle(lease, indexed, failed, released, truncated)
         return IndexingReport(len(indexed), len(failed), len(released))
 
     async def _records(
@@ -244,11 +275,18 @@ class Indexer:
         indexed: Collection[int],
         failed: dict[int, str],
         released: Collection[int],
+        truncated: Collection[int] = (),
     ) -> None:
         def work(session: Session) -> None:
             now = utcnow()
             documents = repo.settle_chunks(
-                session, lease, indexed=indexed, failed=failed, released=released, now=now
+                session,
+                lease,
+                indexed=indexed,
+                failed=failed,
+                released=released,
+                now=now,
+                truncated=truncated,
             )
             repo.refresh_document_states(session, documents, now)
 
@@ -273,19 +311,20 @@ class Indexer:
         done: list[int] = []
         error: Exception | None = None
         try:
-            for row in rows:
+            for group in deletion_groups(rows, self._settings.delete_batch_documents):
+                first = group[0]
                 try:
-                    if row.document_id is None:
-                        await self._client.drop_collection(row.vector_collection, deadline)
-                        self._ensured.discard(row.vector_collection)
+                    if first.document_id is None:
+                        await self._client.drop_collection(first.vector_collection, deadline)
+                        self._ensured.discard(first.vector_collection)
                     else:
                         await self._client.delete(
-                            row.vector_collection, deletion_filter(row), deadline
+                            first.vector_collection, deletion_filter(group), deadline
                         )
                 except (VectorServiceUnavailable, VectorServiceError) as exc:
                     error = exc
                     break
-                done.append(row.id)
+                done.extend(row.id for row in group)
         except asyncio.CancelledError:
             # Shutdown mid-way: as for chunks, record what was done and give
             # the rest back at once.

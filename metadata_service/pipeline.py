@@ -23,7 +23,7 @@ import grpc
 
 from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
-from metadata_service.catalog import Catalog, VectorTarget
+from metadata_service.catalog import Catalog, IndexingState, VectorTarget
 from metadata_service.config import MetadataSettings
 from metadata_service.db.models import IndexState
 from metadata_service.domain import (
@@ -36,6 +36,7 @@ from metadata_service.domain import (
     UpsertState,
 )
 from metadata_service.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     IndexingFailed,
     InvalidArgument,
@@ -155,10 +156,38 @@ class Pipeline:
     async def delete_documents(
         self, collection: str, ids: Sequence[str], where: FilterNode | None, deadline: float
     ) -> DeleteDocumentsOutcome:
-        lease = self._indexer.new_lease() if self._indexer else None
-        outcome = await self._db(self._catalog.delete_documents, collection, ids, where, lease)
-        await self._delete_vectors_now(lease, deadline)
-        return outcome
+        if where is None or ids:  # by ids (MAX_BATCH_DOCUMENTS at most), or refused
+            lease = self._indexer.new_lease() if self._indexer else None
+            outcome = await self._db(self._catalog.delete_documents, collection, ids, where, lease)
+            await self._delete_vectors_now(lease, deadline)
+            return outcome
+        return await self._delete_matching(collection, where, deadline)
+
+    async def _delete_matching(
+        self, collection: str, where: FilterNode, deadline: float
+    ) -> DeleteDocumentsOutcome:
+        """A delete by filter, DELETE_BATCH_DOCUMENTS at a time: each batch's
+        rows go with their deletion outbox in one transaction, then its
+        vectors in one call, so neither memory nor the number of vector
+        calls grows with the number of matching documents. Once the vector
+        service fails, the remaining batches leave their vectors to the
+        background loop."""
+        deleted = 0
+        cursor = None
+        vectors_now = self._indexer is not None
+        while True:
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"deleted {deleted} documents before the deadline; send the same request "
+                    "again to delete the rest"
+                )
+            lease = self._indexer.new_lease() if self._indexer and vectors_now else None
+            batch = await self._db(self._catalog.delete_matching, collection, where, lease, cursor)
+            deleted += batch.deleted
+            vectors_now = await self._delete_vectors_now(lease, deadline) and vectors_now
+            if batch.cursor is None:
+                return DeleteDocumentsOutcome(deleted)
+            cursor = batch.cursor
 
     async def delete_collection(self, name: str, deadline: float) -> DeleteCollectionOutcome:
         lease = self._indexer.new_lease() if self._indexer else None
@@ -166,17 +195,20 @@ class Pipeline:
         await self._delete_vectors_now(lease, deadline)
         return outcome
 
-    async def _delete_vectors_now(self, lease: datetime | None, deadline: float) -> None:
+    async def _delete_vectors_now(self, lease: datetime | None, deadline: float) -> bool:
         """The rows are gone and the vectors' removal is recorded under this
         call's lease; carry it out now so the caller sees a clean index (the
-        background loop cannot take it meanwhile), else it retries later."""
+        background loop cannot take it meanwhile), else it retries later.
+        False if it failed (left to the background loop)."""
         if self._indexer is None or lease is None:
-            return
+            return True
         try:
             await self._indexer.delete_pending(deadline, lease)
         except Exception as exc:  # recorded; retried by the background loop
             _LOGGER.warning("vector deletion deferred: %s", getattr(exc, "detail", exc))
             self._indexer.wake()
+            return False
+        return True
 
     # --- search --------------------------------------------------------------------
 
@@ -395,18 +427,16 @@ def _search_argument_error(exc: VectorServiceError) -> InvalidArgument:
     return InvalidArgument(ours, f"refused by the vector service: {description}")
 
 
-def _with_state(
-    outcome: UpsertOutcome, state: tuple[IndexState, str | None] | None
-) -> UpsertOutcome:
+def _with_state(outcome: UpsertOutcome, state: IndexingState | None) -> UpsertOutcome:
     if outcome.state is not UpsertState.PENDING or state is None:
         return outcome
-    index_state, error = state
-    if index_state is IndexState.INDEXED:
+    outcome = dataclasses.replace(outcome, truncated_chunks=state.truncated_chunks)
+    if state.state is IndexState.INDEXED:
         return dataclasses.replace(outcome, state=UpsertState.INDEXED)
-    if index_state is IndexState.FAILED:
+    if state.state is IndexState.FAILED:
         return dataclasses.replace(
             outcome,
             state=UpsertState.FAILED,
-            error=IndexingFailed(f"stored, but not indexed: {error or 'unknown error'}"),
+            error=IndexingFailed(f"stored, but not indexed: {state.error or 'unknown error'}"),
         )
     return outcome

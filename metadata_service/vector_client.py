@@ -21,6 +21,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from askmojo.common.filters import FilterNode, MetadataScalar, filter_to_proto, metadata_to_proto
 from askmojo.common.filters import metadata_value_from_proto as from_value
+from askmojo.common.limits import SentLimits, limit_problems
+from askmojo.vector.v1 import embedding_service_pb2 as epb
+from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 
@@ -102,6 +105,9 @@ class RecordAck:
     # The vector collection is gone (dropped, or a vector store rebuilt from
     # nothing): create it again and resend.
     collection_missing: bool = False
+    # Stored, but its text was longer than the model's window: only its
+    # start was embedded.
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,14 @@ class VectorMatch:
 
 
 class VectorClient:
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, address: str, max_message_bytes: int, sent_limits: SentLimits | None = None
+    ) -> None:
         self.address = address
+        # Checked against the vector service's limits before the first
+        # collection is ensured (so before anything is sent to index).
+        self._sent_limits = sent_limits
+        self._limits_agree = sent_limits is None
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -125,13 +137,36 @@ class VectorClient:
             ],
         )
         self._stub = vpb_grpc.VectorServiceStub(self._channel)
+        self._embedding_stub = epb_grpc.EmbeddingServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
 
+    async def check_limits(self, deadline: float) -> None:
+        """Raises VectorServiceUnavailable (the work stays PENDING, never
+        FAILED) while the vector service would refuse what this service may
+        send; the log names the setting to change. Passes once they agree."""
+        if self._limits_agree or self._sent_limits is None:
+            return
+        info: epb.GetModelInfoResponse = await self._call(
+            self._embedding_stub.GetModelInfo, epb.GetModelInfoRequest(), deadline
+        )
+        problems = limit_problems(self._sent_limits, info)
+        if problems:
+            for problem in problems:
+                _LOGGER.error("settings of the pair disagree: %s", problem)
+            raise VectorServiceUnavailable(
+                f"vector service at {self.address}: its limits are below this service's: "
+                + "; ".join(problems),
+                "the vector service's limits are below this service's (see the server log); "
+                "documents are stored and will be indexed once the settings agree",
+            )
+        self._limits_agree = True
+
     async def ensure_collection(
         self, name: str, dimension: int, model: str, deadline: float
     ) -> None:
+        await self.check_limits(deadline)
         await self._call(
             self._stub.EnsureCollection,
             vpb.EnsureCollectionRequest(name=name, dimension=dimension, model=model),
@@ -168,6 +203,7 @@ class VectorClient:
                         r.status.code in _TRANSIENT_CODES,
                         r.status.message,
                         r.status.code == code_pb2.NOT_FOUND,
+                        r.truncated,
                     )
                     for r in response.results
                 ]

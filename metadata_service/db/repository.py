@@ -29,6 +29,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -272,6 +273,7 @@ def write_chunks(
             "attempts": 0,
             "updated_at": now,
             "lease_until": lease,
+            "truncated": False,
         }
         for pk, chunks in chunks_by_pk.items()
         for chunk in chunks
@@ -463,14 +465,17 @@ def delete_documents(
     *,
     external_ids: Collection[str] | None = None,
     where: FilterNode | None = None,
+    pks: Collection[int] | None = None,
 ) -> list[DeletedDocument]:
-    """Deletes by ids or by filter (chunks and metadata cascade); returns
-    what the vectors' deletion needs of each."""
+    """Deletes by ids, by filter or by primary keys (chunks and metadata
+    cascade); returns what the vectors' deletion needs of each."""
     stmt = delete(DocumentRow).where(DocumentRow.collection_id == collection_id)
     if external_ids is not None:
         stmt = stmt.where(DocumentRow.external_id.in_(list(external_ids)))
     if where is not None:
         stmt = stmt.where(filter_clause(where))
+    if pks is not None:
+        stmt = stmt.where(DocumentRow.id.in_(list(pks)))
     returned = session.execute(
         stmt.returning(DocumentRow.external_id, DocumentRow.incarnation, DocumentRow.generation)
     )
@@ -482,6 +487,40 @@ class DeletedDocument:
     external_id: str
     incarnation: int
     generation: int
+
+
+def newest_document_pk(session: Session, collection_id: int) -> int:
+    """The highest document row id of a collection now (0: none)."""
+    stmt = select(func.coalesce(func.max(DocumentRow.id), 0)).where(
+        DocumentRow.collection_id == collection_id
+    )
+    return int(session.execute(stmt).scalar_one())
+
+
+def matching_document_pks(
+    session: Session,
+    collection_id: int,
+    where: FilterNode,
+    *,
+    after: int,
+    through: int,
+    limit: int,
+) -> list[int]:
+    """Up to `limit` row ids, lowest first, of the documents matching `where`
+    with ids in (after, through]: a delete by filter takes them a batch at a
+    time, never all at once, each batch's scan starting where the last ended."""
+    stmt = (
+        select(DocumentRow.id)
+        .where(
+            DocumentRow.collection_id == collection_id,
+            DocumentRow.id > after,
+            DocumentRow.id <= through,
+            filter_clause(where),
+        )
+        .order_by(DocumentRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
 
 
 def documents_by_state(session: Session, collection_id: int | None) -> dict[IndexState, int]:
@@ -682,11 +721,17 @@ def settle_chunks(
     failed: Mapping[int, str],
     released: Collection[int],
     now: datetime,
+    truncated: Collection[int] = (),
 ) -> list[int]:
     """Records what the vector service said, for chunks still held under
     `lease` (a chunk rewritten meanwhile lost its lease and is left alone);
-    returns the documents touched, whose state must be refreshed."""
+    returns the documents touched, whose state must be refreshed.
+    `truncated`: indexed chunks the vector service embedded only in part."""
     held = and_(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+    if truncated:  # before `indexed` releases the lease that marks them held
+        session.execute(
+            update(ChunkRow).where(held, ChunkRow.id.in_(list(truncated))).values(truncated=True)
+        )
     if indexed:
         session.execute(
             update(ChunkRow)
@@ -757,6 +802,27 @@ def document_states(
         DocumentRow.id.in_(list(document_pks))
     )
     return {pk: (IndexState(state), error) for pk, state, error in session.execute(stmt)}
+
+
+def truncated_chunks_of(session: Session, document_pks: Collection[int]) -> dict[int, int]:
+    """How many chunks of each document were truncated (absent: none)."""
+    stmt = (
+        select(ChunkRow.document_id, func.count())
+        .where(ChunkRow.truncated == true(), ChunkRow.document_id.in_(list(document_pks)))
+        .group_by(ChunkRow.document_id)
+    )
+    return {int(pk): int(count) for pk, count in session.execute(stmt)}
+
+
+def truncated_chunk_total(session: Session, collection_id: int | None) -> int:
+    """Chunks the vector service embedded only in part (the partial index
+    ix_chunks_truncated holds just those)."""
+    stmt = select(func.count()).select_from(ChunkRow).where(ChunkRow.truncated == true())
+    if collection_id is not None:
+        stmt = stmt.join(DocumentRow, DocumentRow.id == ChunkRow.document_id).where(
+            DocumentRow.collection_id == collection_id
+        )
+    return int(session.execute(stmt).scalar_one())
 
 
 def add_deletions(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*askmojo/metadata/v1/metadata_service.proto\x12\x13\x61skmojo.metadata.v1\x1a\x1e\x61skmojo/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\";\n\x0e\x43hunkingConfig\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\x12\x15\n\rchunk_overlap\x18\x02 \x01(\x05\"\x81\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x16\n\x0e\x64ocument_count\x18\x05 \x01(\x03\x12\x35\n\x08\x63hunking\x18\x06 \x01(\x0b\x32#.askmojo.metadata.v1.ChunkingConfig\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11vector_collection\x18\t \x01(\t\"\x95\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x35\n\x08\x63hunking\x18\x05 \x01(\x0b\x32#.askmojo.metadata.v1.ChunkingConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x17ListCollectionsResponse\x12\x34\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1f.askmojo.metadata.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x18\x44\x65leteCollectionResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x03\"\x99\x03\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.askmojo.metadata.v1.Document.MetadataEntry\x12\x31\n\x05state\x18\x04 \x01(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\"\x98\x01\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .askmojo.metadata.v1.UpsertState\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\"^\n\x16UpsertDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\"M\n\x17UpsertDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.askmojo.metadata.v1.UpsertResult\"^\n\x16IngestDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\"q\n\x17IngestDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.askmojo.metadata.v1.UpsertResult\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"e\n\x12GetDocumentRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12/\n\x04view\x18\x03 \x01(\x0e\x32!.askmojo.metadata.v1.DocumentView\"\xe1\x01\n\x14ListDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x32\n\x06states\x18\x05 \x03(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12/\n\x04view\x18\x06 \x01(\x0e\x32!.askmojo.metadata.v1.DocumentView\"b\n\x15ListDocumentsResponse\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"G\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\"l\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"\xe2\x01\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.askmojo.metadata.v1.SearchHit.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\">\n\x0eSearchResponse\x12,\n\x04hits\x18\x01 \x03(\x0b\x32\x1e.askmojo.metadata.v1.SearchHit\"7\n\x10ReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x85\x01\n\x11ReconcileResponse\x12\x17\n\x0fmissing_vectors\x18\x01 \x01(\x03\x12\x16\n\x0eorphan_vectors\x18\x02 \x01(\x03\x12\x15\n\rstale_vectors\x18\x03 \x01(\x03\x12\x17\n\x0fpending_resumed\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"%\n\x0fGetStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"~\n\tPoolStats\x12\x12\n\npool_class\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x13\n\x0b\x63hecked_out\x18\x03 \x01(\x05\x12\x12\n\nchecked_in\x18\x04 \x01(\x05\x12\x10\n\x08overflow\x18\x05 \x01(\x05\x12\x14\n\x0cmax_overflow\x18\x06 \x01(\x05\"\x8d\x01\n\rDatabaseStats\x12\x0f\n\x07\x64ialect\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x02 \x01(\x03\x12\x11\n\twal_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cjournal_mode\x18\x04 \x01(\t\x12\x1a\n\x12write_transactions\x18\x05 \x01(\x03\x12\x0e\n\x06writes\x18\x06 \x01(\x03\"V\n\x12\x44ocumentStateCount\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xe4\x01\n\x10GetStatsResponse\x12,\n\x04pool\x18\x01 \x01(\x0b\x32\x1e.askmojo.metadata.v1.PoolStats\x12\x34\n\x08\x64\x61tabase\x18\x02 \x01(\x0b\x32\".askmojo.metadata.v1.DatabaseStats\x12\x43\n\x12\x64ocuments_by_state\x18\x03 \x03(\x0b\x32\'.askmojo.metadata.v1.DocumentStateCount\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x03\x12\x12\n\nworker_pid\x18\x05 \x01(\x05*\x82\x01\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_PENDING\x10\x01\x12\x1a\n\x16\x44OCUMENT_STATE_INDEXED\x10\x02\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x03*^\n\x0c\x44ocumentView\x12\x1d\n\x19\x44OCUMENT_VIEW_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OCUMENT_VIEW_BASIC\x10\x01\x12\x16\n\x12\x44OCUMENT_VIEW_FULL\x10\x02*\x94\x01\n\x0bUpsertState\x12\x1c\n\x18UPSERT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPSERT_STATE_PENDING\x10\x01\x12\x18\n\x14UPSERT_STATE_INDEXED\x10\x02\x12\x1a\n\x16UPSERT_STATE_UNCHANGED\x10\x03\x12\x17\n\x13UPSERT_STATE_FAILED\x10\x04\x32\xc5\t\n\x0fMetadataService\x12\x61\n\x10\x43reateCollection\x12,.askmojo.metadata.v1.CreateCollectionRequest\x1a\x1f.askmojo.metadata.v1.Collection\x12[\n\rGetCollection\x12).askmojo.metadata.v1.GetCollectionRequest\x1a\x1f.askmojo.metadata.v1.Collection\x12l\n\x0fListCollections\x12+.askmojo.metadata.v1.ListCollectionsRequest\x1a,.askmojo.metadata.v1.ListCollectionsResponse\x12o\n\x10\x44\x65leteCollection\x12,.askmojo.metadata.v1.DeleteCollectionRequest\x1a-.askmojo.metadata.v1.DeleteCollectionResponse\x12l\n\x0fUpsertDocuments\x12+.askmojo.metadata.v1.UpsertDocumentsRequest\x1a,.askmojo.metadata.v1.UpsertDocumentsResponse\x12p\n\x0fIngestDocuments\x12+.askmojo.metadata.v1.IngestDocumentsRequest\x1a,.askmojo.metadata.v1.IngestDocumentsResponse(\x01\x30\x01\x12U\n\x0bGetDocument\x12\'.askmojo.metadata.v1.GetDocumentRequest\x1a\x1d.askmojo.metadata.v1.Document\x12\x66\n\rListDocuments\x12).askmojo.metadata.v1.ListDocumentsRequest\x1a*.askmojo.metadata.v1.ListDocumentsResponse\x12l\n\x0f\x44\x65leteDocuments\x12+.askmojo.metadata.v1.DeleteDocumentsRequest\x1a,.askmojo.metadata.v1.DeleteDocumentsResponse\x12Q\n\x06Search\x12\".askmojo.metadata.v1.SearchRequest\x1a#.askmojo.metadata.v1.SearchResponse\x12Z\n\tReconcile\x12%.askmojo.metadata.v1.ReconcileRequest\x1a&.askmojo.metadata.v1.ReconcileResponse\x12W\n\x08GetStats\x12$.askmojo.metadata.v1.GetStatsRequest\x1a%.askmojo.metadata.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*askmojo/metadata/v1/metadata_service.proto\x12\x13\x61skmojo.metadata.v1\x1a\x1e\x61skmojo/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\";\n\x0e\x43hunkingConfig\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\x12\x15\n\rchunk_overlap\x18\x02 \x01(\x05\"\x81\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x16\n\x0e\x64ocument_count\x18\x05 \x01(\x03\x12\x35\n\x08\x63hunking\x18\x06 \x01(\x0b\x32#.askmojo.metadata.v1.ChunkingConfig\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11vector_collection\x18\t \x01(\t\"\x95\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x35\n\x08\x63hunking\x18\x05 \x01(\x0b\x32#.askmojo.metadata.v1.ChunkingConfig\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x17ListCollectionsResponse\x12\x34\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1f.askmojo.metadata.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x18\x44\x65leteCollectionResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x03\"\x99\x03\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.askmojo.metadata.v1.Document.MetadataEntry\x12\x31\n\x05state\x18\x04 \x01(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\"\xb2\x01\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .askmojo.metadata.v1.UpsertState\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x18\n\x10truncated_chunks\x18\x06 \x01(\x05\"^\n\x16UpsertDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\"M\n\x17UpsertDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.askmojo.metadata.v1.UpsertResult\"^\n\x16IngestDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\"q\n\x17IngestDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.askmojo.metadata.v1.UpsertResult\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"e\n\x12GetDocumentRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12/\n\x04view\x18\x03 \x01(\x0e\x32!.askmojo.metadata.v1.DocumentView\"\xe1\x01\n\x14ListDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x32\n\x06states\x18\x05 \x03(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12/\n\x04view\x18\x06 \x01(\x0e\x32!.askmojo.metadata.v1.DocumentView\"b\n\x15ListDocumentsResponse\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.askmojo.metadata.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"G\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\"l\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.askmojo.common.v1.Filter\"\xe2\x01\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.askmojo.metadata.v1.SearchHit.MetadataEntry\x1aQ\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .askmojo.common.v1.MetadataValue:\x02\x38\x01\">\n\x0eSearchResponse\x12,\n\x04hits\x18\x01 \x03(\x0b\x32\x1e.askmojo.metadata.v1.SearchHit\"7\n\x10ReconcileRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\x85\x01\n\x11ReconcileResponse\x12\x17\n\x0fmissing_vectors\x18\x01 \x01(\x03\x12\x16\n\x0eorphan_vectors\x18\x02 \x01(\x03\x12\x15\n\rstale_vectors\x18\x03 \x01(\x03\x12\x17\n\x0fpending_resumed\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"%\n\x0fGetStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"~\n\tPoolStats\x12\x12\n\npool_class\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x13\n\x0b\x63hecked_out\x18\x03 \x01(\x05\x12\x12\n\nchecked_in\x18\x04 \x01(\x05\x12\x10\n\x08overflow\x18\x05 \x01(\x05\x12\x14\n\x0cmax_overflow\x18\x06 \x01(\x05\"\x8d\x01\n\rDatabaseStats\x12\x0f\n\x07\x64ialect\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x02 \x01(\x03\x12\x11\n\twal_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cjournal_mode\x18\x04 \x01(\t\x12\x1a\n\x12write_transactions\x18\x05 \x01(\x03\x12\x0e\n\x06writes\x18\x06 \x01(\x03\"V\n\x12\x44ocumentStateCount\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".askmojo.metadata.v1.DocumentState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x83\x02\n\x10GetStatsResponse\x12,\n\x04pool\x18\x01 \x01(\x0b\x32\x1e.askmojo.metadata.v1.PoolStats\x12\x34\n\x08\x64\x61tabase\x18\x02 \x01(\x0b\x32\".askmojo.metadata.v1.DatabaseStats\x12\x43\n\x12\x64ocuments_by_state\x18\x03 \x03(\x0b\x32\'.askmojo.metadata.v1.DocumentStateCount\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x03\x12\x12\n\nworker_pid\x18\x05 \x01(\x05\x12\x1d\n\x15truncated_chunk_count\x18\x06 \x01(\x03*\x82\x01\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_PENDING\x10\x01\x12\x1a\n\x16\x44OCUMENT_STATE_INDEXED\x10\x02\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x03*^\n\x0c\x44ocumentView\x12\x1d\n\x19\x44OCUMENT_VIEW_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OCUMENT_VIEW_BASIC\x10\x01\x12\x16\n\x12\x44OCUMENT_VIEW_FULL\x10\x02*\x94\x01\n\x0bUpsertState\x12\x1c\n\x18UPSERT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPSERT_STATE_PENDING\x10\x01\x12\x18\n\x14UPSERT_STATE_INDEXED\x10\x02\x12\x1a\n\x16UPSERT_STATE_UNCHANGED\x10\x03\x12\x17\n\x13UPSERT_STATE_FAILED\x10\x04\x32\xc5\t\n\x0fMetadataService\x12\x61\n\x10\x43reateCollection\x12,.askmojo.metadata.v1.CreateCollectionRequest\x1a\x1f.askmojo.metadata.v1.Collection\x12[\n\rGetCollection\x12).askmojo.metadata.v1.GetCollectionRequest\x1a\x1f.askmojo.metadata.v1.Collection\x12l\n\x0fListCollections\x12+.askmojo.metadata.v1.ListCollectionsRequest\x1a,.askmojo.metadata.v1.ListCollectionsResponse\x12o\n\x10\x44\x65leteCollection\x12,.askmojo.metadata.v1.DeleteCollectionRequest\x1a-.askmojo.metadata.v1.DeleteCollectionResponse\x12l\n\x0fUpsertDocuments\x12+.askmojo.metadata.v1.UpsertDocumentsRequest\x1a,.askmojo.metadata.v1.UpsertDocumentsResponse\x12p\n\x0fIngestDocuments\x12+.askmojo.metadata.v1.IngestDocumentsRequest\x1a,.askmojo.metadata.v1.IngestDocumentsResponse(\x01\x30\x01\x12U\n\x0bGetDocument\x12\'.askmojo.metadata.v1.GetDocumentRequest\x1a\x1d.askmojo.metadata.v1.Document\x12\x66\n\rListDocuments\x12).askmojo.metadata.v1.ListDocumentsRequest\x1a*.askmojo.metadata.v1.ListDocumentsResponse\x12l\n\x0f\x44\x65leteDocuments\x12+.askmojo.metadata.v1.DeleteDocumentsRequest\x1a,.askmojo.metadata.v1.DeleteDocumentsResponse\x12Q\n\x06Search\x12\".askmojo.metadata.v1.SearchRequest\x1a#.askmojo.metadata.v1.SearchResponse\x12Z\n\tReconcile\x12%.askmojo.metadata.v1.ReconcileRequest\x1a&.askmojo.metadata.v1.ReconcileResponse\x12W\n\x08GetStats\x12$.askmojo.metadata.v1.GetStatsRequest\x1a%.askmojo.metadata.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHHIT_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DOCUMENTSTATE']._serialized_start=3745
-  _globals['_DOCUMENTSTATE']._serialized_end=3875
-  _globals['_DOCUMENTVIEW']._serialized_start=3877
-  _globals['_DOCUMENTVIEW']._serialized_end=3971
-  _globals['_UPSERTSTATE']._serialized_start=3974
-  _globals['_UPSERTSTATE']._serialized_end=4122
+  _globals['_DOCUMENTSTATE']._serialized_start=3802
+  _globals['_DOCUMENTSTATE']._serialized_end=3932
+  _globals['_DOCUMENTVIEW']._serialized_start=3934
+  _globals['_DOCUMENTVIEW']._serialized_end=4028
+  _globals['_UPSERTSTATE']._serialized_start=4031
+  _globals['_UPSERTSTATE']._serialized_end=4179
   _globals['_CHUNKINGCONFIG']._serialized_start=157
   _globals['_CHUNKINGCONFIG']._serialized_end=216
   _globals['_COLLECTION']._serialized_start=219
@@ -65,47 +65,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=1288
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=1369
   _globals['_UPSERTRESULT']._serialized_start=1372
-  _globals['_UPSERTRESULT']._serialized_end=1524
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=1526
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=1620
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=1622
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=1699
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=1701
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=1795
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=1797
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=1910
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1912
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=2013
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2016
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2241
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2243
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2341
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=2343
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=2443
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=2445
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=2516
-  _globals['_SEARCHREQUEST']._serialized_start=2518
-  _globals['_SEARCHREQUEST']._serialized_end=2626
-  _globals['_SEARCHHIT']._serialized_start=2629
-  _globals['_SEARCHHIT']._serialized_end=2855
+  _globals['_UPSERTRESULT']._serialized_end=1550
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=1552
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=1646
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=1648
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=1725
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=1727
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=1821
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=1823
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=1936
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1938
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=2039
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2042
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2267
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2269
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2367
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=2369
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=2469
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=2471
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=2542
+  _globals['_SEARCHREQUEST']._serialized_start=2544
+  _globals['_SEARCHREQUEST']._serialized_end=2652
+  _globals['_SEARCHHIT']._serialized_start=2655
+  _globals['_SEARCHHIT']._serialized_end=2881
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=1288
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=1369
-  _globals['_SEARCHRESPONSE']._serialized_start=2857
-  _globals['_SEARCHRESPONSE']._serialized_end=2919
-  _globals['_RECONCILEREQUEST']._serialized_start=2921
-  _globals['_RECONCILEREQUEST']._serialized_end=2976
-  _globals['_RECONCILERESPONSE']._serialized_start=2979
-  _globals['_RECONCILERESPONSE']._serialized_end=3112
-  _globals['_GETSTATSREQUEST']._serialized_start=3114
-  _globals['_GETSTATSREQUEST']._serialized_end=3151
-  _globals['_POOLSTATS']._serialized_start=3153
-  _globals['_POOLSTATS']._serialized_end=3279
-  _globals['_DATABASESTATS']._serialized_start=3282
-  _globals['_DATABASESTATS']._serialized_end=3423
-  _globals['_DOCUMENTSTATECOUNT']._serialized_start=3425
-  _globals['_DOCUMENTSTATECOUNT']._serialized_end=3511
-  _globals['_GETSTATSRESPONSE']._serialized_start=3514
-  _globals['_GETSTATSRESPONSE']._serialized_end=3742
-  _globals['_METADATASERVICE']._serialized_start=4125
-  _globals['_METADATASERVICE']._serialized_end=5346
+  _globals['_SEARCHRESPONSE']._serialized_start=2883
+  _globals['_SEARCHRESPONSE']._serialized_end=2945
+  _globals['_RECONCILEREQUEST']._serialized_start=2947
+  _globals['_RECONCILEREQUEST']._serialized_end=3002
+  _globals['_RECONCILERESPONSE']._serialized_start=3005
+  _globals['_RECONCILERESPONSE']._serialized_end=3138
+  _globals['_GETSTATSREQUEST']._serialized_start=3140
+  _globals['_GETSTATSREQUEST']._serialized_end=3177
+  _globals['_POOLSTATS']._serialized_start=3179
+  _globals['_POOLSTATS']._serialized_end=3305
+  _globals['_DATABASESTATS']._serialized_start=3308
+  _globals['_DATABASESTATS']._serialized_end=3449
+  _globals['_DOCUMENTSTATECOUNT']._serialized_start=3451
+  _globals['_DOCUMENTSTATECOUNT']._serialized_end=3537
+  _globals['_GETSTATSRESPONSE']._serialized_start=3540
+  _globals['_GETSTATSRESPONSE']._serialized_end=3799
+  _globals['_METADATASERVICE']._serialized_start=4182
+  _globals['_METADATASERVICE']._serialized_end=5403
 # @@protoc_insertion_point(module_scope)

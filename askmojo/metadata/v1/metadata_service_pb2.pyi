@@ -433,10 +433,15 @@ class UpsertResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    TRUNCATED_CHUNKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___UpsertState.ValueType
     chunk_count: _builtins.int
     generation: _builtins.int
+    truncated_chunks: _builtins.int
+    """Chunks of this document longer than the model's window, so embedded
+    only in part (known once indexed; a smaller chunk_size avoids them).
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """OK, or why this document failed (with google.rpc.BadRequest details for
@@ -451,10 +456,11 @@ class UpsertResult(_message.Message):
         status: _status_pb2.Status | None = ...,
         chunk_count: _builtins.int = ...,
         generation: _builtins.int = ...,
+        truncated_chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "generation", b"generation", "id", b"id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "generation", b"generation", "id", b"id", "state", b"state", "status", b"status", "truncated_chunks", b"truncated_chunks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1006,9 +1012,12 @@ class GetStatsResponse(_message.Message):
     DOCUMENTS_BY_STATE_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     WORKER_PID_FIELD_NUMBER: _builtins.int
+    TRUNCATED_CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     chunk_count: _builtins.int
     worker_pid: _builtins.int
     """Process id of the worker that answered (stats are per process)."""
+    truncated_chunk_count: _builtins.int
+    """Chunks longer than the model's window: only their start was embedded."""
     @_builtins.property
     def pool(self) -> Global___PoolStats: ...
     @_builtins.property
@@ -1023,10 +1032,11 @@ class GetStatsResponse(_message.Message):
         documents_by_state: _abc.Iterable[Global___DocumentStateCount] | None = ...,
         chunk_count: _builtins.int = ...,
         worker_pid: _builtins.int = ...,
+        truncated_chunk_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["database", b"database", "pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "database", b"database", "documents_by_state", b"documents_by_state", "pool", b"pool", "worker_pid", b"worker_pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "database", b"database", "documents_by_state", b"documents_by_state", "pool", b"pool", "truncated_chunk_count", b"truncated_chunk_count", "worker_pid", b"worker_pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
