@@ -10,9 +10,13 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from askmojo.common.limits import SentLimits
 from askmojo.common.settings import ServiceSettings, usable_cpus
 
 _CPUS = usable_cpus()
+# Keys the indexer adds to every vector's metadata beside a document's own
+# (_doc _ord _inc _gen _hash: indexing.vector_metadata; a test keeps it honest).
+RESERVED_VECTOR_KEYS = 5
 
 
 class MetadataSettings(ServiceSettings):
@@ -126,6 +130,20 @@ class MetadataSettings(ServiceSettings):
                 "must fit in one ListDocuments response"
             )
         return self
+
+    @property
+    def sent_to_vector_service(self) -> SentLimits:
+        """The most this service sends the vector service, checked against
+        its GetModelInfo when it is first reached."""
+        return SentLimits(
+            metadata_keys=self.max_metadata_keys + RESERVED_VECTOR_KEYS,
+            reserved_keys=RESERVED_VECTOR_KEYS,
+            metadata_string_bytes=max(self.max_metadata_string_bytes, self.max_document_id_bytes),
+            text_chars=max(self.max_chunk_size, getattr(self, "max_query_bytes", 0)),
+            records_per_call=self.index_batch_records,
+            filter_conditions=self.max_filter_conditions,
+            filter_values=self.max_filter_values,
+        )
 
     @property
     def worker_count(self) -> int:

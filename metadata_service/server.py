@@ -132,7 +132,11 @@ def create_server(
     catalog = Catalog(database, settings)
     vector_client = indexer = None
     if settings.vector_service_address:
-        vector_client = VectorClient(settings.vector_service_address, settings.max_message_bytes)
+        vector_client = VectorClient(
+            settings.vector_service_address,
+            settings.max_message_bytes,
+            sent_limits=settings.sent_to_vector_service,
+        )
         indexer = Indexer(database, vector_client, executor, settings)
     pipeline = Pipeline(catalog, executor, settings, indexer, vector_client)
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(

@@ -17,6 +17,7 @@ from askmojo.common.rpc import OK_STATUS, status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import vector_service_pb2 as vpb
+from vector_service.config import VectorSettings
 from vector_service.embedding.worker import BatchResult
 from vector_service.operations import (
     ModelDescription,
@@ -66,21 +67,22 @@ def to_proto_embed_response(result: BatchResult, model: ModelDescription) -> epb
 
 
 def to_proto_model_info(
-    model: ModelDescription,
-    *,
-    max_texts_per_call: int,
-    max_text_length: int,
-    max_message_bytes: int,
-    workers: int,
+    model: ModelDescription, settings: VectorSettings
 ) -> epb.GetModelInfoResponse:
+    """The model and every limit a client must stay within."""
     return epb.GetModelInfoResponse(
         model=model.name,
         dimension=model.dimension,
         max_sequence_length=model.max_sequence_length,
-        max_texts_per_call=max_texts_per_call,
-        max_text_length=max_text_length,
-        max_message_bytes=max_message_bytes,
-        workers=workers,
+        max_texts_per_call=settings.max_texts_per_call,
+        max_text_length=settings.max_text_length,
+        max_message_bytes=settings.max_message_bytes,
+        workers=settings.max_workers,
+        max_metadata_keys=settings.max_metadata_keys,
+        max_metadata_string_bytes=settings.max_metadata_string_bytes,
+        max_records_per_call=settings.max_records_per_call,
+        max_filter_conditions=settings.max_filter_conditions,
+        max_filter_values=settings.max_filter_values,
     )
 
 

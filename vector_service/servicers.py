@@ -71,13 +71,7 @@ class EmbeddingServicer(epb_grpc.EmbeddingServiceServicer):
     async def GetModelInfo(
         self, request: epb.GetModelInfoRequest, context: Context
     ) -> epb.GetModelInfoResponse:
-        return convert.to_proto_model_info(
-            self._embedder.model,
-            max_texts_per_call=self._settings.max_texts_per_call,
-            max_text_length=self._settings.max_text_length,
-            max_message_bytes=self._settings.max_message_bytes,
-            workers=self._settings.max_workers,
-        )
+        return convert.to_proto_model_info(self._embedder.model, self._settings)
 
 
 class VectorServicer(vpb_grpc.VectorServiceServicer):

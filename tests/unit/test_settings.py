@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from askmojo.common.limits import limit_problems
 from askmojo.common.settings import PER_SERVICE_NAMES, SHARED_NAMES, ServiceSettings
+from askmojo.vector.v1 import embedding_service_pb2 as epb
 from metadata_service.config import MetadataSettings
 from vector_service.config import VectorSettings
 
@@ -101,3 +103,78 @@ def test_filter_limits_are_settings_capped_by_the_ceilings(tmp_path: Path) -> No
     assert VectorSettings(_env_file=path).filter_limits.max_values == 100
     with pytest.raises(ValidationError):
         VectorSettings(_env_file=None, max_filter_conditions=100_000)
+
+
+# --- limits the pair must agree on ---------------------------------------------
+
+
+def test_the_reserved_key_count_is_what_the_indexer_adds() -> None:
+    from types import SimpleNamespace
+
+    from metadata_service import indexing
+    from metadata_service.config import RESERVED_VECTOR_KEYS
+
+    chunk = SimpleNamespace(
+        document_id="d", ordinal=0, incarnation=1, generation=1, content_hash="ab" * 32
+    )
+    added = indexing.vector_metadata(chunk, {})  # type: ignore[arg-type]
+    assert len(added) == RESERVED_VECTOR_KEYS
+
+
+def _model_info(**overrides: int) -> epb.GetModelInfoResponse:
+    vector = VectorSettings(_env_file=None)
+    values = {
+        "max_text_length": vector.max_text_length,
+        "max_message_bytes": 4 * 1024 * 1024,
+        "max_metadata_keys": vector.max_metadata_keys,
+        "max_metadata_string_bytes": vector.max_metadata_string_bytes,
+        "max_records_per_call": vector.max_records_per_call,
+        "max_filter_conditions": vector.max_filter_conditions,
+        "max_filter_values": vector.max_filter_values,
+        **overrides,
+    }
+    return epb.GetModelInfoResponse(model="m", dimension=3, **values)
+
+
+def test_the_default_settings_of_the_pair_agree() -> None:
+    sent = MetadataSettings(_env_file=None).sent_to_vector_service
+    assert limit_problems(sent, _model_info()) == []
+    # An older vector service that reports no limits is not second-guessed.
+    assert limit_problems(sent, epb.GetModelInfoResponse()) == []
+
+
+@pytest.mark.parametrize(
+    ("reported", "raise_there", "lower_here"),
+    [
+        (
+            {"max_metadata_keys": 20},
+            "VECTOR_MAX_METADATA_KEYS to at least 37",
+            "METADATA_MAX_METADATA_KEYS",
+        ),
+        (
+            {"max_metadata_string_bytes": 100},
+            "VECTOR_MAX_METADATA_STRING_BYTES",
+            "MAX_DOCUMENT_ID_BYTES",
+        ),
+        ({"max_text_length": 1000}, "VECTOR_MAX_TEXT_LENGTH", "MAX_CHUNK_SIZE"),
+        (
+            {"max_records_per_call": 10},
+            "VECTOR_MAX_RECORDS_PER_CALL to at least 256",
+            "INDEX_BATCH_RECORDS",
+        ),
+        (
+            {"max_filter_conditions": 100},
+            "VECTOR_MAX_FILTER_CONDITIONS to at least 256",
+            "METADATA_MAX_FILTER_CONDITIONS",
+        ),
+        ({"max_filter_values": 100}, "VECTOR_MAX_FILTER_VALUES", "METADATA_MAX_FILTER_VALUES"),
+        ({"max_message_bytes": 4096}, "VECTOR_MAX_MESSAGE_BYTES", "MAX_CHUNK_SIZE"),
+    ],
+)
+def test_a_mismatch_names_the_settings_to_change(
+    reported: dict[str, int], raise_there: str, lower_here: str
+) -> None:
+    sent = MetadataSettings(_env_file=None).sent_to_vector_service
+    problems = limit_problems(sent, _model_info(**reported))
+    assert len(problems) == 1, problems
+    assert f"raise {raise_there}" in problems[0] and lower_here in problems[0]
