@@ -139,7 +139,7 @@ class MetadataSettings(ServiceSettings):
             metadata_keys=self.max_metadata_keys + RESERVED_VECTOR_KEYS,
             reserved_keys=RESERVED_VECTOR_KEYS,
             metadata_string_bytes=max(self.max_metadata_string_bytes, self.max_document_id_bytes),
-            text_chars=max(self.max_chunk_size, getattr(self, "max_query_bytes", 0)),
+            text_chars=max(self.max_chunk_size, self.max_query_bytes),
             records_per_call=self.index_batch_records,
             filter_conditions=self.max_filter_conditions,
             filter_values=self.max_filter_values,
