@@ -482,15 +482,33 @@ def test_stats_rows() -> None:
         ],
         chunk_count=40,
         worker_pid=123,
+        truncated_chunk_count=3,
     )
     assert dict(stats_rows(stats)) == {
         "documents": "11 (9 indexed, 2 pending, 0 failed)",
         "chunks": "40",
+        "truncated chunks": "3 (longer than the model's window; only their start is searchable)",
         "database": "sqlite, 2.0 MiB, journal wal (4.0 KiB WAL)",
         "pool": "QueuePool: size 5, 1 checked out, 4 idle, overflow 0/20",
         "worker pid": "123",
         "writes": "10 in 4 transactions (2.50 per commit, this worker)",
     }
+
+
+def test_ingest_summary_warns_of_truncated_chunks() -> None:
+    tally = IngestTally()
+    tally.add_results(
+        [
+            pb.UpsertResult(id="a", state=pb.UPSERT_STATE_INDEXED, truncated_chunks=2),
+            pb.UpsertResult(id="b", state=pb.UPSERT_STATE_INDEXED, truncated_chunks=1),
+            pb.UpsertResult(id="c", state=pb.UPSERT_STATE_UNCHANGED),
+        ]
+    )
+    lines = ingest_summary(tally, "notes", 1.0)
+    assert lines[1] == (
+        "3 chunks were longer than the model's window and were truncated; use smaller chunk_size"
+    )
+    assert len(ingest_summary(IngestTally(), "notes", 1.0)) == 1  # none: no warning
 
 
 def test_stats_of_a_server_database_has_no_wal() -> None:

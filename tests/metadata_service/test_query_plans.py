@@ -24,8 +24,13 @@ from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery
 from metadata_service.server import prepare_database
 
 BIG_TABLES = ("chunks", "documents", "document_metadata")
-# Counts over everything stored: a scan is what they are.
-WHOLE_DATABASE_STATS = ("FROM documents GROUP BY documents.state", "sum(documents.chunk_count)")
+# Counts over everything stored: a scan is what they are (the truncated
+# chunks' count scans only its partial index, which holds just those).
+WHOLE_DATABASE_STATS = (
+    "FROM documents GROUP BY documents.state",
+    "sum(documents.chunk_count)",
+    "FROM chunks WHERE chunks.truncated = 1",
+)
 
 
 @pytest.fixture
@@ -76,7 +81,7 @@ def test_no_hot_path_query_scans_a_big_table(
     explain = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
     scans = {}
     for stmt, params in statements:
-        if any(marker in stmt for marker in WHOLE_DATABASE_STATS):
+        if any(marker in " ".join(stmt.split()) for marker in WHOLE_DATABASE_STATS):
             continue
         plan = [row[-1] for row in explain.execute(f"EXPLAIN QUERY PLAN {stmt}", params or ())]
         scanned = [p for p in plan if p.startswith("SCAN") and p.split()[1] in BIG_TABLES]

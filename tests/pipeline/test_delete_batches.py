@@ -55,7 +55,7 @@ def test_delete_by_filter_removes_vectors_in_batched_calls(
     stub = small_batches
     collection = f"del-{uuid.uuid4().hex[:8]}"
     stub.CreateCollection(pb.CreateCollectionRequest(name=collection))
-    gone = [doc(f"g{i:02}", f"Note number {i} about bees and honey.", kind="gone") for i in range(10)]
+    gone = [doc(f"g{i:02}", f"Note {i} about bees and honey.", kind="gone") for i in range(10)]
     kept = [doc(f"k{i}", f"Note number {i} about ships and sails.", kind="kept") for i in range(2)]
     states = upsert(stub, collection, *gone, *kept)
     assert {state for _, state in states} == {pb.UPSERT_STATE_INDEXED}
