@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format protos check-protos clean bench bench-quick
+.PHONY: install run test soak lint format protos check-protos clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fuzz test of both live services (tests/fuzz), far longer than in
+# `make test`: 20x the examples per method, fresh ones each run, and at most
+# 20 minutes of fuzzing. Distinct findings also go to data/fuzz-findings.jsonl.
+soak: $(STAMP)
+	FUZZ_EXAMPLES=400 FUZZ_SECONDS=1200 FUZZ_RANDOM=1 FUZZ_REPORT=data/fuzz-findings.jsonl \
+		$(BIN)/python -m pytest tests/fuzz
 
 # The benchmark suite (issue #5): writes bench/results/latest.json and latest.md.
 bench: $(STAMP)
