@@ -3,7 +3,10 @@
 Runs the sections (embedding, pipeline, metadata) against real service
 processes and in-process baselines, then writes `DIR/latest.json` and
 `DIR/latest.md` (default DIR: bench/results). `make bench` runs it in full
-(under 10 minutes on 2 cores), `make bench-quick` with small sizes (under 2).
+(about 5 minutes on this 2-core VM, under 10 at half its speed: before each
+section a short probe measures the machine, and a slow one gets less work),
+`make bench-quick` with small sizes (under 2). Each section's time, speed and
+sizes are printed and recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import embedding, metadata, pipeline
+from bench import calibration, embedding, metadata, pipeline
 from bench.context import Context, Sizes
 
 SECTIONS = {"embedding": embedding.run, "pipeline": pipeline.run, "metadata": metadata.run}
@@ -65,6 +68,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['sizes']['repeat']} back-to-back pairs (metadata writes: "
         f"{report['sizes']['metadata_repeat']}); {report['seconds']:.0f} s.",
         "",
+        "Sections: "
+        + "; ".join(
+            f"{name} {s['seconds']:.0f} s (speed {s['speed']:.2f} of the reference"
+            + (f", counts scaled to {s['scaled_sizes']}" if s["scaled_sizes"] else "")
+            + ")"
+            for name, s in report["sections"].items()
+        )
+        + ".",
+        "",
         "| key | ratio | target | numerator | denominator |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -98,12 +110,30 @@ def main(argv: list[str] | None = None) -> int:
     command = "make bench-quick" if args.quick else "make bench"
     if args.only:
         command = f"python -m bench {'--quick ' if args.quick else ''}--only {' '.join(args.only)}"
+    sections: dict[str, dict[str, Any]] = {}
     try:
         for name in args.only or list(SECTIONS):
-            print(f"== {name}", flush=True)
             section_started = time.perf_counter()
+            speed = calibration.speed(ctx.thread_budget)
+            ctx.sizes = sizes.scaled(speed)
+            changed = {k: v for k, v in vars(ctx.sizes).items() if v != getattr(sizes, k)}
+            print(
+                f"== {name} (speed {speed:.2f} of the reference"
+                + (f"; scaled to it: {changed}" if changed else "")
+                + ")",
+                flush=True,
+            )
             SECTIONS[name](ctx)
-            print(f"   ({time.perf_counter() - section_started:.0f} s)", flush=True)
+            seconds = time.perf_counter() - section_started
+            sections[name] = {
+                "seconds": round(seconds, 1),
+                "speed": round(speed, 2),
+                "scaled_sizes": changed,
+            }
+            print(
+                f"   {name}: {seconds:.0f} s ({time.perf_counter() - started:.0f} s so far)",
+                flush=True,
+            )
     finally:
         ctx.close()
     report = {
@@ -113,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine(ctx),
         "sizes": vars(sizes),
+        "sections": sections,
         "ratios": {k: r.as_json() for k, r in ctx.ratios.items()},
         "measures": ctx.measures,
     }

@@ -18,7 +18,13 @@ from vector_service.config import VectorSettings, packaged_model_path
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """How much work each section does: `full` for `make bench`, `quick` for
-    `make bench-quick` and the smoke test."""
+    `make bench-quick` and the smoke test.
+
+    `full` takes about 5 minutes on this 2-core VM on a normal day, so a day
+    at half speed still ends within 10; on a slow machine each section's
+    counts shrink further with its measured speed (`scaled`). The pair
+    counts (`repeat`) never shrink: they are what keeps a ratio's median
+    steady while the machine's speed drifts."""
 
     repeat: int
     embed_texts: int
@@ -29,15 +35,29 @@ class Sizes:
     metadata_docs: int
     scale_small: int  # chunks
     scale_large: int
-    metadata_repeat: int  # a cheap section: more pairs, a steadier median
+    metadata_repeat: int
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(3, 1024, 512, 150, 400, 200, 10000, 10000, 50000, 5)
+        return cls(3, 1024, 512, 96, 240, 200, 10000, 4000, 20000, 3)
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000, 1)
+
+    def scaled(self, speed: float) -> Sizes:
+        """These sizes for a machine at `speed` (1.0: the one `full` was
+        chosen for): every count times `speed` when it is slower, never below
+        the quick sizes; never more work on a faster one."""
+        if speed >= 1:
+            return self
+        floor = Sizes.quick()
+        counts = {
+            f.name: max(getattr(floor, f.name), round(getattr(self, f.name) * speed))
+            for f in dataclasses.fields(self)
+            if f.name not in ("repeat", "metadata_repeat")
+        }
+        return dataclasses.replace(self, **counts)
 
 
 @dataclasses.dataclass

@@ -301,16 +301,20 @@ def latency_under_ingest(
     bulk = _docs(passages(len(queries) * 4), "bulk")
     errors: list[BaseException] = []
     searches_done = threading.Event()
+    marks: list[tuple[int, float]] = []
 
     def bulk_ingest() -> None:
         try:
-            ingest_stream(stub, "bulk", bulk, stop=searches_done)
+            ingest_stream(stub, "bulk", bulk, marks=marks, stop=searches_done)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
     writer = threading.Thread(target=bulk_ingest)
     writer.start()
-    time.sleep(2.0)  # the bulk stream is flowing
+    # The searches start once the bulk stream is flowing: its first answer came.
+    deadline = time.monotonic() + 120
+    while not marks and writer.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
     busy = search_latencies(stub, "real", queries)
     overlapped = writer.is_alive()
     searches_done.set()

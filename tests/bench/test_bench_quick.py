@@ -33,6 +33,8 @@ def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "quick"
+    assert set(report["sections"]) == {"embedding", "pipeline", "metadata"}
+    assert all(s["seconds"] > 0 and s["speed"] > 0 for s in report["sections"].values())
     assert set(report["ratios"]) == RATIOS
     for key, ratio in report["ratios"].items():
         assert ratio["numerator"]["value"] > 0, key
