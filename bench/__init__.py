@@ -2,5 +2,6 @@
 
 Every figure is a ratio of our services to what a user would otherwise run,
 both sides measured in the same run on the same machine with the same thread
-budget; see bench/__main__.py for the sections and README.md for results.
+budget; see bench/__main__.py for the sections and docs/benchmarks.md for
+results.
 """

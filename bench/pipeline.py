@@ -45,7 +45,7 @@ SEARCH_CLIENTS = 8
 STREAM_DOCS = 16  # documents per IngestDocuments message
 # Short documents go 64 to a message (~5 KB): each message costs the service
 # a few fixed steps (a write, an index call, an answer), and at 16 short
-# texts per message those dominate (here 177 chunks/s against 242 at 64).
+# texts per message those dominate.
 SCALE_STREAM_DOCS = 64
 
 

@@ -80,9 +80,8 @@ class MetadataSettings(ServiceSettings):
     default_embedding_model: str = "all-MiniLM-L6-v2"
     default_embedding_dimension: int = Field(default=384, ge=1)
     # Characters. A chunk's vector averages all its tokens, so a sentence in a
-    # long chunk is diluted: on the known-item evaluation (tests/known_item.py,
-    # stdlib docs) hit@5 was 0.861 at 800/100 and 0.914 at 400/50 (250/40:
-    # 0.947, at 3.5x the chunks of 800). 400 keeps a chunk (~100 tokens) well
+    # long chunk is diluted: smaller chunks find it more often (known-item
+    # evaluation: docs/benchmarks.md). 400 keeps a chunk (~100 tokens) well
     # inside MiniLM's 256-token window with context enough for an answer.
     default_chunk_size: int = Field(default=400, ge=50)
     default_chunk_overlap: int = Field(default=50, ge=0)

@@ -43,8 +43,8 @@ class VectorSettings(ServiceSettings):
     # packaged all-MiniLM-L6-v2. Nothing is downloaded at run time.
     embedding_model: str = ""
     # "torch" (float32, the model as published) or "onnx-int8": its weights
-    # quantized to int8 and run by ONNX Runtime, ~1.8-2.7x the texts/s at
-    # recall@10 ~0.90 of torch's (embedding/onnx_int8.py). The served model
+    # quantized to int8 and run by ONNX Runtime: faster, at a small cost in
+    # recall (embedding/onnx_int8.py, docs/benchmarks.md). The served model
     # is then named "<model>+onnx-int8", so a collection never mixes the two.
     embedding_backend: Literal["torch", "onnx-int8"] = "torch"
     # Where the int8 export is kept (made once per model and versions).

@@ -20,12 +20,8 @@ processes; sharing them is what lets throughput grow with the number of
 concurrent writers instead of shrinking. A unit that fails is rolled back
 to its savepoint and fails alone; if the database itself refuses something
 mid-group, SQLite may have rolled the whole transaction back, so every unit
-of the group runs again in a transaction of its own.
-
-Measured with `make bench` (metadata_write_ratio: WORKERS=2, 4 writers, so
-2 in flight per process): the flock took the ratio to SQLAlchemy Core from
-0.42 to ~0.50 (0.44-0.53 over three runs), group commit (1.9 writes per
-commit) to 0.60 (0.60 in each of three runs).
+of the group runs again in a transaction of its own. (What each step gained
+in `make bench`'s metadata_write_ratio: docs/benchmarks.md.)
 """
 
 from __future__ import annotations

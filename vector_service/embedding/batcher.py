@@ -39,9 +39,9 @@ _LOGGER = logging.getLogger(__name__)
 
 
 # How many batches' worth of queued texts a batch is chosen from: the more,
-# the closer in length its texts (with exact counts, simulated on short
-# texts in batches of 32: 4 -> 1.11 times the tokens needed, 8 -> 1.03, 16
-# -> 1.02), and the longer a text may wait behind shorter ones (at most
+# the closer in length its texts (8 comes within a few percent of sorting
+# everything: docs/benchmarks.md), and the longer a text may wait behind
+# shorter ones (at most
 # LOOKAHEAD batches: each batch takes the oldest text).
 LOOKAHEAD = 8
 

@@ -3,10 +3,9 @@ sentence-transformers model (transformer, pooling, normalisation: its own
 modules) exported to ONNX, its weights quantized to int8 per channel, run by
 ONNX Runtime on the worker's usual tokenization.
 
-Measured here against the float32 torch model (scripts/eval_onnx_int8.py):
-the same known-item hit@5 on the stdlib corpus, recall@10 ~0.90 of the
-float32 model's nearest chunks, ~1.8x the texts/s on batches of 128 with 2
-threads and ~2.7x on batches of 8 with one. Its vectors are close to the
+Against the float32 torch model it is faster, most of all on small batches,
+at a small cost in recall (scripts/eval_onnx_int8.py; figures in
+docs/benchmarks.md). Its vectors are close to the
 float32 ones but not the same (cosine ~0.96), so the service names its model
 `<name>+onnx-int8`: a collection keeps the vectors of one of the two.
 

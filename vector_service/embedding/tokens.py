@@ -2,12 +2,11 @@
 
 A batch is padded to its longest text, so the batcher groups texts of similar
 length (batcher.py). It can only group what it can measure: estimated from
-characters (a WordPiece token is ~4 characters of English), the texts of a
-batch differed in real length so much that the model computed 1.28 times the
-tokens it needed, against 1.02 for `SentenceTransformer.encode`, which sorts
-its whole input by length; counted with the model's own tokenizer, 1.03
-(simulated on the benchmark's short texts, batches of 32). EmbedStream went
-from 0.82 to ~1.0 of in-process encode (`make bench`, embed_stream_ratio).
+characters (a WordPiece token is ~4 characters of English), texts of one
+batch differ in real length enough that the model computes far more padding
+than `SentenceTransformer.encode`, which sorts its whole input by length;
+counted with the model's own tokenizer, nearly as little (figures:
+docs/benchmarks.md).
 
 Counting runs in the service process with the Rust `tokenizers` library on
 the model's `tokenizer.json`: ~25 us a short text, ~350 us a 200-word passage,
