@@ -1,5 +1,5 @@
 """`make bench-quick` must never rot: the whole suite runs at small sizes
-against real services and writes every key the README and issue #5 name.
+against real services and writes every key docs/benchmarks.md and issue #5 name.
 Only the shape is checked here; figures are the benchmark's business."""
 
 from __future__ import annotations
