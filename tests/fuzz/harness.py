@@ -150,6 +150,7 @@ class Findings:
 
     def count(self, method: Method, outcome: Outcome, payload: Sequence[Any]) -> None:
         self.codes[method.label][outcome.code.name] += 1
+        self.codes[method.label]["seconds"] += round(outcome.seconds, 3)  # type: ignore[assignment]
         if outcome.seconds > self.slowest.get(method.label, (0.0, ""))[0]:
             self.slowest[method.label] = (round(outcome.seconds, 2), repro(method, payload))
 

@@ -123,6 +123,11 @@ SPECIAL_STRINGS = [
 ]
 LONG_SIZES = [63, 64, 255, 256, 511, 512, 513, 4096, 4097, 5000, 20_000, 100_000, 1_100_000]
 WIDE_SIZES = [100, 1000, 1001, 2000, 5000, 10_000, 20_000, 130_000]
+# For lists of messages (documents, records, conditions): 1000 documents or
+# records to embed is legitimate work of half a minute here, found nothing
+# that 100 did not, and would take the run's whole budget; one more than the
+# services' usual limits (1000) is refused cheaply.
+WIDE_MESSAGE_SIZES = [100, 1001, 2000, 5000, 10_000, 20_000, 130_000]
 DEEP_SIZES = [2, 15, 16, 17, 32, 64, 99, 100, 101, 200, 1000]
 # One generated request stays under this many bytes (the services accept
 # 64 MiB; the machine is shared, and a bigger request finds nothing new).
@@ -249,10 +254,52 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+# Valid messages of each type (full name -> messages), taken from the test's
+# valid requests and all their sub-messages: a generated request sometimes
+# uses one (a real document, a well-formed condition) so the rest of it gets
+# past validation; a wide filter's conditions are often real ones.
+EXAMPLES: dict[str, list[Message]] = {}
+
+
+def register_examples(messages: Sequence[Message]) -> None:
+    """Records `messages` and every message inside them in EXAMPLES. Call it
+    before any strategy is built (the strategies are cached)."""
+    seen: dict[str, set[bytes]] = {}
+
+    def walk(msg: Message) -> None:
+        name = msg.DESCRIPTOR.full_name
+        data = msg.SerializeToString(deterministic=True)
+        if data not in seen.setdefault(name, set()):
+            seen[name].add(data)
+            copy = type(msg)()
+            copy.CopyFrom(msg)
+            EXAMPLES.setdefault(name, []).append(copy)
+        for field, value in msg.ListFields():
+            if field.type != FD.TYPE_MESSAGE:
+                continue
+            if _is_map(field):
+                items = [v for v in value.values() if isinstance(v, Message)]
+            else:
+                items = list(value) if _is_repeated(field) else [value]
+            for item in items:
+                walk(item)
+
+    for m in messages:
+        walk(m)
+
+
+def _with_examples(
+    desc: Descriptor, base: st.SearchStrategy[Message]
+) -> st.SearchStrategy[Message]:
+    known = EXAMPLES.get(desc.full_name)
+    return st.one_of(base, st.sampled_from(known)) if known else base
+
+
+@cache
 def message(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
     if depth == 0 or (depth <= 2 and _recursive(desc)):
-        return _top_message(desc, depth)
-    return _plain_message(desc, depth)
+        return _with_examples(desc, _top_message(desc, depth))
+    return _with_examples(desc, _plain_message(desc, depth))
 
 
 @cache
@@ -315,7 +362,15 @@ def _reaches(start: Descriptor, target: Descriptor) -> bool:
 def _leaf(desc: Descriptor) -> st.SearchStrategy[Message]:
     """The recursive type with no recursion (a Filter that is a condition):
     fields that lead back to `desc` stay unset, a oneof always gets a member."""
-    return _build_message(desc, 1, leaf_of=desc)
+    generic = _build_message(desc, 1, leaf_of=desc)
+    known = [
+        m
+        for m in EXAMPLES.get(desc.full_name, [])
+        if not any(
+            f.type == FD.TYPE_MESSAGE and _reaches(f.message_type, desc) for f, _ in m.ListFields()
+        )
+    ]
+    return st.one_of(generic, st.sampled_from(known)) if known else generic
 
 
 @st.composite
@@ -338,7 +393,7 @@ def _wide(draw: st.DrawFn, desc: Descriptor) -> Message:
     if not paths:
         return draw(_deep(desc))
     path = draw(st.sampled_from(paths))
-    width = draw(st.sampled_from(WIDE_SIZES[:-1]))
+    width = draw(st.sampled_from(WIDE_MESSAGE_SIZES))
     leaf = draw(_leaf(desc))
     root = GetMessageClass(desc)()
     cur: Any = root
@@ -395,7 +450,7 @@ def _set_repeated(draw: st.DrawFn, msg: Message, field: FieldDescriptor, depth: 
         return
     # Wide: one drawn element many times (varied so they differ), within the byte cap.
     first = draw(_element(field, depth))
-    sizes = [*WIDE_SIZES, *KNOWN_WIDTHS] if field.type != FD.TYPE_MESSAGE else WIDE_SIZES[:-1]
+    sizes = [*WIDE_SIZES, *KNOWN_WIDTHS] if field.type != FD.TYPE_MESSAGE else WIDE_MESSAGE_SIZES
     width = draw(st.sampled_from(sizes))
     if field.type == FD.TYPE_MESSAGE:
         size = max(1, first.ByteSize())
@@ -504,7 +559,9 @@ def _mutate_message(draw: st.DrawFn, valid: Message) -> Message:
         if not targets:  # a request with no fields: only its bytes can change
             break
         parent, field = draw(st.sampled_from(targets))
-        op = draw(st.sampled_from(["replace", "replace", "clear", "swap", "duplicate", "widen"]))
+        op = draw(
+            st.sampled_from(["replace", "replace", "clear", "swap", "duplicate", "widen", "widen"])
+        )
         if op == "clear":
             parent.ClearField(field.name)
         elif op == "replace":
@@ -555,7 +612,9 @@ def _widen(draw: st.DrawFn, targets: list[tuple[Message, FieldDescriptor]]) -> N
     parent, field = draw(st.sampled_from(lists))
     items: Any = getattr(parent, field.name)
     first = items[0]
-    width = draw(st.sampled_from(WIDE_SIZES if field.type != FD.TYPE_MESSAGE else WIDE_SIZES[:-1]))
+    width = draw(
+        st.sampled_from(WIDE_SIZES if field.type != FD.TYPE_MESSAGE else WIDE_MESSAGE_SIZES)
+    )
     if field.type == FD.TYPE_MESSAGE:
         size = max(1, first.ByteSize())
         copies = [vary(first, i) for i in range(min(width, MAX_REQUEST_BYTES // size))]
@@ -597,7 +656,7 @@ def mutations(method: Method, valid: Sequence[Sequence[Message]]) -> st.SearchSt
     def mutate(draw: st.DrawFn) -> list[Any]:
         base = list(draw(st.sampled_from(list(valid))))
         at = draw(st.integers(0, len(base) - 1))
-        if draw(st.booleans()):
+        if draw(st.integers(0, 2)):  # fields two times in three, bytes the third
             base[at] = draw(_mutate_message(base[at]))
         else:
             base[at] = draw(_mutate_bytes(base[at]))

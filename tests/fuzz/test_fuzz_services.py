@@ -497,6 +497,7 @@ def world(pair: Pair) -> World:
         ],
     }
     world.valid.update(valid)
+    strategies.register_examples([m for calls in valid.values() for c in calls for m in c])
     return world
 
 
