@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tests.fuzz.strategies import Method
 
@@ -210,6 +212,25 @@ def _status_problems(code: grpc.StatusCode, message: str, method: Method) -> lis
     return problems
 
 
+def _foreign_fields(status: Any, method: Method) -> list[str]:
+    """Field violations that name no field of the caller's request (e.g. a
+    downstream service's `texts[0]` passed through): the caller cannot act
+    on them."""
+    # "request": the whole request (bytes that do not decode as one).
+    names = {*method.input.fields_by_name, "request"}
+    out = []
+    for detail in status.details:
+        if not detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            continue
+        bad = error_details_pb2.BadRequest()
+        detail.Unpack(bad)
+        for violation in bad.field_violations:
+            top = re.split(r"[.\[]", violation.field, maxsplit=1)[0]
+            if top and top not in names:
+                out.append(f"field violation names {violation.field[:60]!r}, not a request field")
+    return out
+
+
 def _item_statuses(msg: Message, depth: int = 0) -> Iterator[Message]:
     """Every google.rpc.Status inside a response (per-item results)."""
     if depth > 4:
@@ -241,6 +262,7 @@ def judge_response(method: Method, data: bytes) -> list[str]:
             )
             continue
         problems += [f"item {p}" for p in _status_problems(code, status.message, method)]
+        problems += [f"item {p}" for p in _foreign_fields(status, method)]
     return problems
 
 
@@ -272,6 +294,13 @@ def invoke(channel: grpc.Channel, method: Method, payload: Sequence[Message | by
     except grpc.RpcError as exc:
         code, message = exc.code(), exc.details() or ""
         problems += _status_problems(code, message, method)
+        try:
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        except ValueError:  # details that contradict the status line
+            problems.append(f"{code.name} with status details that do not match it")
+            status = None
+        if status is not None:
+            problems += _foreign_fields(status, method)
     return Outcome(code, message, problems, time.monotonic() - started)
 
 

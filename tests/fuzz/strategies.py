@@ -139,6 +139,8 @@ def strings() -> st.SearchStrategy[str]:
         st.text(st.characters(exclude_categories=["Cs"]), max_size=24),
         st.deferred(lambda: st.sampled_from(KNOWN_STRINGS or [""])),
         st.sampled_from(SPECIAL_STRINGS),
+        # Numbers as text (page tokens, offsets): at and past every bound.
+        _integers(-(2**64), 2**64).map(str),
         st.builds(
             lambda ch, n: ch * n,
             st.sampled_from(["a", "é", "💥", "\x00", "7"]),
