@@ -26,3 +26,13 @@ def test_never_more_work_than_full_and_never_less_than_quick() -> None:
         if field.name not in ("repeat", "metadata_repeat"):
             assert getattr(tiny, field.name) == getattr(quick, field.name), field.name
     assert quick.scaled(0.3) == quick
+
+
+def test_every_count_belongs_to_the_section_that_uses_it() -> None:
+    from bench.__main__ import SECTIONS, USES
+
+    assert set(USES) == set(SECTIONS)
+    counts = [name for names in USES.values() for name in names]
+    assert sorted(counts) == sorted(
+        f.name for f in dataclasses.fields(Sizes) if f.name not in ("repeat", "metadata_repeat")
+    )
