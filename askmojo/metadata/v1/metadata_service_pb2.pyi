@@ -674,7 +674,13 @@ class DeleteDocumentsRequest(_message.Message):
         """Exactly one of ids and filter must be given."""
 
     @_builtins.property
-    def filter(self) -> _common_pb2.Filter: ...
+    def filter(self) -> _common_pb2.Filter:
+        """Deletes the matching documents that exist when the call starts, in
+        batches of the server's DELETE_BATCH_DOCUMENTS (one transaction each,
+        their vectors removed in between): a call cut short by its deadline
+        leaves the batches done deleted; sending it again deletes the rest.
+        """
+
     def __init__(
         self,
         *,
