@@ -227,7 +227,10 @@ def _foreign_fields(status: Any, method: Method) -> list[str]:
         for violation in bad.field_violations:
             top = re.split(r"[.\[]", violation.field, maxsplit=1)[0]
             if top and top not in names:
-                out.append(f"field violation names {violation.field[:60]!r}, not a request field")
+                out.append(
+                    f"field violation names {violation.field[:60]!r}, not a request field"
+                    f" ({violation.description[:120]!r})"
+                )
     return out
 
 

@@ -8,8 +8,9 @@ The oracle: no INTERNAL or UNKNOWN (nor in per-item statuses), no deadline
 missed (but by a method that may wait), no UNAVAILABLE while both are up,
 status messages under 1 KB with no Python class names, tracebacks or SQL,
 field violations that name the caller's own fields; no process dies (one
-that does is restarted, so the run goes on and reports it); afterwards both are SERVING and every document stored before
-the run is still there, with its text and metadata, and found by Search.
+that does is restarted, so the run goes on and reports it); afterwards both
+are SERVING and every document stored before the run is still there, with
+its text and metadata, and found by Search.
 
 Bounded: FUZZ_EXAMPLES examples per method and kind (default 20) within
 FUZZ_SECONDS of fuzzing (default 50) shared by all; `make soak` runs many
