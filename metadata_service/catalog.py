@@ -15,8 +15,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from askmojo.common.filters import FilterNode, MetadataScalar
-from metadata_service import validation
+from askmojo.common.filters import FilterNode
+from metadata_service import lookup, outbox, validation
 from metadata_service.config import MetadataSettings
 from metadata_service.db import repository as repo
 from metadata_service.db.engine import Database
@@ -53,21 +53,6 @@ from metadata_service.paging import (
 from metadata_service.validation import PreparedDocument
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VectorTarget:
-    """A collection as the pipeline addresses it."""
-
-    collection_id: int
-    vector_collection: str
-
-
-@dataclass(frozen=True)
-class _CollectionRef:
-    id: int
-    chunking: ChunkingSpec
-    vector_collection: str
 
 
 class Catalog:
@@ -130,7 +115,7 @@ class Catalog:
 
     def get_collection(self, name: str) -> CollectionInfo:
         def work(session: Session) -> CollectionInfo:
-            row = self._require_collection(session, name)
+            row = lookup.collection_row(session, name)
             counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
             return _collection_info(row, counts)
 
@@ -159,21 +144,10 @@ class Catalog:
         to carry out (the background loop takes it if the lease runs out)."""
 
         def work(session: Session) -> DeleteCollectionOutcome:
-            row = self._require_collection(session, name)
+            row = lookup.collection_row(session, name)
             counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
             repo.delete_collection(session, row.id)
-            # Its vectors go with it, now or, if the vector service is down,
-            # when it is back: the drop is recorded in this same transaction.
-            repo.add_deletions(
-                session,
-                [
-                    {
-                        **_DELETION_DEFAULTS,
-                        "vector_collection": row.vector_collection,
-                        "lease_until": lease,
-                    }
-                ],
-            )
+            outbox.record_collection_drop(session, row.vector_collection, lease)
             return DeleteCollectionOutcome(counts.documents, counts.chunks)
 
         outcome = self._db.write(work)
@@ -205,14 +179,16 @@ class Catalog:
                 "(MAX_BATCH_DOCUMENTS): split the batch",
             )
 
-        def lookup(session: Session) -> tuple[_CollectionRef, dict[str, repo.StoredDocument]]:
+        def look_up(
+            session: Session,
+        ) -> tuple[repo.CollectionHandle, dict[str, repo.StoredDocument]]:
             # One read serves two purposes: the collection's chunking settings,
             # and spotting an entirely unchanged batch, which then takes no
             # write lock at all (clients re-send batches after any failure).
-            ref = self._collection_ref(session, collection)
+            ref = lookup.collection_handle(session, collection)
             return ref, repo.find_documents(session, ref.id, {d.id for d in documents})
 
-        ref, stored = self._db.read(lookup)
+        ref, stored = self._db.read(look_up)
 
         outcomes: dict[int, UpsertOutcome] = {}
         prepared: list[tuple[int, PreparedDocument]] = []
@@ -262,14 +238,14 @@ class Catalog:
         self,
         session: Session,
         collection: str,
-        looked_up: _CollectionRef,
+        looked_up: repo.CollectionHandle,
         docs: Sequence[PreparedDocument],
         lease: datetime | None,
     ) -> dict[str, UpsertOutcome]:
         # The collection may have been deleted (and even re-created, with other
         # chunking settings, perhaps under the same row id) since it was
         # looked up: its vector collection name is new with every creation.
-        ref = self._collection_ref(session, collection)
+        ref = lookup.collection_handle(session, collection)
         if ref != looked_up:
             raise Aborted(
                 f"collection {quoted(collection)} was re-created meanwhile; send the batch again"
@@ -322,16 +298,7 @@ class Catalog:
             if text_changed:
                 chunks_of[doc.id] = doc
                 if len(doc.chunks) < old.chunk_count:
-                    deletions.append(
-                        {
-                            **_DELETION_DEFAULTS,
-                            "vector_collection": ref.vector_collection,
-                            "document_id": doc.id,
-                            "incarnation": old.incarnation,
-                            "first_ordinal": len(doc.chunks),
-                            "max_generation": old.generation,
-                        }
-                    )
+                    deletions.append(outbox.shrink_deletion(ref, doc.id, old, len(doc.chunks)))
             else:
                 pending_again.append(old.pk)
             if doc.metadata_hash != old.metadata_hash:
@@ -370,7 +337,7 @@ class Catalog:
         validation.document_id(doc_id, self._settings)
 
         def work(session: Session) -> DocumentInfo:
-            ref = self._collection_ref(session, collection)
+            ref = lookup.collection_handle(session, collection)
             row = repo.get_document(session, ref.id, doc_id, include_text=include_text)
             if row is None:
                 raise NotFound(
@@ -394,7 +361,7 @@ class Catalog:
         budget = page_byte_budget(self._settings.max_message_bytes)
 
         def work(session: Session) -> Page[DocumentInfo]:
-            ref = self._collection_ref(session, query.collection)
+            ref = lookup.collection_handle(session, query.collection)
             sizes = repo.list_document_sizes(
                 session,
                 ref.id,
@@ -457,9 +424,9 @@ class Catalog:
                 cursor = batch.cursor
 
         def work(session: Session) -> DeleteDocumentsOutcome:
-            ref = self._collection_ref(session, collection)
+            ref = lookup.collection_handle(session, collection)
             deleted = repo.delete_documents(session, ref.id, external_ids=list(ids))
-            _record_deletions(session, ref, deleted, lease)
+            outbox.record_document_deletions(session, ref, deleted, lease)
             gone = {d.external_id for d in deleted}
             return DeleteDocumentsOutcome(
                 len(deleted), [i for i in dict.fromkeys(ids) if i not in gone]
@@ -483,13 +450,13 @@ class Catalog:
         limit = self._settings.delete_batch_documents
 
         def work(session: Session) -> DeletedBatch:
-            ref = self._collection_ref(session, collection)
+            ref = lookup.collection_handle(session, collection)
             start = cursor or DeleteCursor(0, repo.newest_document_pk(session, ref.id))
             pks = repo.matching_document_pks(
                 session, ref.id, where, after=start.after, through=start.through, limit=limit
             )
             deleted = repo.delete_documents(session, ref.id, pks=pks) if pks else []
-            _record_deletions(session, ref, deleted, lease)
+            outbox.record_document_deletions(session, ref, deleted, lease)
             more = len(pks) == limit
             return DeletedBatch(
                 len(deleted), DeleteCursor(pks[-1], start.through) if more else None
@@ -497,149 +464,11 @@ class Catalog:
 
         return self._db.write(work)
 
-    # --- the indexing pipeline's queries (pipeline.py drives them) -------------
-
-    def vector_target(self, collection: str) -> VectorTarget:
-        def work(session: Session) -> VectorTarget:
-            row = self._require_collection(session, collection)
-            return VectorTarget(row.id, row.vector_collection)
-
-        return self._db.read(work)
-
-    def document_states(self, collection: str, ids: Sequence[str]) -> dict[str, IndexingState]:
-        def work(session: Session) -> dict[str, IndexingState]:
-            ref = self._collection_ref(session, collection)
-            stored = repo.find_documents(session, ref.id, set(ids))
-            pks = [d.pk for d in stored.values()]
-            states = repo.document_states(session, pks)
-            truncated = repo.truncated_chunks_of(session, pks)
-            return {
-                doc_id: IndexingState(*states[d.pk], truncated.get(d.pk, 0))
-                for doc_id, d in stored.items()
-                if d.pk in states
-            }
-
-        return self._db.read(work)
-
-    def search_join(
-        self,
-        target: VectorTarget,
-        matches: Sequence[tuple[str, int, int, str]],
-        where: FilterNode | None,
-    ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
-        """For (document id, ordinal, incarnation, content hash prefix) of
-        vector matches: the chunk text and document metadata of those still
-        live in that very version (a deleted or rewritten document's leftover
-        vectors are never returned), and matching `where` as stored now."""
-
-        def work(
-            session: Session,
-        ) -> dict[tuple[str, int], tuple[str, dict[str, MetadataScalar]]]:
-            live = repo.live_chunks(
-                session,
-                target.collection_id,
-                [(d, o) for d, o, _, _ in matches],
-                where,
-                with_metadata=True,
-            )
-            joined = {}
-            for d, o, incarnation, hash_prefix in matches:
-                if (d, o) not in live:
-                    continue
-                chunk, metadata = live[(d, o)]
-                if chunk.incarnation == incarnation and chunk.content_hash.startswith(hash_prefix):
-                    joined[(d, o)] = (chunk.text, metadata)
-            return joined
-
-        return self._db.read(work)
-
-    def check_vectors(
-        self,
-        target: VectorTarget,
-        vectors: Sequence[tuple[str, tuple[str, int] | None, int | None, str | None]],
-        *,
-        repair: bool,
-    ) -> tuple[list[str], int]:
-        """Reconcile, one page of vectors (id, parsed id, incarnation, hash
-        prefix): returns the orphans (no live chunk of that incarnation) and
-        the number of stale ones (an older text of a live chunk), which are
-        queued for re-indexing when `repair`."""
-
-        def work(session: Session) -> tuple[list[str], int]:
-            keys = [parsed for _, parsed, _, _ in vectors if parsed is not None]
-            live = repo.live_chunks(session, target.collection_id, keys)
-            orphans: list[str] = []
-            stale: list[int] = []
-            for vector_id, parsed, incarnation, hash_prefix in vectors:
-                chunk = live[parsed][0] if parsed in live else None
-                if chunk is None or chunk.incarnation != incarnation:
-                    orphans.append(vector_id)
-                elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(
-                    hash_prefix or "\0"
-                ):
-                    # PENDING chunks are on their way already; only INDEXED
-                    # ones claim a vector they do not have.
-                    stale.append(chunk.chunk_id)
-            if repair and stale:
-                now = utcnow()
-                repo.refresh_document_states(session, repo.requeue_chunks(session, stale, now), now)
-            return orphans, len(stale)
-
-        return (self._db.write if repair else self._db.read)(work)
-
-    def indexed_chunks_after(
-        self, target: VectorTarget, after: int, limit: int
-    ) -> list[tuple[int, str, int]]:
-        return self._db.read(
-            lambda s: repo.indexed_chunks_after(s, target.collection_id, after, limit)
-        )
-
-    def requeue_chunks(self, chunk_ids: Sequence[int]) -> None:
-        def work(session: Session) -> None:
-            now = utcnow()
-            repo.refresh_document_states(session, repo.requeue_chunks(session, chunk_ids, now), now)
-
-        self._db.write(work)
-
-    def resume_unfinished(self, target: VectorTarget, *, repair: bool) -> int:
-        """PENDING and FAILED chunks; with `repair`, all PENDING and unleased,
-        ready for the indexer."""
-
-        def work(session: Session) -> int:
-            chunk_ids = repo.unfinished_chunks(session, target.collection_id)
-            if repair and chunk_ids:
-                now = utcnow()
-                documents = repo.requeue_chunks(session, chunk_ids, now)
-                repo.refresh_document_states(session, documents, now)
-            return len(chunk_ids)
-
-        return (self._db.write if repair else self._db.read)(work)
-
-    def claim_collection_chunks(self, target: VectorTarget, lease: datetime, limit: int) -> int:
-        return len(
-            self._db.write(
-                lambda s: repo.claim_chunks(
-                    s,
-                    now=utcnow(),
-                    lease_until=lease,
-                    limit=limit,
-                    collection_id=target.collection_id,
-                )
-            )
-        )
-
-    def chunks_held_by_others(self, target: VectorTarget) -> int:
-        return self._db.read(
-            lambda s: repo.chunks_held_by_others(
-                s, now=utcnow(), collection_id=target.collection_id
-            )
-        )
-
     # --- stats ----------------------------------------------------------------
 
     def stats(self, collection: str) -> Stats:
         def work(session: Session) -> Stats:
-            collection_id = self._collection_ref(session, collection).id if collection else None
+            collection_id = lookup.collection_handle(session, collection).id if collection else None
             return Stats(
                 pool=self._db.pool_status(),
                 storage=self._db.storage_status(),
@@ -666,33 +495,6 @@ class Catalog:
                     self._page_tokens = PageTokens(secret.encode())
         return self._page_tokens
 
-    def _require_collection(self, session: Session, name: str) -> CollectionRow:
-        validation.collection_name(name, "collection" if name else "name")
-        row = repo.get_collection(session, name)
-        if row is None:
-            raise NotFound(f"collection {quoted(name)} not found")
-        return row
-
-    def _collection_ref(self, session: Session, name: str) -> _CollectionRef:
-        if not name:
-            raise InvalidArgument("collection", "collection name must not be empty")
-        validation.collection_name(name, "collection")
-        key = repo.collection_key(session, name)
-        if key is None:
-            raise NotFound(f"collection {quoted(name)} not found")
-        return _CollectionRef(
-            key.id, ChunkingSpec(key.chunk_size, key.chunk_overlap), key.vector_collection
-        )
-
-
-@dataclass(frozen=True)
-class IndexingState:
-    """Where a document's indexing stands, as an ingest call reports it."""
-
-    state: IndexState
-    error: str | None
-    truncated_chunks: int
-
 
 @dataclass(frozen=True)
 class DeleteCursor:
@@ -707,42 +509,6 @@ class DeleteCursor:
 class DeletedBatch:
     deleted: int
     cursor: DeleteCursor | None  # None: the delete is complete
-
-
-def _record_deletions(
-    session: Session,
-    ref: _CollectionRef,
-    deleted: Sequence[repo.DeletedDocument],
-    lease: datetime | None,
-) -> None:
-    """The vectors' removal, recorded with the rows' (the deletion outbox):
-    it happens now, or when the vector service is back."""
-    repo.add_deletions(
-        session,
-        [
-            {
-                **_DELETION_DEFAULTS,
-                "vector_collection": ref.vector_collection,
-                "document_id": d.external_id,
-                "incarnation": d.incarnation,
-                "max_generation": d.generation,
-                "lease_until": lease,
-            }
-            for d in deleted
-        ],
-    )
-
-
-# Column defaults of a vector_deletions row (Core inserts skip ORM defaults).
-_DELETION_DEFAULTS: dict[str, object] = {
-    "document_id": None,
-    "incarnation": None,
-    "first_ordinal": 0,
-    "max_generation": 0,
-    "attempts": 0,
-    "error": None,
-    "lease_until": None,
-}
 
 
 def new_incarnation() -> int:

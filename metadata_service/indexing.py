@@ -1,12 +1,5 @@
-"""The indexing pipeline: drains the database's outboxes into the vector service.
-
-Two outboxes, both written in the same transaction as the change that needs
-them (DESIGN.md §6):
-- chunks in state PENDING: each becomes a vector, id `<document id>#<ordinal>`,
-  whose metadata is the document's plus reserved keys naming its document,
-  incarnation, generation and content hash;
-- rows of `vector_deletions`: vectors to remove after a delete, a shrink or a
-  dropped collection.
+"""The indexing pipeline: drains the outboxes (`outbox.py`, DESIGN.md §6) into
+the vector service.
 
 Work is leased (`lease_until`), so an ingest call that indexes its own chunks
 and the background loop never send the same chunk at once, and the work of a
@@ -34,13 +27,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import Session
-
-from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from askmojo.common.filters import MetadataScalar
 from metadata_service.config import MetadataSettings
-from metadata_service.db import repository as repo
 from metadata_service.db.engine import Database
 from metadata_service.db.models import VectorDeletionRow, utcnow
+from metadata_service.db.repository import ClaimedChunk
+from metadata_service.outbox import (
+    HASH_KEY,
+    INCARNATION_KEY,
+    Outbox,
+    deletion_filter,
+    deletion_groups,
+    vector_id,
+    vector_metadata,
+)
 from metadata_service.vector_client import (
     VectorClient,
     VectorCollectionNotFound,
@@ -51,80 +51,6 @@ from metadata_service.vector_client import (
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Reserved vector metadata keys ("_" starts no client key: validation.py).
-DOC_KEY = "_doc"
-ORDINAL_KEY = "_ord"
-INCARNATION_KEY = "_inc"
-GENERATION_KEY = "_gen"
-HASH_KEY = "_hash"
-# Enough of the sha256 to tell versions apart.
-_HASH_CHARS = 16
-
-
-def vector_id(document_id: str, ordinal: int) -> str:
-    """Deterministic: a replay overwrites the same vector instead of adding one."""
-    return f"{document_id}#{ordinal}"
-
-
-def parse_vector_id(value: str) -> tuple[str, int] | None:
-    document_id, sep, ordinal = value.rpartition("#")
-    if not sep or not ordinal.isdigit():
-        return None
-    return document_id, int(ordinal)
-
-
-def vector_metadata(
-    chunk: repo.ClaimedChunk, document_metadata: dict[str, MetadataScalar]
-) -> dict[str, MetadataScalar]:
-    return {
-        **document_metadata,
-        DOC_KEY: chunk.document_id,
-        ORDINAL_KEY: chunk.ordinal,
-        INCARNATION_KEY: chunk.incarnation,
-        GENERATION_KEY: chunk.generation,
-        HASH_KEY: chunk.content_hash[:_HASH_CHARS],
-    }
-
-
-def deletion_groups(rows: Sequence[VectorDeletionRow], limit: int) -> list[list[VectorDeletionRow]]:
-    """The deletion rows in the groups one vector call each carries out:
-    a dropped collection alone; the deleted documents of one vector
-    collection up to `limit` together (DELETE_BATCH_DOCUMENTS, under the
-    vector service's per-call limits); a shrunk document alone."""
-    groups: list[list[VectorDeletionRow]] = []
-    whole: dict[str, list[VectorDeletionRow]] = defaultdict(list)
-    for row in rows:
-        if row.document_id is not None and row.first_ordinal == 0:
-            pending = whole[row.vector_collection]
-            pending.append(row)
-            if len(pending) >= limit:
-                groups.append(whole.pop(row.vector_collection))
-        else:
-            groups.append([row])
-    groups.extend(whole.values())
-    return groups
-
-
-def deletion_filter(rows: Sequence[VectorDeletionRow]) -> FilterNode:
-    """The vectors a group of deletion rows stands for (never a newer
-    version's). Several rows: deleted documents, whose incarnations died with
-    their rows, so every vector carrying one of them goes, whatever its
-    generation (ingest never gives a document 0 chunks: a row with
-    first_ordinal 0 always stands for a deleted document)."""
-    if len(rows) > 1:
-        assert all(r.incarnation is not None and r.first_ordinal == 0 for r in rows)
-        incarnations = tuple(sorted({r.incarnation for r in rows if r.incarnation is not None}))
-        return Condition(INCARNATION_KEY, Op.IN, incarnations)
-    row = rows[0]
-    assert row.incarnation is not None
-    conditions: list[FilterNode] = [
-        Condition(INCARNATION_KEY, Op.EQ, (row.incarnation,)),
-        Condition(GENERATION_KEY, Op.LTE, (row.max_generation,)),
-    ]
-    if row.first_ordinal > 0:
-        conditions.append(Condition(ORDINAL_KEY, Op.GTE, (row.first_ordinal,)))
-    return AllOf(tuple(conditions))
 
 
 @dataclass(frozen=True)
@@ -147,7 +73,7 @@ class Indexer:
         executor: ThreadPoolExecutor,
         settings: MetadataSettings,
     ) -> None:
-        self._db = db
+        self._outbox = Outbox(db)
         self._client = client
         self._executor = executor
         self._settings = settings
@@ -171,11 +97,11 @@ class Indexer:
         On an outage the chunks not yet acknowledged are released (PENDING)
         and the error re-raised."""
         try:
-            claimed = await self._db_call(self._db.read, functools.partial(_load_claimed, lease))
+            claimed = await self._db_call(self._outbox.claimed, lease)
         except asyncio.CancelledError:
             await self._release_lease(lease)
             raise
-        chunks, metadata = claimed
+        chunks, metadata = claimed.chunks, claimed.metadata
         if not chunks:
             return IndexingReport()
         indexed: list[int] = []
@@ -183,7 +109,7 @@ class Indexer:
         released: list[int] = []
         truncated: list[int] = []
         try:
-            by_collection: dict[str, list[repo.ClaimedChunk]] = defaultdict(list)
+            by_collection: dict[str, list[ClaimedChunk]] = defaultdict(list)
             for chunk in chunks:
                 by_collection[chunk.vector_collection].append(chunk)
             for name, group in by_collection.items():
@@ -230,7 +156,7 @@ class Indexer:
     async def _records(
         self,
         collection: str,
-        chunks: Sequence[repo.ClaimedChunk],
+        chunks: Sequence[ClaimedChunk],
         metadata: dict[int, dict[str, MetadataScalar]],
         deadline: float,
     ) -> list[VectorRecord]:
@@ -263,7 +189,7 @@ class Indexer:
                 records.append(VectorRecord(vid, chunk.text, meta))
         return records
 
-    async def _ensure_collection(self, chunk: repo.ClaimedChunk, deadline: float) -> None:
+    async def _ensure_collection(self, chunk: ClaimedChunk, deadline: float) -> None:
         name = chunk.vector_collection
         if name not in self._ensured:
             await self._client.ensure_collection(name, chunk.dimension, chunk.model, deadline)
@@ -277,35 +203,27 @@ class Indexer:
         released: Collection[int],
         truncated: Collection[int] = (),
     ) -> None:
-        def work(session: Session) -> None:
-            now = utcnow()
-            documents = repo.settle_chunks(
-                session,
+        await self._db_call(
+            functools.partial(
+                self._outbox.settle_chunks,
                 lease,
                 indexed=indexed,
                 failed=failed,
                 released=released,
-                now=now,
                 truncated=truncated,
             )
-            repo.refresh_document_states(session, documents, now)
-
-        await self._db_call(self._db.write, work)
+        )
 
     async def delete_pending(self, deadline: float, lease: datetime | None = None) -> int:
         """Runs the deletion outbox: the rows held under `lease` (a delete
         call's own), else a batch claimed from those nobody holds. Returns how
         many rows it completed."""
         if lease is not None:
-            rows = await self._db_call(
-                self._db.read, functools.partial(repo.leased_deletions, lease=lease)
-            )
+            rows = await self._db_call(self._outbox.leased_deletions, lease)
         else:
             claim = self.new_lease()
             rows = await self._claim(
-                lambda s: repo.claim_deletions(
-                    s, now=utcnow(), lease_until=claim, limit=self._settings.index_batch_records
-                ),
+                lambda: self._outbox.claim_deletions(claim, self._settings.index_batch_records),
                 lambda rows: self._settle_deletions(rows, [], "interrupted"),
             )
         done: list[int] = []
@@ -340,14 +258,7 @@ class Indexer:
     ) -> None:
         """Records the `done` rows of those claimed as finished and gives the
         others back with `error`."""
-        finished = set(done)
-        undone = [r.id for r in rows if r.id not in finished]
-
-        def settle(session: Session) -> None:
-            repo.finish_deletions(session, done)
-            repo.release_deletions(session, undone, error)
-
-        await self._db_call(self._db.write, settle)
+        await self._db_call(self._outbox.settle_deletions, rows, done, error)
 
     async def drain_once(self, deadline: float) -> IndexingReport:
         """One pass of the background loop: deletions first, then one leased
@@ -355,23 +266,19 @@ class Indexer:
         await self.delete_pending(deadline)
         lease = self.new_lease()
         claimed = await self._claim(
-            lambda s: repo.claim_chunks(
-                s, now=utcnow(), lease_until=lease, limit=self._settings.index_batch_records
-            ),
+            lambda: self._outbox.claim_chunks(lease, self._settings.index_batch_records),
             lambda _: self._release_lease(lease),
         )
         if not claimed:
             return IndexingReport()
         return await self.index_leased(lease, deadline)
 
-    async def _claim(
-        self, claim: Callable[[Session], T], give_back: Callable[[T], Awaitable[None]]
-    ) -> T:
+    async def _claim(self, claim: Callable[[], T], give_back: Callable[[T], Awaitable[None]]) -> T:
         """Runs the write that takes a lease on work. Cancelled meanwhile (a
         shutdown), the claim commits in its thread all the same: wait for it
         and give the work back now, or nobody may take it for
         INDEX_LEASE_SECONDS."""
-        claiming = asyncio.ensure_future(self._db_call(self._db.write, claim))
+        claiming = asyncio.ensure_future(self._db_call(claim))
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -381,7 +288,7 @@ class Indexer:
     async def _release_lease(self, lease: datetime) -> None:
         """Gives back at once every chunk still held under `lease`, rather
         than leaving it untouchable until INDEX_LEASE_SECONDS pass."""
-        await asyncio.shield(self._db_call(self._db.write, lambda s: repo.release_lease(s, lease)))
+        await asyncio.shield(self._db_call(self._outbox.release_lease, lease))
 
     # --- the background loop ---------------------------------------------------
 
@@ -435,11 +342,3 @@ class Indexer:
     async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
-
-
-def _load_claimed(
-    lease: datetime, session: Session
-) -> tuple[list[repo.ClaimedChunk], dict[int, dict[str, MetadataScalar]]]:
-    chunks = repo.claimed_chunks(session, lease)
-    metadata = repo.metadata_of(session, {c.document_pk for c in chunks})
-    return chunks, metadata

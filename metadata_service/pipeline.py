@@ -2,7 +2,8 @@
 deletes that take their vectors along, Search and Reconcile.
 
 Async (it waits on the vector service); every database step is a `Catalog`
-call run on the thread pool, so the session rules of catalog.py hold. Each
+(the writes and deletes) or `Outbox` (indexing state, Search's join,
+Reconcile's checks) call run on the thread pool: one transaction each. Each
 method takes the absolute deadline (time.monotonic()) of the call it serves,
 and passes it down to the vector service.
 """
@@ -23,9 +24,10 @@ import grpc
 
 from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
-from metadata_service.catalog import Catalog, IndexingState, VectorTarget
+from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.models import IndexState
+from metadata_service.db.repository import CollectionHandle
 from metadata_service.domain import (
     DeleteCollectionOutcome,
     DeleteDocumentsOutcome,
@@ -42,11 +44,14 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
 )
-from metadata_service.indexing import (
+from metadata_service.indexing import Indexer
+from metadata_service.outbox import (
     DOC_KEY,
     HASH_KEY,
     INCARNATION_KEY,
-    Indexer,
+    IndexingState,
+    Outbox,
+    VectorVersion,
     parse_vector_id,
     vector_id,
 )
@@ -77,12 +82,15 @@ class Pipeline:
     def __init__(
         self,
         catalog: Catalog,
+        outbox: Outbox,
         executor: ThreadPoolExecutor,
         settings: MetadataSettings,
+        *,
         indexer: Indexer | None,
         client: VectorClient | None,
     ) -> None:
         self._catalog = catalog
+        self._outbox = outbox
         self._executor = executor
         self._settings = settings
         self._indexer = indexer
@@ -150,7 +158,7 @@ class Pipeline:
             _LOGGER.warning("indexing deferred: %s", exc.detail)
             self._indexer.wake()
             return outcomes
-        states = await self._db(self._catalog.document_states, collection, written)
+        states = await self._db(self._outbox.document_states, collection, written)
         return [_with_state(o, states.get(o.id)) for o in outcomes]
 
     async def delete_documents(
@@ -236,7 +244,7 @@ class Pipeline:
             raise InvalidArgument("top_k", f"must be between 1 and {limit} (0 means 10)")
         top_k = top_k or DEFAULT_TOP_K
         client = self._require_client()
-        target = await self._db(self._catalog.vector_target, collection)
+        target = await self._db(self._outbox.collection, collection)
         # The filter runs inside the index (no "top k, then filter" loss).
         # A few extra candidates cover vectors the join drops: leftovers of
         # deleted or rewritten documents not yet cleaned up.
@@ -259,17 +267,20 @@ class Pipeline:
             incarnation = match.metadata.get(INCARNATION_KEY)
             hash_prefix = match.metadata.get(HASH_KEY)
             if parsed and isinstance(incarnation, int) and isinstance(hash_prefix, str):
-                keyed.append((parsed, incarnation, hash_prefix, match.score))
+                keyed.append((VectorVersion(match.id, parsed, incarnation, hash_prefix), match))
         joined = await self._db(
-            self._catalog.search_join,
-            target,
-            [(d, o, inc, h) for (d, o), inc, h, _ in keyed],
-            where,
+            self._outbox.search_join, target, [version for version, _ in keyed], where
         )
         hits = [
-            SearchHit(doc, vector_id(doc, ordinal), score, *joined[(doc, ordinal)])
-            for (doc, ordinal), _, _, score in keyed
-            if (doc, ordinal) in joined
+            SearchHit(
+                place.document_id,
+                vector_id(*place),
+                match.score,
+                joined[place].text,
+                joined[place].metadata,
+            )
+            for version, match in keyed
+            if (place := version.place) is not None and place in joined
         ]
         return hits[:top_k]
 
@@ -292,12 +303,12 @@ class Pipeline:
         indexer = self._indexer
         assert indexer is not None
         repair = not dry_run
-        target = await self._db(self._catalog.vector_target, collection)
+        target = await self._db(self._outbox.collection, collection)
         if repair:
             await indexer.delete_pending(deadline)  # recorded deletions first
         orphans, stale = await self._scan_vectors(client, target, repair, deadline)
         missing = await self._scan_missing(client, target, repair, deadline)
-        unfinished = await self._db(self._catalog.resume_unfinished, target, repair=repair)
+        unfinished = await self._db(self._outbox.resume_unfinished, target, repair=repair)
         if repair:
             if orphans:
                 for start in range(0, len(orphans), _RECONCILE_PAGE):
@@ -315,7 +326,7 @@ class Pipeline:
         return outcome
 
     async def _scan_vectors(
-        self, client: VectorClient, target: VectorTarget, repair: bool, deadline: float
+        self, client: VectorClient, target: CollectionHandle, repair: bool, deadline: float
     ) -> tuple[list[str], int]:
         orphans: list[str] = []
         stale = 0
@@ -336,35 +347,31 @@ class Pipeline:
                 incarnation = meta.get(INCARNATION_KEY)
                 hash_prefix = meta.get(HASH_KEY)
                 page.append(
-                    (
+                    VectorVersion(
                         vid,
                         parse_vector_id(vid) if isinstance(meta.get(DOC_KEY), str) else None,
                         incarnation if isinstance(incarnation, int) else None,
                         hash_prefix if isinstance(hash_prefix, str) else None,
                     )
                 )
-            page_orphans, page_stale = await self._db(
-                self._catalog.check_vectors, target, page, repair=repair
-            )
-            orphans.extend(page_orphans)
-            stale += page_stale
+            checked = await self._db(self._outbox.check_vectors, target, page, repair=repair)
+            orphans.extend(checked.orphans)
+            stale += checked.stale
             if not token:
                 break
         return orphans, stale
 
     async def _scan_missing(
-        self, client: VectorClient, target: VectorTarget, repair: bool, deadline: float
+        self, client: VectorClient, target: CollectionHandle, repair: bool, deadline: float
     ) -> int:
         missing = 0
         after = 0
         while True:
-            rows = await self._db(
-                self._catalog.indexed_chunks_after, target, after, _RECONCILE_PAGE
-            )
+            rows = await self._db(self._outbox.indexed_chunks_after, target, after, _RECONCILE_PAGE)
             if not rows:
                 return missing
-            after = rows[-1][0]
-            ids = {vector_id(doc, ordinal): chunk_id for chunk_id, doc, ordinal in rows}
+            after = rows[-1].chunk_id
+            ids = {vector_id(row.document_id, row.ordinal): row.chunk_id for row in rows}
             try:
                 present = await client.get(target.vector_collection, list(ids), deadline)
             except VectorCollectionNotFound:
@@ -372,9 +379,9 @@ class Pipeline:
             absent = [chunk_id for vid, chunk_id in ids.items() if vid not in present]
             missing += len(absent)
             if repair and absent:
-                await self._db(self._catalog.requeue_chunks, absent)
+                await self._db(self._outbox.requeue_chunks, absent)
 
-    async def _drain_collection(self, target: VectorTarget, deadline: float) -> None:
+    async def _drain_collection(self, target: CollectionHandle, deadline: float) -> None:
         """Indexes the collection's PENDING chunks. Chunks another indexer
         holds (the background loop may claim re-queued work first) are
         waited for, within the call's deadline and INDEX_ON_WRITE_TIMEOUT,
@@ -385,14 +392,11 @@ class Pipeline:
         while time.monotonic() < limit:
             lease = indexer.new_lease()
             claimed = await self._db(
-                self._catalog.claim_collection_chunks,
-                target,
-                lease,
-                self._settings.index_batch_records,
+                self._outbox.claim_chunks, lease, self._settings.index_batch_records, target
             )
             if claimed:
                 await indexer.index_leased(lease, deadline)
-            elif await self._db(self._catalog.chunks_held_by_others, target):
+            elif await self._db(self._outbox.chunks_held_by_others, target):
                 await asyncio.sleep(0.1)
             else:
                 return

@@ -32,6 +32,7 @@ from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database, build_engine
 from metadata_service.indexing import Indexer
+from metadata_service.outbox import Outbox
 from metadata_service.pipeline import Pipeline
 from metadata_service.servicer import MetadataServicer
 from metadata_service.vector_client import VectorClient
@@ -138,7 +139,9 @@ def create_server(
             sent_limits=settings.sent_to_vector_service,
         )
         indexer = Indexer(database, vector_client, executor, settings)
-    pipeline = Pipeline(catalog, executor, settings, indexer, vector_client)
+    pipeline = Pipeline(
+        catalog, Outbox(database), executor, settings, indexer=indexer, client=vector_client
+    )
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(
         MetadataServicer(catalog, pipeline, executor, settings), server
     )

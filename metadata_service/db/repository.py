@@ -57,6 +57,7 @@ from metadata_service.db.models import (
     MetadataRow,
     VectorDeletionRow,
 )
+from metadata_service.domain import ChunkingSpec
 
 # Bulk inserts go through Core tables: the ORM's bulk path splits rows whose
 # NULL columns differ (every typed metadata row does) into one statement each.
@@ -82,25 +83,32 @@ def get_collection(session: Session, name: str) -> CollectionRow | None:
 
 
 @dataclass(frozen=True)
-class CollectionKey:
-    """What writes and searches need of a collection. `vector_collection` is
-    unique per creation, so comparing keys tells a collection from one
-    deleted and created again under its name (even with the same row id,
-    which SQLite may reuse)."""
+class CollectionHandle:
+    """A collection as writes, searches and the indexing pipeline address it.
+    `vector_collection` is unique per creation, so comparing handles tells a
+    collection from one deleted and created again under its name (even with
+    the same row id, which SQLite may reuse)."""
 
     id: int
+    name: str
+    vector_collection: str
     chunk_size: int
     chunk_overlap: int
-    vector_collection: str
+
+    @property
+    def chunking(self) -> ChunkingSpec:
+        return ChunkingSpec(self.chunk_size, self.chunk_overlap)
 
 
-def collection_key(session: Session, name: str) -> CollectionKey | None:
+def collection_handle(session: Session, name: str) -> CollectionHandle | None:
     """Every upsert looks its collection up twice: as a Core row this costs a
     fifth of loading the ORM entity."""
     c = _COLLECTIONS.c
-    stmt = select(c.id, c.chunk_size, c.chunk_overlap, c.vector_collection).where(c.name == name)
+    stmt = select(c.id, c.name, c.vector_collection, c.chunk_size, c.chunk_overlap).where(
+        c.name == name
+    )
     row = session.execute(stmt).one_or_none()
-    return None if row is None else CollectionKey(*row)
+    return None if row is None else CollectionHandle(*row)
 
 
 def add_collection(session: Session, row: CollectionRow) -> CollectionRow:
@@ -957,11 +965,18 @@ def live_chunks(
     return found
 
 
+@dataclass(frozen=True)
+class IndexedChunk:
+    chunk_id: int
+    document_id: str
+    ordinal: int
+
+
 def indexed_chunks_after(
     session: Session, collection_id: int, after: int, limit: int
-) -> list[tuple[int, str, int]]:
-    """INDEXED chunks of a collection in id order after `after`: (chunk id,
-    document id, ordinal) — reconcile's keyset scan."""
+) -> list[IndexedChunk]:
+    """INDEXED chunks of a collection in id order after `after`: reconcile's
+    keyset scan."""
     stmt = (
         select(ChunkRow.id, DocumentRow.external_id, ChunkRow.ordinal)
         .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
@@ -973,7 +988,7 @@ def indexed_chunks_after(
         .order_by(ChunkRow.id)
         .limit(limit)
     )
-    return [(int(a), str(b), int(c)) for a, b, c in session.execute(stmt)]
+    return [IndexedChunk(int(a), str(b), int(c)) for a, b, c in session.execute(stmt)]
 
 
 def requeue_chunks(session: Session, chunk_ids: Collection[int], now: datetime) -> list[int]:

@@ -20,6 +20,7 @@ from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
 from metadata_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from metadata_service.outbox import Outbox
 from metadata_service.server import prepare_database
 from tests.filter_cases import FILTER_CASES, FILTER_RECORDS, cond
 
@@ -223,7 +224,7 @@ def test_collection_recreated_between_lookup_and_write_aborts_the_batch(
     land in a collection created again meanwhile (with other settings, and
     on SQLite under the very same row id) as if nothing happened."""
     write = database.write
-    before = catalog.vector_target("docs").collection_id
+    before = Outbox(database).collection("docs").id
 
     def recreate_first(work: Callable[[Session], T]) -> T:
         monkeypatch.setattr(database, "write", write)
@@ -235,7 +236,7 @@ def test_collection_recreated_between_lookup_and_write_aborts_the_batch(
     with pytest.raises(Aborted, match="re-created meanwhile; send the batch again"):
         catalog.upsert_documents("docs", [doc("a", "x " * 400)])
     if database.engine.dialect.name == "sqlite":
-        assert catalog.vector_target("docs").collection_id == before  # the id was reused
+        assert Outbox(database).collection("docs").id == before  # the id was reused
     assert ids(catalog) == []
     # Sent again, the batch is chunked with the new settings.
     catalog.upsert_documents("docs", [doc("a", "x " * 400)])

@@ -17,10 +17,10 @@ from sqlalchemy import event
 from askmojo.common.filters import Condition, Op
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
-from metadata_service.db import repository as repo
 from metadata_service.db.engine import Database
 from metadata_service.db.models import utcnow
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery
+from metadata_service.outbox import ChunkPlace, Outbox, VectorVersion
 from metadata_service.server import prepare_database
 
 BIG_TABLES = ("chunks", "documents", "document_metadata")
@@ -57,20 +57,21 @@ def test_no_hot_path_query_scans_a_big_table(
     docs = [DocumentInput(f"d{i}", "word " * 300, {"k": i}) for i in range(5)]
     catalog.upsert_documents("docs", docs)
     catalog.upsert_documents("docs", [DocumentInput("d1", "other " * 50, {"k": 1, "j": "x"})])
-    target = catalog.vector_target("docs")
+    outbox = Outbox(db)
+    target = outbox.collection("docs")
     lease = utcnow()
-    catalog.claim_collection_chunks(target, lease, 10)
-    catalog.chunks_held_by_others(target)
-    with db.session_scope(write=True) as session:
-        repo.claimed_chunks(session, lease)
-        repo.claim_chunks(session, now=utcnow(), lease_until=lease, limit=10)
-        repo.release_lease(session, lease)
-    catalog.search_join(target, [("d1", 0, 1, "ab")], None)
-    catalog.search_join(target, [("d1", 0, 1, "ab")], Condition("k", Op.GT, (1,)))
-    catalog.check_vectors(target, [("d1:0", ("d1", 0), 1, "ab")], repair=True)
-    catalog.indexed_chunks_after(target, 0, 10)
-    catalog.resume_unfinished(target, repair=True)
-    catalog.document_states("docs", ["d1"])
+    outbox.claim_chunks(lease, 10, target)
+    outbox.chunks_held_by_others(target)
+    outbox.claimed(lease)
+    outbox.claim_chunks(lease, 10)
+    outbox.release_lease(lease)
+    match = VectorVersion("d1#0", ChunkPlace("d1", 0), 1, "ab")
+    outbox.search_join(target, [match], None)
+    outbox.search_join(target, [match], Condition("k", Op.GT, (1,)))
+    outbox.check_vectors(target, [VectorVersion("d1:0", ChunkPlace("d1", 0), 1, "ab")], repair=True)
+    outbox.indexed_chunks_after(target, 0, 10)
+    outbox.resume_unfinished(target, repair=True)
+    outbox.document_states("docs", ["d1"])
     catalog.list_documents(DocumentQuery("docs", filter=Condition("k", Op.EQ, (1,))))
     catalog.get_document("docs", "d1", include_text=True)
     catalog.delete_documents("docs", ["d4"], None)

@@ -111,13 +111,13 @@ def test_filter_limits_are_settings_capped_by_the_ceilings(tmp_path: Path) -> No
 def test_the_reserved_key_count_is_what_the_indexer_adds() -> None:
     from types import SimpleNamespace
 
-    from metadata_service import indexing
+    from metadata_service import outbox
     from metadata_service.config import RESERVED_VECTOR_KEYS
 
     chunk = SimpleNamespace(
         document_id="d", ordinal=0, incarnation=1, generation=1, content_hash="ab" * 32
     )
-    added = indexing.vector_metadata(chunk, {})  # type: ignore[arg-type]
+    added = outbox.vector_metadata(chunk, {})  # type: ignore[arg-type]
     assert len(added) == RESERVED_VECTOR_KEYS
 
 

@@ -1,0 +1,443 @@
+"""The outbox: the one owner of the indexing state the database keeps for the
+vector service (DESIGN.md §6). `indexing.py` and `pipeline.py` go through it;
+`catalog.py` only fills it, in the transactions of the writes that need it.
+
+Two queues:
+- chunks in state PENDING: each becomes a vector, id `<document id>#<ordinal>`
+  (`vector_id`), whose metadata is the document's plus reserved keys naming
+  its document, incarnation, generation and content hash (`vector_metadata`);
+- rows of `vector_deletions`: vectors to remove after a delete, a shrink or a
+  dropped collection (`deletion_filter` names them).
+
+Work is leased (`lease_until`): claimed, then settled under the same lease,
+or released. Here too are the checks that read the vector service's answers
+against the chunks: Search's join and Reconcile's comparison.
+
+Each public method of `Outbox` is one transaction (db.read / db.write), run
+on the service's thread pool by its async callers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy.orm import Session
+
+from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from metadata_service import lookup
+from metadata_service.db import repository as repo
+from metadata_service.db.engine import Database
+from metadata_service.db.models import IndexState, VectorDeletionRow, utcnow
+
+# Reserved vector metadata keys ("_" starts no client key: validation.py).
+DOC_KEY = "_doc"
+ORDINAL_KEY = "_ord"
+INCARNATION_KEY = "_inc"
+GENERATION_KEY = "_gen"
+HASH_KEY = "_hash"
+# Enough of the sha256 to tell versions apart.
+_HASH_CHARS = 16
+
+
+# --- the vector-id scheme ------------------------------------------------------
+
+
+class ChunkPlace(NamedTuple):
+    """Where a chunk is: what a vector's id names."""
+
+    document_id: str
+    ordinal: int
+
+
+def vector_id(document_id: str, ordinal: int) -> str:
+    """Deterministic: a replay overwrites the same vector instead of adding one."""
+    return f"{document_id}#{ordinal}"
+
+
+def parse_vector_id(value: str) -> ChunkPlace | None:
+    document_id, sep, ordinal = value.rpartition("#")
+    if not sep or not ordinal.isdigit():
+        return None
+    return ChunkPlace(document_id, int(ordinal))
+
+
+def vector_metadata(
+    chunk: repo.ClaimedChunk, document_metadata: Mapping[str, MetadataScalar]
+) -> dict[str, MetadataScalar]:
+    return {
+        **document_metadata,
+        DOC_KEY: chunk.document_id,
+        ORDINAL_KEY: chunk.ordinal,
+        INCARNATION_KEY: chunk.incarnation,
+        GENERATION_KEY: chunk.generation,
+        HASH_KEY: chunk.content_hash[:_HASH_CHARS],
+    }
+
+
+@dataclass(frozen=True)
+class VectorVersion:
+    """A vector as its id and reserved metadata describe it: the chunk it
+    claims to be (None: not one of ours) and the version of its text."""
+
+    vector_id: str
+    place: ChunkPlace | None
+    incarnation: int | None
+    hash_prefix: str | None
+
+
+def deletion_groups(rows: Sequence[VectorDeletionRow], limit: int) -> list[list[VectorDeletionRow]]:
+    """The deletion rows in the groups one vector call each carries out:
+    a dropped collection alone; the deleted documents of one vector
+    collection up to `limit` together (DELETE_BATCH_DOCUMENTS, under the
+    vector service's per-call limits); a shrunk document alone."""
+    groups: list[list[VectorDeletionRow]] = []
+    whole: dict[str, list[VectorDeletionRow]] = defaultdict(list)
+    for row in rows:
+        if row.document_id is not None and row.first_ordinal == 0:
+            pending = whole[row.vector_collection]
+            pending.append(row)
+            if len(pending) >= limit:
+                groups.append(whole.pop(row.vector_collection))
+        else:
+            groups.append([row])
+    groups.extend(whole.values())
+    return groups
+
+
+def deletion_filter(rows: Sequence[VectorDeletionRow]) -> FilterNode:
+    """The vectors a group of deletion rows stands for (never a newer
+    version's). Several rows: deleted documents, whose incarnations died with
+    their rows, so every vector carrying one of them goes, whatever its
+    generation (ingest never gives a document 0 chunks: a row with
+    first_ordinal 0 always stands for a deleted document)."""
+    if len(rows) > 1:
+        assert all(r.incarnation is not None and r.first_ordinal == 0 for r in rows)
+        incarnations = tuple(sorted({r.incarnation for r in rows if r.incarnation is not None}))
+        return Condition(INCARNATION_KEY, Op.IN, incarnations)
+    row = rows[0]
+    assert row.incarnation is not None
+    conditions: list[FilterNode] = [
+        Condition(INCARNATION_KEY, Op.EQ, (row.incarnation,)),
+        Condition(GENERATION_KEY, Op.LTE, (row.max_generation,)),
+    ]
+    if row.first_ordinal > 0:
+        conditions.append(Condition(ORDINAL_KEY, Op.GTE, (row.first_ordinal,)))
+    return AllOf(tuple(conditions))
+
+
+# --- filling the deletion queue (inside the caller's write) --------------------
+
+
+def record_collection_drop(
+    session: Session, vector_collection: str, lease: datetime | None
+) -> None:
+    """A dropped collection's vectors go with it, now or, if the vector
+    service is down, when it is back: recorded in the drop's transaction."""
+    repo.add_deletions(
+        session,
+        [{**_DELETION_DEFAULTS, "vector_collection": vector_collection, "lease_until": lease}],
+    )
+
+
+def shrink_deletion(
+    collection: repo.CollectionHandle, document_id: str, old: repo.StoredDocument, chunks: int
+) -> dict[str, object]:
+    """The deletion row for the vectors past a rewritten document's new last
+    chunk (its old, longer version's); written with repo.add_deletions."""
+    return {
+        **_DELETION_DEFAULTS,
+        "vector_collection": collection.vector_collection,
+        "document_id": document_id,
+        "incarnation": old.incarnation,
+        "first_ordinal": chunks,
+        "max_generation": old.generation,
+    }
+
+
+def record_document_deletions(
+    session: Session,
+    collection: repo.CollectionHandle,
+    deleted: Sequence[repo.DeletedDocument],
+    lease: datetime | None,
+) -> None:
+    """The vectors' removal, recorded with the rows' (the deletion outbox):
+    it happens now, or when the vector service is back."""
+    repo.add_deletions(
+        session,
+        [
+            {
+                **_DELETION_DEFAULTS,
+                "vector_collection": collection.vector_collection,
+                "document_id": d.external_id,
+                "incarnation": d.incarnation,
+                "max_generation": d.generation,
+                "lease_until": lease,
+            }
+            for d in deleted
+        ],
+    )
+
+
+# Column defaults of a vector_deletions row (Core inserts skip ORM defaults).
+_DELETION_DEFAULTS: dict[str, object] = {
+    "document_id": None,
+    "incarnation": None,
+    "first_ordinal": 0,
+    "max_generation": 0,
+    "attempts": 0,
+    "error": None,
+    "lease_until": None,
+}
+
+
+# --- what the outbox answers ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexingState:
+    """Where a document's indexing stands, as an ingest call reports it."""
+
+    state: IndexState
+    error: str | None
+    truncated_chunks: int
+
+
+@dataclass(frozen=True)
+class ClaimedWork:
+    """The chunks held under a lease, with their documents' metadata by
+    document row id."""
+
+    chunks: list[repo.ClaimedChunk]
+    metadata: dict[int, dict[str, MetadataScalar]]
+
+
+@dataclass(frozen=True)
+class LiveText:
+    """Search's join: a live chunk's text and its document's metadata."""
+
+    text: str
+    metadata: dict[str, MetadataScalar]
+
+
+@dataclass(frozen=True)
+class VectorCheck:
+    """Reconcile, one page of vectors: those with no live chunk of their
+    incarnation, and how many carry an older text of a live chunk."""
+
+    orphans: list[str]
+    stale: int
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def collection(self, name: str) -> repo.CollectionHandle:
+        """The collection a Search or Reconcile names."""
+
+        def work(session: Session) -> repo.CollectionHandle:
+            row = lookup.collection_row(session, name)
+            return repo.CollectionHandle(
+                row.id, row.name, row.vector_collection, row.chunk_size, row.chunk_overlap
+            )
+
+        return self._db.read(work)
+
+    # --- chunks ---------------------------------------------------------------
+
+    def claim_chunks(
+        self,
+        lease: datetime,
+        limit: int,
+        collection: repo.CollectionHandle | None = None,
+    ) -> int:
+        """Leases up to `limit` PENDING chunks nobody holds (of `collection`,
+        or of any); returns how many."""
+        collection_id = None if collection is None else collection.id
+        return len(
+            self._db.write(
+                lambda s: repo.claim_chunks(
+                    s, now=utcnow(), lease_until=lease, limit=limit, collection_id=collection_id
+                )
+            )
+        )
+
+    def claimed(self, lease: datetime) -> ClaimedWork:
+        def work(session: Session) -> ClaimedWork:
+            chunks = repo.claimed_chunks(session, lease)
+            return ClaimedWork(chunks, repo.metadata_of(session, {c.document_pk for c in chunks}))
+
+        return self._db.read(work)
+
+    def settle_chunks(
+        self,
+        lease: datetime,
+        *,
+        indexed: Collection[int],
+        failed: Mapping[int, str],
+        released: Collection[int],
+        truncated: Collection[int] = (),
+    ) -> None:
+        """Records what the vector service said of chunks sent under `lease`,
+        and the states of their documents."""
+
+        def work(session: Session) -> None:
+            now = utcnow()
+            documents = repo.settle_chunks(
+                session,
+                lease,
+                indexed=indexed,
+                failed=failed,
+                released=released,
+                now=now,
+                truncated=truncated,
+            )
+            repo.refresh_document_states(session, documents, now)
+
+        self._db.write(work)
+
+    def release_lease(self, lease: datetime) -> None:
+        """Gives back every chunk still held under `lease`."""
+        self._db.write(lambda s: repo.release_lease(s, lease))
+
+    def chunks_held_by_others(self, collection: repo.CollectionHandle) -> int:
+        return self._db.read(
+            lambda s: repo.chunks_held_by_others(s, now=utcnow(), collection_id=collection.id)
+        )
+
+    def requeue_chunks(self, chunk_ids: Sequence[int]) -> None:
+        def work(session: Session) -> None:
+            _requeue(session, chunk_ids)
+
+        self._db.write(work)
+
+    def resume_unfinished(self, collection: repo.CollectionHandle, *, repair: bool) -> int:
+        """PENDING and FAILED chunks; with `repair`, all PENDING and unleased,
+        ready for the indexer."""
+
+        def work(session: Session) -> int:
+            chunk_ids = repo.unfinished_chunks(session, collection.id)
+            if repair:
+                _requeue(session, chunk_ids)
+            return len(chunk_ids)
+
+        return (self._db.write if repair else self._db.read)(work)
+
+    def document_states(self, collection: str, ids: Sequence[str]) -> dict[str, IndexingState]:
+        def work(session: Session) -> dict[str, IndexingState]:
+            handle = lookup.collection_handle(session, collection)
+            stored = repo.find_documents(session, handle.id, set(ids))
+            pks = [d.pk for d in stored.values()]
+            states = repo.document_states(session, pks)
+            truncated = repo.truncated_chunks_of(session, pks)
+            return {
+                doc_id: IndexingState(*states[d.pk], truncated.get(d.pk, 0))
+                for doc_id, d in stored.items()
+                if d.pk in states
+            }
+
+        return self._db.read(work)
+
+    # --- deletions ------------------------------------------------------------
+
+    def claim_deletions(self, lease: datetime, limit: int) -> list[VectorDeletionRow]:
+        return self._db.write(
+            lambda s: repo.claim_deletions(s, now=utcnow(), lease_until=lease, limit=limit)
+        )
+
+    def leased_deletions(self, lease: datetime) -> list[VectorDeletionRow]:
+        return self._db.read(lambda s: repo.leased_deletions(s, lease))
+
+    def settle_deletions(
+        self, rows: Sequence[VectorDeletionRow], done: Collection[int], error: str
+    ) -> None:
+        """Records the `done` rows of those claimed as finished and gives the
+        others back with `error`."""
+        finished = set(done)
+        undone = [r.id for r in rows if r.id not in finished]
+
+        def work(session: Session) -> None:
+            repo.finish_deletions(session, done)
+            repo.release_deletions(session, undone, error)
+
+        self._db.write(work)
+
+    # --- Search's join and Reconcile's checks ---------------------------------
+
+    def search_join(
+        self,
+        collection: repo.CollectionHandle,
+        matches: Sequence[VectorVersion],
+        where: FilterNode | None,
+    ) -> dict[ChunkPlace, LiveText]:
+        """For vector matches: the chunk text and document metadata of those
+        still live in that very version (a deleted or rewritten document's
+        leftover vectors are never returned), and matching `where` as stored
+        now."""
+
+        def work(session: Session) -> dict[ChunkPlace, LiveText]:
+            places = [m.place for m in matches if m.place is not None]
+            live = repo.live_chunks(session, collection.id, places, where, with_metadata=True)
+            joined = {}
+            for match in matches:
+                if match.place is None or match.place not in live:
+                    continue
+                chunk, metadata = live[match.place]
+                if (
+                    chunk.incarnation == match.incarnation
+                    and match.hash_prefix is not None
+                    and chunk.content_hash.startswith(match.hash_prefix)
+                ):
+                    joined[match.place] = LiveText(chunk.text, metadata)
+            return joined
+
+        return self._db.read(work)
+
+    def check_vectors(
+        self,
+        collection: repo.CollectionHandle,
+        vectors: Sequence[VectorVersion],
+        *,
+        repair: bool,
+    ) -> VectorCheck:
+        """Reconcile, one page of vectors: the orphans (no live chunk of that
+        incarnation) and the stale ones (an older text of a live chunk),
+        which are queued for re-indexing when `repair`."""
+
+        def work(session: Session) -> VectorCheck:
+            places = [v.place for v in vectors if v.place is not None]
+            live = repo.live_chunks(session, collection.id, places)
+            orphans: list[str] = []
+            stale: list[int] = []
+            for vector in vectors:
+                chunk = live[vector.place][0] if vector.place in live else None
+                if chunk is None or chunk.incarnation != vector.incarnation:
+                    orphans.append(vector.vector_id)
+                elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(
+                    vector.hash_prefix or "\0"
+                ):
+                    # PENDING chunks are on their way already; only INDEXED
+                    # ones claim a vector they do not have.
+                    stale.append(chunk.chunk_id)
+            if repair:
+                _requeue(session, stale)
+            return VectorCheck(orphans, len(stale))
+
+        return (self._db.write if repair else self._db.read)(work)
+
+    def indexed_chunks_after(
+        self, collection: repo.CollectionHandle, after: int, limit: int
+    ) -> list[repo.IndexedChunk]:
+        """Reconcile's keyset scan of the chunks that claim a vector."""
+        return self._db.read(lambda s: repo.indexed_chunks_after(s, collection.id, after, limit))
+
+
+def _requeue(session: Session, chunk_ids: Collection[int]) -> None:
+    """Back to PENDING and unleased, with their documents' states."""
+    if chunk_ids:
+        now = utcnow()
+        repo.refresh_document_states(session, repo.requeue_chunks(session, chunk_ids, now), now)
