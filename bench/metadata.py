@@ -28,6 +28,7 @@ from bench.corpora import metadata_for, word_texts
 from bench.services import ServiceProcess
 from bench.timing import median_pair
 from metadata_service.config import MetadataSettings
+from metadata_service.db.document_queries import metadata_row
 from metadata_service.db.engine import build_engine
 from metadata_service.db.models import (
     ChunkRow,
@@ -37,7 +38,6 @@ from metadata_service.db.models import (
     MetadataRow,
     utcnow,
 )
-from metadata_service.db.repository import metadata_row
 from metadata_service.domain import ChunkingSpec, DocumentInput
 from metadata_service.server import prepare_database
 from metadata_service.validation import prepare_document

@@ -18,9 +18,17 @@ from sqlalchemy.orm import Session
 from askmojo.common.filters import FilterNode
 from metadata_service import lookup, outbox, validation
 from metadata_service.config import MetadataSettings
-from metadata_service.db import repository as repo
+from metadata_service.db import (
+    collection_queries,
+    document_queries,
+    secret_queries,
+    stats_queries,
+)
+from metadata_service.db.collection_queries import CollectionHandle
+from metadata_service.db.document_queries import StoredDocument
 from metadata_service.db.engine import Database
 from metadata_service.db.models import CollectionRow, DocumentRow, IndexState, utcnow
+from metadata_service.db.stats_queries import CollectionCounts
 from metadata_service.domain import (
     ChunkingSpec,
     CollectionInfo,
@@ -92,9 +100,9 @@ class Catalog:
             )
 
         def work(session: Session) -> CollectionInfo:
-            if repo.get_collection(session, spec.name) is not None:
+            if collection_queries.get_collection(session, spec.name) is not None:
                 raise AlreadyExists(f"collection {quoted(spec.name)} already exists")
-            row = repo.add_collection(
+            row = collection_queries.add_collection(
                 session,
                 CollectionRow(
                     name=spec.name,
@@ -107,7 +115,7 @@ class Catalog:
                     created_at=utcnow(),
                 ),
             )
-            return _collection_info(row, repo.CollectionCounts())
+            return _collection_info(row, CollectionCounts())
 
         info = self._db.write(work)
         _LOGGER.info("collection created", extra={"collection": info.name, "model": info.model})
@@ -116,7 +124,9 @@ class Catalog:
     def get_collection(self, name: str) -> CollectionInfo:
         def work(session: Session) -> CollectionInfo:
             row = lookup.collection_row(session, name)
-            counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
+            counts = stats_queries.collection_counts(session, [row.id]).get(
+                row.id, CollectionCounts()
+            )
             return _collection_info(row, counts)
 
         return self._db.read(work)
@@ -128,10 +138,10 @@ class Catalog:
         after = tokens.decode(page_token, fingerprint)
 
         def work(session: Session) -> Page[CollectionInfo]:
-            rows = repo.list_collections(session, after, limit + 1)
+            rows = collection_queries.list_collections(session, after, limit + 1)
             page, more = rows[:limit], len(rows) > limit
-            counts = repo.collection_counts(session, [row.id for row in page])
-            items = [_collection_info(r, counts.get(r.id, repo.CollectionCounts())) for r in page]
+            counts = stats_queries.collection_counts(session, [row.id for row in page])
+            items = [_collection_info(r, counts.get(r.id, CollectionCounts())) for r in page]
             token = tokens.encode(page[-1].name, fingerprint) if more else ""
             return Page(items, token)
 
@@ -145,8 +155,10 @@ class Catalog:
 
         def work(session: Session) -> DeleteCollectionOutcome:
             row = lookup.collection_row(session, name)
-            counts = repo.collection_counts(session, [row.id]).get(row.id, repo.CollectionCounts())
-            repo.delete_collection(session, row.id)
+            counts = stats_queries.collection_counts(session, [row.id]).get(
+                row.id, CollectionCounts()
+            )
+            collection_queries.delete_collection(session, row.id)
             outbox.record_collection_drop(session, row.vector_collection, lease)
             return DeleteCollectionOutcome(counts.documents, counts.chunks)
 
@@ -181,12 +193,12 @@ class Catalog:
 
         def look_up(
             session: Session,
-        ) -> tuple[repo.CollectionHandle, dict[str, repo.StoredDocument]]:
+        ) -> tuple[CollectionHandle, dict[str, StoredDocument]]:
             # One read serves two purposes: the collection's chunking settings,
             # and spotting an entirely unchanged batch, which then takes no
             # write lock at all (clients re-send batches after any failure).
             ref = lookup.collection_handle(session, collection)
-            return ref, repo.find_documents(session, ref.id, {d.id for d in documents})
+            return ref, document_queries.find_documents(session, ref.id, {d.id for d in documents})
 
         ref, stored = self._db.read(look_up)
 
@@ -238,7 +250,7 @@ class Catalog:
         self,
         session: Session,
         collection: str,
-        looked_up: repo.CollectionHandle,
+        looked_up: CollectionHandle,
         docs: Sequence[PreparedDocument],
         lease: datetime | None,
     ) -> dict[str, UpsertOutcome]:
@@ -254,14 +266,16 @@ class Catalog:
         # Rows are written in id order, the order find_documents locks them in,
         # so two batches sharing ids never deadlock on PostgreSQL.
         docs = sorted(docs, key=lambda doc: doc.id)
-        stored = repo.find_documents(session, collection_id, [doc.id for doc in docs], lock=True)
+        stored = document_queries.find_documents(
+            session, collection_id, [doc.id for doc in docs], lock=True
+        )
         now = utcnow()
         outcomes: dict[str, UpsertOutcome] = {}
         new_rows, updates = [], []
         chunks_of: dict[str, PreparedDocument] = {}  # documents whose chunks are rewritten
         metadata_of: dict[str, PreparedDocument] = {}  # documents whose metadata is rewritten
         pending_again: list[int] = []  # text kept: chunks re-sent as they are
-        deletions: list[dict[str, object]] = []  # vectors of chunks a shorter text dropped
+        shrunk: list[outbox.Shrink] = []  # shorter texts: vectors of their dropped chunks go
         for doc in docs:
             old = stored.get(doc.id)
             if old is None:
@@ -298,7 +312,7 @@ class Catalog:
             if text_changed:
                 chunks_of[doc.id] = doc
                 if len(doc.chunks) < old.chunk_count:
-                    deletions.append(outbox.shrink_deletion(ref, doc.id, old, len(doc.chunks)))
+                    shrunk.append(outbox.Shrink(doc.id, old, len(doc.chunks)))
             else:
                 pending_again.append(old.pk)
             if doc.metadata_hash != old.metadata_hash:
@@ -311,26 +325,26 @@ class Catalog:
             )
 
         pks = {doc_id: old.pk for doc_id, old in stored.items()}
-        pks.update(repo.insert_documents(session, new_rows))
+        pks.update(document_queries.insert_documents(session, new_rows))
         # Updates are grouped by their key set: SQLAlchemy's bulk UPDATE by
         # primary key runs one executemany per distinct set of columns.
         for keys in {frozenset(u) for u in updates}:
-            repo.update_documents(session, [u for u in updates if frozenset(u) == keys])
+            document_queries.update_documents(session, [u for u in updates if frozenset(u) == keys])
         replaced = {old.pk for old in stored.values()}
-        repo.write_chunks(
+        document_queries.write_chunks(
             session,
             {pks[i]: d.chunks for i, d in chunks_of.items()},
             now,
             replacing=[pks[i] for i in chunks_of if pks[i] in replaced],
             lease=lease,
         )
-        repo.add_deletions(session, deletions)
-        repo.write_metadata(
+        outbox.record_shrinks(session, ref, shrunk)
+        document_queries.write_metadata(
             session,
             {pks[i]: d.metadata for i, d in metadata_of.items()},
             replacing=[pks[i] for i in metadata_of if pks[i] in replaced],
         )
-        repo.mark_chunks_pending(session, pending_again, now, lease=lease)
+        document_queries.mark_chunks_pending(session, pending_again, now, lease=lease)
         return outcomes
 
     def get_document(self, collection: str, doc_id: str, *, include_text: bool) -> DocumentInfo:
@@ -338,7 +352,7 @@ class Catalog:
 
         def work(session: Session) -> DocumentInfo:
             ref = lookup.collection_handle(session, collection)
-            row = repo.get_document(session, ref.id, doc_id, include_text=include_text)
+            row = document_queries.get_document(session, ref.id, doc_id, include_text=include_text)
             if row is None:
                 raise NotFound(
                     f"document {quoted(doc_id)} not found in collection {quoted(collection)}"
@@ -362,7 +376,7 @@ class Catalog:
 
         def work(session: Session) -> Page[DocumentInfo]:
             ref = lookup.collection_handle(session, query.collection)
-            sizes = repo.list_document_sizes(
+            sizes = document_queries.list_document_sizes(
                 session,
                 ref.id,
                 where=query.filter,
@@ -374,7 +388,7 @@ class Catalog:
             chosen = _fitting(
                 [document_bytes(s.data_bytes, s.metadata_entries) for s in sizes[:limit]], budget
             )
-            rows = repo.list_documents(
+            rows = document_queries.list_documents(
                 session,
                 ref.id,
                 [s.pk for s in sizes[:chosen]],
@@ -425,7 +439,7 @@ class Catalog:
 
         def work(session: Session) -> DeleteDocumentsOutcome:
             ref = lookup.collection_handle(session, collection)
-            deleted = repo.delete_documents(session, ref.id, external_ids=list(ids))
+            deleted = document_queries.delete_documents(session, ref.id, external_ids=list(ids))
             outbox.record_document_deletions(session, ref, deleted, lease)
             gone = {d.external_id for d in deleted}
             return DeleteDocumentsOutcome(
@@ -451,11 +465,11 @@ class Catalog:
 
         def work(session: Session) -> DeletedBatch:
             ref = lookup.collection_handle(session, collection)
-            start = cursor or DeleteCursor(0, repo.newest_document_pk(session, ref.id))
-            pks = repo.matching_document_pks(
+            start = cursor or DeleteCursor(0, document_queries.newest_document_pk(session, ref.id))
+            pks = document_queries.matching_document_pks(
                 session, ref.id, where, after=start.after, through=start.through, limit=limit
             )
-            deleted = repo.delete_documents(session, ref.id, pks=pks) if pks else []
+            deleted = document_queries.delete_documents(session, ref.id, pks=pks) if pks else []
             outbox.record_document_deletions(session, ref, deleted, lease)
             more = len(pks) == limit
             return DeletedBatch(
@@ -472,10 +486,10 @@ class Catalog:
             return Stats(
                 pool=self._db.pool_status(),
                 storage=self._db.storage_status(),
-                documents_by_state=repo.documents_by_state(session, collection_id),
-                chunk_count=repo.chunk_total(session, collection_id),
+                documents_by_state=stats_queries.documents_by_state(session, collection_id),
+                chunk_count=stats_queries.chunk_total(session, collection_id),
                 worker_pid=os.getpid(),
-                truncated_chunk_count=repo.truncated_chunk_total(session, collection_id),
+                truncated_chunk_count=stats_queries.truncated_chunk_total(session, collection_id),
             )
 
         return self._db.read(work)
@@ -488,10 +502,12 @@ class Catalog:
         if self._page_tokens is None:
             with self._page_tokens_lock:
                 if self._page_tokens is None:
-                    secret = self._db.read(repo.page_token_secret)
+                    secret = self._db.read(secret_queries.page_token_secret)
                     if secret is None:
                         candidate = secrets.token_hex(32)
-                        secret = self._db.write(lambda s: repo.add_page_token_secret(s, candidate))
+                        secret = self._db.write(
+                            lambda s: secret_queries.add_page_token_secret(s, candidate)
+                        )
                     self._page_tokens = PageTokens(secret.encode())
         return self._page_tokens
 
@@ -522,7 +538,7 @@ def _vector_collection_name(name: str) -> str:
     return f"{name[:54]}-{secrets.token_hex(4)}"
 
 
-def _is_unchanged(doc: PreparedDocument, old: repo.StoredDocument | None) -> bool:
+def _is_unchanged(doc: PreparedDocument, old: StoredDocument | None) -> bool:
     """Same text and metadata, and nothing to retry: re-sending a document
     whose indexing FAILED queues it again."""
     return (
@@ -533,7 +549,7 @@ def _is_unchanged(doc: PreparedDocument, old: repo.StoredDocument | None) -> boo
     )
 
 
-def _unchanged(doc_id: str, old: repo.StoredDocument) -> UpsertOutcome:
+def _unchanged(doc_id: str, old: StoredDocument) -> UpsertOutcome:
     return UpsertOutcome(
         doc_id, UpsertState.UNCHANGED, chunk_count=old.chunk_count, generation=old.generation
     )
@@ -556,7 +572,7 @@ def _new_document_row(collection_id: int, doc: PreparedDocument, now: object) ->
     }
 
 
-def _collection_info(row: CollectionRow, counts: repo.CollectionCounts) -> CollectionInfo:
+def _collection_info(row: CollectionRow, counts: CollectionCounts) -> CollectionInfo:
     return CollectionInfo(
         name=row.name,
         description=row.description,
@@ -571,7 +587,7 @@ def _collection_info(row: CollectionRow, counts: repo.CollectionCounts) -> Colle
 
 
 def _document_bytes(info: DocumentInfo) -> int:
-    """What repo.list_document_sizes measures, for a loaded document."""
+    """What document_queries.list_document_sizes measures, for a loaded document."""
     data = [info.id, info.text or "", info.error or ""]
     data += [key for key in info.metadata]
     data += [value for value in info.metadata.values() if isinstance(value, str)]
@@ -593,7 +609,9 @@ def _document_info(row: DocumentRow, include_text: bool) -> DocumentInfo:
     return DocumentInfo(
         id=row.external_id,
         text=row.text if include_text else None,
-        metadata={entry.key: repo.metadata_value(entry) for entry in row.metadata_entries},
+        metadata={
+            entry.key: document_queries.metadata_value(entry) for entry in row.metadata_entries
+        },
         state=row.state,
         content_hash=row.content_hash,
         generation=row.generation,

@@ -31,7 +31,7 @@ from askmojo.common.filters import MetadataScalar
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
 from metadata_service.db.models import VectorDeletionRow, utcnow
-from metadata_service.db.repository import ClaimedChunk
+from metadata_service.db.outbox_queries import ClaimedChunk
 from metadata_service.outbox import (
     HASH_KEY,
     INCARNATION_KEY,

@@ -29,9 +29,13 @@ from sqlalchemy.orm import Session
 
 from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
 from metadata_service import lookup
-from metadata_service.db import repository as repo
+from metadata_service.db import document_queries, outbox_queries, search_queries
+from metadata_service.db.collection_queries import CollectionHandle
+from metadata_service.db.document_queries import DeletedDocument, StoredDocument
 from metadata_service.db.engine import Database
 from metadata_service.db.models import IndexState, VectorDeletionRow, utcnow
+from metadata_service.db.outbox_queries import ClaimedChunk
+from metadata_service.db.search_queries import IndexedChunk
 
 # Reserved vector metadata keys ("_" starts no client key: validation.py).
 DOC_KEY = "_doc"
@@ -66,7 +70,7 @@ def parse_vector_id(value: str) -> ChunkPlace | None:
 
 
 def vector_metadata(
-    chunk: repo.ClaimedChunk, document_metadata: Mapping[str, MetadataScalar]
+    chunk: ClaimedChunk, document_metadata: Mapping[str, MetadataScalar]
 ) -> dict[str, MetadataScalar]:
     return {
         **document_metadata,
@@ -137,36 +141,51 @@ def record_collection_drop(
 ) -> None:
     """A dropped collection's vectors go with it, now or, if the vector
     service is down, when it is back: recorded in the drop's transaction."""
-    repo.add_deletions(
+    outbox_queries.add_deletions(
         session,
         [{**_DELETION_DEFAULTS, "vector_collection": vector_collection, "lease_until": lease}],
     )
 
 
-def shrink_deletion(
-    collection: repo.CollectionHandle, document_id: str, old: repo.StoredDocument, chunks: int
-) -> dict[str, object]:
-    """The deletion row for the vectors past a rewritten document's new last
-    chunk (its old, longer version's); written with repo.add_deletions."""
-    return {
-        **_DELETION_DEFAULTS,
-        "vector_collection": collection.vector_collection,
-        "document_id": document_id,
-        "incarnation": old.incarnation,
-        "first_ordinal": chunks,
-        "max_generation": old.generation,
-    }
+@dataclass(frozen=True)
+class Shrink:
+    """A rewritten document now shorter than its `old` version: the vectors
+    past its new last chunk must go."""
+
+    document_id: str
+    old: StoredDocument
+    chunks: int
+
+
+def record_shrinks(
+    session: Session, collection: CollectionHandle, shrunk: Sequence[Shrink]
+) -> None:
+    """Their removal, recorded in the rewrite's transaction."""
+    outbox_queries.add_deletions(
+        session,
+        [
+            {
+                **_DELETION_DEFAULTS,
+                "vector_collection": collection.vector_collection,
+                "document_id": s.document_id,
+                "incarnation": s.old.incarnation,
+                "first_ordinal": s.chunks,
+                "max_generation": s.old.generation,
+            }
+            for s in shrunk
+        ],
+    )
 
 
 def record_document_deletions(
     session: Session,
-    collection: repo.CollectionHandle,
-    deleted: Sequence[repo.DeletedDocument],
+    collection: CollectionHandle,
+    deleted: Sequence[DeletedDocument],
     lease: datetime | None,
 ) -> None:
     """The vectors' removal, recorded with the rows' (the deletion outbox):
     it happens now, or when the vector service is back."""
-    repo.add_deletions(
+    outbox_queries.add_deletions(
         session,
         [
             {
@@ -211,7 +230,7 @@ class ClaimedWork:
     """The chunks held under a lease, with their documents' metadata by
     document row id."""
 
-    chunks: list[repo.ClaimedChunk]
+    chunks: list[ClaimedChunk]
     metadata: dict[int, dict[str, MetadataScalar]]
 
 
@@ -236,12 +255,12 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def collection(self, name: str) -> repo.CollectionHandle:
+    def collection(self, name: str) -> CollectionHandle:
         """The collection a Search or Reconcile names."""
 
-        def work(session: Session) -> repo.CollectionHandle:
+        def work(session: Session) -> CollectionHandle:
             row = lookup.collection_row(session, name)
-            return repo.CollectionHandle(
+            return CollectionHandle(
                 row.id, row.name, row.vector_collection, row.chunk_size, row.chunk_overlap
             )
 
@@ -253,14 +272,14 @@ class Outbox:
         self,
         lease: datetime,
         limit: int,
-        collection: repo.CollectionHandle | None = None,
+        collection: CollectionHandle | None = None,
     ) -> int:
         """Leases up to `limit` PENDING chunks nobody holds (of `collection`,
         or of any); returns how many."""
         collection_id = None if collection is None else collection.id
         return len(
             self._db.write(
-                lambda s: repo.claim_chunks(
+                lambda s: outbox_queries.claim_chunks(
                     s, now=utcnow(), lease_until=lease, limit=limit, collection_id=collection_id
                 )
             )
@@ -268,8 +287,10 @@ class Outbox:
 
     def claimed(self, lease: datetime) -> ClaimedWork:
         def work(session: Session) -> ClaimedWork:
-            chunks = repo.claimed_chunks(session, lease)
-            return ClaimedWork(chunks, repo.metadata_of(session, {c.document_pk for c in chunks}))
+            chunks = outbox_queries.claimed_chunks(session, lease)
+            return ClaimedWork(
+                chunks, outbox_queries.metadata_of(session, {c.document_pk for c in chunks})
+            )
 
         return self._db.read(work)
 
@@ -287,7 +308,7 @@ class Outbox:
 
         def work(session: Session) -> None:
             now = utcnow()
-            documents = repo.settle_chunks(
+            documents = outbox_queries.settle_chunks(
                 session,
                 lease,
                 indexed=indexed,
@@ -296,17 +317,19 @@ class Outbox:
                 now=now,
                 truncated=truncated,
             )
-            repo.refresh_document_states(session, documents, now)
+            outbox_queries.refresh_document_states(session, documents, now)
 
         self._db.write(work)
 
     def release_lease(self, lease: datetime) -> None:
         """Gives back every chunk still held under `lease`."""
-        self._db.write(lambda s: repo.release_lease(s, lease))
+        self._db.write(lambda s: outbox_queries.release_lease(s, lease))
 
-    def chunks_held_by_others(self, collection: repo.CollectionHandle) -> int:
+    def chunks_held_by_others(self, collection: CollectionHandle) -> int:
         return self._db.read(
-            lambda s: repo.chunks_held_by_others(s, now=utcnow(), collection_id=collection.id)
+            lambda s: outbox_queries.chunks_held_by_others(
+                s, now=utcnow(), collection_id=collection.id
+            )
         )
 
     def requeue_chunks(self, chunk_ids: Sequence[int]) -> None:
@@ -315,12 +338,12 @@ class Outbox:
 
         self._db.write(work)
 
-    def resume_unfinished(self, collection: repo.CollectionHandle, *, repair: bool) -> int:
+    def resume_unfinished(self, collection: CollectionHandle, *, repair: bool) -> int:
         """PENDING and FAILED chunks; with `repair`, all PENDING and unleased,
         ready for the indexer."""
 
         def work(session: Session) -> int:
-            chunk_ids = repo.unfinished_chunks(session, collection.id)
+            chunk_ids = outbox_queries.unfinished_chunks(session, collection.id)
             if repair:
                 _requeue(session, chunk_ids)
             return len(chunk_ids)
@@ -330,12 +353,14 @@ class Outbox:
     def document_states(self, collection: str, ids: Sequence[str]) -> dict[str, IndexingState]:
         def work(session: Session) -> dict[str, IndexingState]:
             handle = lookup.collection_handle(session, collection)
-            stored = repo.find_documents(session, handle.id, set(ids))
+            stored = document_queries.find_documents(session, handle.id, set(ids))
             pks = [d.pk for d in stored.values()]
-            states = repo.document_states(session, pks)
-            truncated = repo.truncated_chunks_of(session, pks)
+            states = outbox_queries.document_states(session, pks)
+            truncated = outbox_queries.truncated_chunks_of(session, pks)
             return {
-                doc_id: IndexingState(*states[d.pk], truncated.get(d.pk, 0))
+                doc_id: IndexingState(
+                    states[d.pk].state, states[d.pk].error, truncated.get(d.pk, 0)
+                )
                 for doc_id, d in stored.items()
                 if d.pk in states
             }
@@ -346,11 +371,13 @@ class Outbox:
 
     def claim_deletions(self, lease: datetime, limit: int) -> list[VectorDeletionRow]:
         return self._db.write(
-            lambda s: repo.claim_deletions(s, now=utcnow(), lease_until=lease, limit=limit)
+            lambda s: outbox_queries.claim_deletions(
+                s, now=utcnow(), lease_until=lease, limit=limit
+            )
         )
 
     def leased_deletions(self, lease: datetime) -> list[VectorDeletionRow]:
-        return self._db.read(lambda s: repo.leased_deletions(s, lease))
+        return self._db.read(lambda s: outbox_queries.leased_deletions(s, lease))
 
     def settle_deletions(
         self, rows: Sequence[VectorDeletionRow], done: Collection[int], error: str
@@ -361,8 +388,8 @@ class Outbox:
         undone = [r.id for r in rows if r.id not in finished]
 
         def work(session: Session) -> None:
-            repo.finish_deletions(session, done)
-            repo.release_deletions(session, undone, error)
+            outbox_queries.finish_deletions(session, done)
+            outbox_queries.release_deletions(session, undone, error)
 
         self._db.write(work)
 
@@ -370,7 +397,7 @@ class Outbox:
 
     def search_join(
         self,
-        collection: repo.CollectionHandle,
+        collection: CollectionHandle,
         matches: Sequence[VectorVersion],
         where: FilterNode | None,
     ) -> dict[ChunkPlace, LiveText]:
@@ -381,25 +408,27 @@ class Outbox:
 
         def work(session: Session) -> dict[ChunkPlace, LiveText]:
             places = [m.place for m in matches if m.place is not None]
-            live = repo.live_chunks(session, collection.id, places, where, with_metadata=True)
+            live = search_queries.live_chunks(
+                session, collection.id, places, where, with_metadata=True
+            )
             joined = {}
             for match in matches:
                 if match.place is None or match.place not in live:
                     continue
-                chunk, metadata = live[match.place]
+                chunk = live[match.place]
                 if (
                     chunk.incarnation == match.incarnation
                     and match.hash_prefix is not None
                     and chunk.content_hash.startswith(match.hash_prefix)
                 ):
-                    joined[match.place] = LiveText(chunk.text, metadata)
+                    joined[match.place] = LiveText(chunk.text, chunk.metadata)
             return joined
 
         return self._db.read(work)
 
     def check_vectors(
         self,
-        collection: repo.CollectionHandle,
+        collection: CollectionHandle,
         vectors: Sequence[VectorVersion],
         *,
         repair: bool,
@@ -410,11 +439,11 @@ class Outbox:
 
         def work(session: Session) -> VectorCheck:
             places = [v.place for v in vectors if v.place is not None]
-            live = repo.live_chunks(session, collection.id, places)
+            live = search_queries.live_chunks(session, collection.id, places)
             orphans: list[str] = []
             stale: list[int] = []
             for vector in vectors:
-                chunk = live[vector.place][0] if vector.place in live else None
+                chunk = live.get(vector.place) if vector.place is not None else None
                 if chunk is None or chunk.incarnation != vector.incarnation:
                     orphans.append(vector.vector_id)
                 elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(
@@ -430,14 +459,18 @@ class Outbox:
         return (self._db.write if repair else self._db.read)(work)
 
     def indexed_chunks_after(
-        self, collection: repo.CollectionHandle, after: int, limit: int
-    ) -> list[repo.IndexedChunk]:
+        self, collection: CollectionHandle, after: int, limit: int
+    ) -> list[IndexedChunk]:
         """Reconcile's keyset scan of the chunks that claim a vector."""
-        return self._db.read(lambda s: repo.indexed_chunks_after(s, collection.id, after, limit))
+        return self._db.read(
+            lambda s: search_queries.indexed_chunks_after(s, collection.id, after, limit)
+        )
 
 
 def _requeue(session: Session, chunk_ids: Collection[int]) -> None:
     """Back to PENDING and unleased, with their documents' states."""
     if chunk_ids:
         now = utcnow()
-        repo.refresh_document_states(session, repo.requeue_chunks(session, chunk_ids, now), now)
+        outbox_queries.refresh_document_states(
+            session, outbox_queries.requeue_chunks(session, chunk_ids, now), now
+        )

@@ -26,8 +26,8 @@ from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
+from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.db.models import IndexState
-from metadata_service.db.repository import CollectionHandle
 from metadata_service.domain import (
     DeleteCollectionOutcome,
     DeleteDocumentsOutcome,

@@ -1,4 +1,4 @@
-"""The service layer and repository against real databases: every test runs
+"""The service layer and its queries against real databases: every test runs
 on a SQLite file and again on PostgreSQL (skipped with a reason when absent)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from askmojo.common.filters import FilterNode, Op
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
-from metadata_service.db import repository as repo
+from metadata_service.db import document_queries
 from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
 from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
@@ -359,14 +359,14 @@ def test_pages_fit_the_message_limit_and_load_only_what_fits(
     catalog.upsert_documents("big", [doc(i, big, n=i) for i in stored])
     catalog.upsert_documents("big", [doc("e-small", "tiny")])
     loaded: list[int] = []
-    list_documents = repo.list_documents
+    list_documents = document_queries.list_documents
 
     def counting(*args: object, **kwargs: object) -> object:
         rows = list_documents(*args, **kwargs)  # type: ignore[arg-type]
         loaded.append(len(rows))
         return rows
 
-    monkeypatch.setattr(repo, "list_documents", counting)
+    monkeypatch.setattr(document_queries, "list_documents", counting)
     seen: list[str] = []
     token = ""
     while True:

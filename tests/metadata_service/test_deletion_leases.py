@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
-from metadata_service.db import repository as repo
+from metadata_service.db import outbox_queries
 from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, VectorDeletionRow
 from metadata_service.domain import CollectionSpec, DocumentInput
@@ -127,7 +127,7 @@ def test_chunks_claimed_by_a_cancelled_pass_are_released(
     catalog = Catalog(db, settings)
     catalog.create_collection(CollectionSpec(name="docs"))
     catalog.upsert_documents("docs", [DocumentInput("a", "Some text.", {})])
-    claim_chunks = repo.claim_chunks
+    claim_chunks = outbox_queries.claim_chunks
     claiming, cancelled = threading.Event(), threading.Event()
 
     def slow_claim(*args: Any, **kwargs: Any) -> list[int]:
@@ -135,7 +135,7 @@ def test_chunks_claimed_by_a_cancelled_pass_are_released(
         assert cancelled.wait(10), "the test never cancelled the pass"
         return claim_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(repo, "claim_chunks", slow_claim)
+    monkeypatch.setattr(outbox_queries, "claim_chunks", slow_claim)
 
     async def scenario() -> None:
         with ThreadPoolExecutor(2) as executor:

@@ -1,0 +1,75 @@
+"""Collection rows: create, find, list, delete, and the handle writes and the
+pipeline address a collection by. Like every module of `db/`, functions take
+the caller's session and never commit: transactions belong to the service
+layer (`catalog.py`, `outbox.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import (
+    Table,
+    delete,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from metadata_service.db.models import (
+    CollectionRow,
+)
+from metadata_service.domain import ChunkingSpec
+
+_COLLECTIONS = cast(Table, CollectionRow.__table__)
+
+
+def get_collection(session: Session, name: str) -> CollectionRow | None:
+    return session.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none()
+
+
+@dataclass(frozen=True)
+class CollectionHandle:
+    """A collection as writes, searches and the indexing pipeline address it.
+    `vector_collection` is unique per creation, so comparing handles tells a
+    collection from one deleted and created again under its name (even with
+    the same row id, which SQLite may reuse)."""
+
+    id: int
+    name: str
+    vector_collection: str
+    chunk_size: int
+    chunk_overlap: int
+
+    @property
+    def chunking(self) -> ChunkingSpec:
+        return ChunkingSpec(self.chunk_size, self.chunk_overlap)
+
+
+def collection_handle(session: Session, name: str) -> CollectionHandle | None:
+    """Every upsert looks its collection up twice: as a Core row this costs a
+    fifth of loading the ORM entity."""
+    c = _COLLECTIONS.c
+    stmt = select(c.id, c.name, c.vector_collection, c.chunk_size, c.chunk_overlap).where(
+        c.name == name
+    )
+    row = session.execute(stmt).one_or_none()
+    return None if row is None else CollectionHandle(*row)
+
+
+def add_collection(session: Session, row: CollectionRow) -> CollectionRow:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_collections(session: Session, after: str | None, limit: int) -> Sequence[CollectionRow]:
+    stmt = select(CollectionRow).order_by(CollectionRow.name).limit(limit)
+    if after is not None:
+        stmt = stmt.where(CollectionRow.name > after)
+    return session.scalars(stmt).all()
+
+
+def delete_collection(session: Session, collection_id: int) -> None:
+    # Documents, chunks and metadata go through ON DELETE CASCADE.
+    session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
