@@ -30,15 +30,8 @@ from bench.timing import median_pair
 from metadata_service.config import MetadataSettings
 from metadata_service.db.document_queries import metadata_row
 from metadata_service.db.engine import build_engine
-from metadata_service.db.models import (
-    ChunkRow,
-    CollectionRow,
-    DocumentRow,
-    IndexState,
-    MetadataRow,
-    utcnow,
-)
-from metadata_service.domain import ChunkingSpec, DocumentInput
+from metadata_service.db.models import ChunkRow, CollectionRow, DocumentRow, MetadataRow, utcnow
+from metadata_service.domain import ChunkingSpec, DocumentInput, IndexState
 from metadata_service.server import prepare_database
 from metadata_service.validation import prepare_document
 

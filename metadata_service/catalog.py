@@ -27,7 +27,7 @@ from metadata_service.db import (
 from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.db.document_queries import StoredDocument
 from metadata_service.db.engine import Database
-from metadata_service.db.models import CollectionRow, DocumentRow, IndexState, utcnow
+from metadata_service.db.models import CollectionRow, DocumentRow, utcnow
 from metadata_service.db.stats_queries import CollectionCounts
 from metadata_service.domain import (
     ChunkingSpec,
@@ -38,6 +38,7 @@ from metadata_service.domain import (
     DocumentInfo,
     DocumentInput,
     DocumentQuery,
+    IndexState,
     Page,
     Stats,
     UpsertOutcome,

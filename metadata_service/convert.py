@@ -23,7 +23,6 @@ from askmojo.common.filters import (
 from askmojo.common.rpc import status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
-from metadata_service.db.models import IndexState
 from metadata_service.domain import (
     CollectionInfo,
     CollectionSpec,
@@ -32,6 +31,7 @@ from metadata_service.domain import (
     DocumentInfo,
     DocumentInput,
     DocumentQuery,
+    IndexState,
     Page,
     ReconcileOutcome,
     SearchHit,

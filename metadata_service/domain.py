@@ -1,7 +1,9 @@
-"""Plain data passed between the servicer, the catalog and the repository.
+"""Plain data passed between the servicer, the catalog, the pipeline and the
+database layer.
 
 No gRPC and no SQLAlchemy here: `convert.py` maps these to and from protos,
-`db/repository.py` to and from rows.
+the query modules of `db/` to and from rows (`db/` imports this module,
+never the other way round).
 """
 
 from __future__ import annotations
@@ -13,10 +15,37 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from askmojo.common.filters import FilterNode, MetadataScalar
-from metadata_service.db.engine import PoolStatus, StorageStatus
-from metadata_service.db.models import IndexState
 
 T = TypeVar("T")
+
+
+class IndexState(enum.StrEnum):
+    """Indexing state of a chunk (the outbox) and, as the worst of its
+    chunks, of a document."""
+
+    PENDING = "PENDING"
+    INDEXED = "INDEXED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    pool_class: str
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    max_overflow: int
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    dialect: str
+    database_bytes: int
+    wal_bytes: int
+    journal_mode: str
+    write_transactions: int = 0
+    writes: int = 0
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ from metadata_service.outbox import (
     vector_metadata,
 )
 from metadata_service.vector_client import (
-    VectorClient,
     VectorCollectionNotFound,
     VectorRecord,
+    VectorServiceClient,
     VectorServiceError,
     VectorServiceUnavailable,
 )
@@ -69,7 +69,7 @@ class Indexer:
     def __init__(
         self,
         db: Database,
-        client: VectorClient,
+        client: VectorServiceClient,
         executor: ThreadPoolExecutor,
         settings: MetadataSettings,
     ) -> None:
@@ -135,7 +135,9 @@ class Indexer:
         except VectorServiceUnavailable:
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await self._settle(lease, indexed, failed, released, truncated)
+            await self._db_call(
+                self._outbox.settle_chunks, lease, indexed, failed, released, truncated
+            )
             raise
         except asyncio.CancelledError:
             # Shutdown or a client that went away: record what was
@@ -143,14 +145,18 @@ class Indexer:
             # leased (untouchable) until INDEX_LEASE_SECONDS pass.
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await asyncio.shield(self._settle(lease, indexed, failed, released, truncated))
+            await asyncio.shield(
+                self._db_call(
+                    self._outbox.settle_chunks, lease, indexed, failed, released, truncated
+                )
+            )
             raise
         except VectorServiceError as exc:
             # The vector service refused the whole request (e.g. the collection
             # exists there with another model): a per-chunk failure to report.
             done = {*indexed, *failed, *released}
             failed.update({c.chunk_id: str(exc) for c in chunks if c.chunk_id not in done})
-        await self._settle(lease, indexed, failed, released, truncated)
+        await self._db_call(self._outbox.settle_chunks, lease, indexed, failed, released, truncated)
         return IndexingReport(len(indexed), len(failed), len(released))
 
     async def _records(
@@ -194,25 +200,6 @@ class Indexer:
         if name not in self._ensured:
             await self._client.ensure_collection(name, chunk.dimension, chunk.model, deadline)
             self._ensured.add(name)
-
-    async def _settle(
-        self,
-        lease: datetime,
-        indexed: Collection[int],
-        failed: dict[int, str],
-        released: Collection[int],
-        truncated: Collection[int] = (),
-    ) -> None:
-        await self._db_call(
-            functools.partial(
-                self._outbox.settle_chunks,
-                lease,
-                indexed=indexed,
-                failed=failed,
-                released=released,
-                truncated=truncated,
-            )
-        )
 
     async def delete_pending(self, deadline: float, lease: datetime | None = None) -> int:
         """Runs the deletion outbox: the rows held under `lease` (a delete

@@ -33,9 +33,10 @@ from metadata_service.db import document_queries, outbox_queries, search_queries
 from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.db.document_queries import DeletedDocument, StoredDocument
 from metadata_service.db.engine import Database
-from metadata_service.db.models import IndexState, VectorDeletionRow, utcnow
+from metadata_service.db.models import VectorDeletionRow, utcnow
 from metadata_service.db.outbox_queries import ClaimedChunk
 from metadata_service.db.search_queries import IndexedChunk
+from metadata_service.domain import IndexState
 
 # Reserved vector metadata keys ("_" starts no client key: validation.py).
 DOC_KEY = "_doc"
@@ -297,14 +298,14 @@ class Outbox:
     def settle_chunks(
         self,
         lease: datetime,
-        *,
         indexed: Collection[int],
         failed: Mapping[int, str],
         released: Collection[int],
-        truncated: Collection[int] = (),
+        truncated: Collection[int],
     ) -> None:
-        """Records what the vector service said of chunks sent under `lease`,
-        and the states of their documents."""
+        """Records what the vector service said of chunks sent under `lease`
+        (`truncated`: indexed ones embedded only in part), and the states of
+        their documents."""
 
         def work(session: Session) -> None:
             now = utcnow()

@@ -27,11 +27,11 @@ from askmojo.common.streams import in_order
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.collection_queries import CollectionHandle
-from metadata_service.db.models import IndexState
 from metadata_service.domain import (
     DeleteCollectionOutcome,
     DeleteDocumentsOutcome,
     DocumentInput,
+    IndexState,
     ReconcileOutcome,
     SearchHit,
     UpsertOutcome,
@@ -56,8 +56,8 @@ from metadata_service.outbox import (
     vector_id,
 )
 from metadata_service.vector_client import (
-    VectorClient,
     VectorCollectionNotFound,
+    VectorServiceClient,
     VectorServiceError,
     VectorServiceUnavailable,
 )
@@ -87,7 +87,7 @@ class Pipeline:
         settings: MetadataSettings,
         *,
         indexer: Indexer | None,
-        client: VectorClient | None,
+        client: VectorServiceClient | None,
     ) -> None:
         self._catalog = catalog
         self._outbox = outbox
@@ -326,7 +326,7 @@ class Pipeline:
         return outcome
 
     async def _scan_vectors(
-        self, client: VectorClient, target: CollectionHandle, repair: bool, deadline: float
+        self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float
     ) -> tuple[list[str], int]:
         orphans: list[str] = []
         stale = 0
@@ -362,7 +362,7 @@ class Pipeline:
         return orphans, stale
 
     async def _scan_missing(
-        self, client: VectorClient, target: CollectionHandle, repair: bool, deadline: float
+        self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float
     ) -> int:
         missing = 0
         after = 0
@@ -403,7 +403,7 @@ class Pipeline:
 
     # --- helpers -----------------------------------------------------------------
 
-    def _require_client(self) -> VectorClient:
+    def _require_client(self) -> VectorServiceClient:
         if self._client is None:
             raise FailedPrecondition(
                 "no vector service is configured (VECTOR_SERVICE_ADDRESS is empty)"

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -115,6 +115,37 @@ class VectorMatch:
     id: str
     score: float
     metadata: dict[str, MetadataScalar]
+
+
+class VectorServiceClient(Protocol):
+    """What the indexer and the pipeline use of the vector service:
+    `VectorClient` speaks it over gRPC; tests pass stand-ins."""
+
+    async def ensure_collection(
+        self, name: str, dimension: int, model: str, deadline: float
+    ) -> None: ...
+
+    async def drop_collection(self, name: str, deadline: float) -> None: ...
+
+    def upsert_stream(
+        self, collection: str, batches: Sequence[Sequence[VectorRecord]], deadline: float
+    ) -> AsyncIterator[list[RecordAck]]: ...
+
+    async def delete(self, collection: str, where: FilterNode, deadline: float) -> int: ...
+
+    async def query(
+        self, collection: str, text: str, top_k: int, where: FilterNode | None, deadline: float
+    ) -> list[VectorMatch]: ...
+
+    async def list_ids(
+        self, collection: str, page_token: str, page_size: int, deadline: float
+    ) -> tuple[list[str], str]: ...
+
+    async def get(
+        self, collection: str, ids: Sequence[str], deadline: float, *, vectors: bool = False
+    ) -> dict[str, StoredVector]: ...
+
+    async def delete_ids(self, collection: str, ids: Sequence[str], deadline: float) -> int: ...
 
 
 class VectorClient:

@@ -32,12 +32,8 @@ from askmojo.common.filters import (
 )
 from metadata_service.chunking import Chunk
 from metadata_service.db.filters_sql import filter_clause
-from metadata_service.db.models import (
-    ChunkRow,
-    DocumentRow,
-    IndexState,
-    MetadataRow,
-)
+from metadata_service.db.models import ChunkRow, DocumentRow, MetadataRow
+from metadata_service.domain import IndexState
 
 # Bulk inserts go through Core tables: the ORM's bulk path splits rows whose
 # NULL columns differ (every typed metadata row does) into one statement each.

@@ -25,7 +25,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from askmojo.common.logs import exception_summary
 from metadata_service.config import MetadataSettings
 from metadata_service.db.sqlite_writers import SQLiteWriters
+from metadata_service.domain import PoolStatus, StorageStatus
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,26 +43,6 @@ T = TypeVar("T")
 # Execution option read by the "begin" listener: which BEGIN to emit.
 _BEGIN_MODE = "askmojo_sqlite_begin"
 _WRITE_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    pool_class: str
-    size: int
-    checked_out: int
-    checked_in: int
-    overflow: int
-    max_overflow: int
-
-
-@dataclass(frozen=True)
-class StorageStatus:
-    dialect: str
-    database_bytes: int
-    wal_bytes: int
-    journal_mode: str
-    write_transactions: int = 0
-    writes: int = 0
 
 
 def build_engine(settings: MetadataSettings) -> Engine:

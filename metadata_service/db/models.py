@@ -8,7 +8,6 @@ greater than the integer 9), and every comparison can use an index.
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -31,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from metadata_service.domain import IndexState
+
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,15 +39,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class IndexState(enum.StrEnum):
-    """Indexing state of a chunk (the outbox) and, as the worst of its
-    chunks, of a document."""
-
-    PENDING = "PENDING"
-    INDEXED = "INDEXED"
-    FAILED = "FAILED"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

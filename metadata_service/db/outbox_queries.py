@@ -32,10 +32,10 @@ from metadata_service.db.models import (
     ChunkRow,
     CollectionRow,
     DocumentRow,
-    IndexState,
     MetadataRow,
     VectorDeletionRow,
 )
+from metadata_service.domain import IndexState
 
 _DELETIONS = cast(Table, VectorDeletionRow.__table__)
 

@@ -20,12 +20,8 @@ from askmojo.common.filters import (
 )
 from metadata_service.db.document_queries import metadata_value
 from metadata_service.db.filters_sql import filter_clause
-from metadata_service.db.models import (
-    ChunkRow,
-    DocumentRow,
-    IndexState,
-    MetadataRow,
-)
+from metadata_service.db.models import ChunkRow, DocumentRow, MetadataRow
+from metadata_service.domain import IndexState
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from metadata_service.db.models import (
-    ChunkRow,
-    DocumentRow,
-    IndexState,
-)
+from metadata_service.db.models import ChunkRow, DocumentRow
+from metadata_service.domain import IndexState
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,14 @@ from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db import document_queries
 from metadata_service.db.engine import Database
-from metadata_service.db.models import ChunkRow, DocumentRow, IndexState, MetadataRow
-from metadata_service.domain import CollectionSpec, DocumentInput, DocumentQuery, UpsertState
+from metadata_service.db.models import ChunkRow, DocumentRow, MetadataRow
+from metadata_service.domain import (
+    CollectionSpec,
+    DocumentInput,
+    DocumentQuery,
+    IndexState,
+    UpsertState,
+)
 from metadata_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from metadata_service.outbox import Outbox
 from metadata_service.server import prepare_database

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +24,7 @@ from metadata_service.db.models import ChunkRow, VectorDeletionRow
 from metadata_service.domain import CollectionSpec, DocumentInput
 from metadata_service.indexing import Indexer
 from metadata_service.server import prepare_database
+from metadata_service.vector_client import RecordAck, StoredVector, VectorMatch
 from tests.metadata_service.test_engine import _lock_held_by_another_process
 
 
@@ -33,12 +34,32 @@ class SilentVectorService:
     def __init__(self) -> None:
         self.asked = asyncio.Event()
 
-    async def delete(self, *_: Any) -> None:
+    async def delete(self, *_: Any) -> int:
         self.asked.set()
         await asyncio.Event().wait()
+        return 0
 
     async def drop_collection(self, *_: Any) -> None:
         await self.delete()
+
+    # Nothing here is indexed, searched or reconciled.
+    async def ensure_collection(self, *_: Any) -> None:
+        raise AssertionError("not used by these tests")
+
+    def upsert_stream(self, *_: Any) -> AsyncIterator[list[RecordAck]]:
+        raise AssertionError("not used by these tests")
+
+    async def query(self, *_: Any) -> list[VectorMatch]:
+        raise AssertionError("not used by these tests")
+
+    async def list_ids(self, *_: Any) -> tuple[list[str], str]:
+        raise AssertionError("not used by these tests")
+
+    async def get(self, *_: Any, **__: Any) -> dict[str, StoredVector]:
+        raise AssertionError("not used by these tests")
+
+    async def delete_ids(self, *_: Any) -> int:
+        raise AssertionError("not used by these tests")
 
 
 @pytest.fixture
@@ -65,7 +86,7 @@ def test_a_deletion_cancelled_while_the_vector_service_works_is_released(
     async def scenario() -> None:
         vectors = SilentVectorService()
         with ThreadPoolExecutor(2) as executor:
-            indexer = Indexer(db, vectors, executor, settings)  # type: ignore[arg-type]
+            indexer = Indexer(db, vectors, executor, settings)
             task = asyncio.create_task(indexer.delete_pending(deadline=60))
             await asyncio.wait_for(vectors.asked.wait(), 10)
             assert _leases(db) != [None]  # claimed
@@ -98,7 +119,7 @@ def test_a_deletion_cancelled_while_it_is_being_claimed_is_released(
             ThreadPoolExecutor(2) as executor,
             _lock_held_by_another_process(settings, 60) as holder,
         ):
-            indexer = Indexer(db, vectors, executor, settings)  # type: ignore[arg-type]
+            indexer = Indexer(db, vectors, executor, settings)
             task = asyncio.create_task(indexer.delete_pending(deadline=60))
             # The claim's write has begun in its thread and waits for its turn
             # (the other process holds the lock until it is killed).
@@ -139,7 +160,7 @@ def test_chunks_claimed_by_a_cancelled_pass_are_released(
 
     async def scenario() -> None:
         with ThreadPoolExecutor(2) as executor:
-            indexer = Indexer(db, SilentVectorService(), executor, settings)  # type: ignore[arg-type]
+            indexer = Indexer(db, SilentVectorService(), executor, settings)
             task = asyncio.create_task(indexer.drain_once(deadline=60))
             # The claim runs in a thread: a threading.Event, waited for off the loop.
             assert await asyncio.to_thread(claiming.wait, 10)

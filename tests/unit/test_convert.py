@@ -11,8 +11,6 @@ from askmojo.common.filters import AllOf, Condition, Op, metadata_value_from_pro
 from askmojo.common.v1 import common_pb2
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from metadata_service import convert
-from metadata_service.db.engine import PoolStatus, StorageStatus
-from metadata_service.db.models import IndexState
 from metadata_service.domain import (
     ChunkingSpec,
     CollectionInfo,
@@ -21,8 +19,11 @@ from metadata_service.domain import (
     DeleteDocumentsOutcome,
     DocumentInfo,
     DocumentInput,
+    IndexState,
     Page,
+    PoolStatus,
     Stats,
+    StorageStatus,
     UpsertOutcome,
     UpsertState,
 )
