@@ -18,6 +18,8 @@ def _generated(root: Path) -> dict[str, str]:
     return {
         str(path.relative_to(root)): path.read_text()
         for path in (root / "askmojo").rglob("*_pb2*.py*")
+        # Only sources and stubs: a test run leaves bytecode in __pycache__.
+        if path.suffix in {".py", ".pyi"}
     }
 
 
