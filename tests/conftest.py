@@ -32,17 +32,24 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def metadata_settings(database: Path, **overrides: object) -> MetadataSettings:
+    """The metadata service alone on a SQLite file, on a free local port;
+    tests/pipeline/ pairs it with a vector service."""
+    values: dict[str, object] = {
+        "database_url": sqlite_url(database),
+        "metadata_port": 0,
+        "metadata_host": "127.0.0.1",
+        "health_probe_interval": 0.2,
+        "vector_service_address": "",
+        **overrides,
+    }
+    # _env_file=None: tests never read a developer's .env.
+    return MetadataSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> MetadataSettings:
-    return MetadataSettings(
-        _env_file=None,  # tests never read a developer's .env
-        database_url=sqlite_url(tmp_path / "metadata.db"),
-        metadata_port=0,
-        metadata_host="127.0.0.1",
-        health_probe_interval=0.2,
-        # The metadata service alone; tests/pipeline/ pairs it with a vector service.
-        vector_service_address="",
-    )
+    return metadata_settings(tmp_path / "metadata.db")
 
 
 @contextlib.contextmanager

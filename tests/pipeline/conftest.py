@@ -3,6 +3,7 @@ real vector service (real model, embedded Chroma)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -43,6 +44,14 @@ def paired(paired_settings: MetadataSettings) -> Iterator[RunningServer]:
 def stub(paired: RunningServer) -> Iterator[pb_grpc.MetadataServiceStub]:
     with grpc.insecure_channel(paired.address) as channel:
         yield pb_grpc.MetadataServiceStub(channel)
+
+
+@contextlib.contextmanager
+def metadata_stub(settings: MetadataSettings) -> Iterator[pb_grpc.MetadataServiceStub]:
+    """A metadata service of its own (e.g. with a setting changed) and a stub to it."""
+    prepare_database(settings)
+    with RunningServer.metadata(settings) as running, grpc.insecure_channel(running.address) as ch:
+        yield pb_grpc.MetadataServiceStub(ch)
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from metadata_service.config import MetadataSettings
-from metadata_service.server import prepare_database
 from metadata_service.vector_client import VectorClient
-from tests.conftest import RunningServer
+from tests.pipeline.conftest import metadata_stub
 from tests.pipeline.test_pipeline import doc, equals, upsert, vector_count, vector_name
 
 BATCH = 4
@@ -41,10 +39,10 @@ def delete_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def small_batches(paired_settings: MetadataSettings) -> Iterator[pb_grpc.MetadataServiceStub]:
-    settings = paired_settings.model_copy(update={"delete_batch_documents": BATCH})
-    prepare_database(settings)
-    with RunningServer.metadata(settings) as running, grpc.insecure_channel(running.address) as ch:
-        yield pb_grpc.MetadataServiceStub(ch)
+    with metadata_stub(
+        paired_settings.model_copy(update={"delete_batch_documents": BATCH})
+    ) as stub:
+        yield stub
 
 
 def test_delete_by_filter_removes_vectors_in_batched_calls(

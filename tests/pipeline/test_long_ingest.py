@@ -9,14 +9,12 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.config import MetadataSettings
-from metadata_service.server import prepare_database
-from tests.conftest import RunningServer
+from tests.pipeline.conftest import metadata_stub
 from tests.pipeline.test_pipeline import TEXTS, doc
 
 BUDGET = 3.0  # INDEX_ON_WRITE_TIMEOUT of the service under test, seconds
@@ -24,10 +22,10 @@ BUDGET = 3.0  # INDEX_ON_WRITE_TIMEOUT of the service under test, seconds
 
 @pytest.fixture
 def short_budget(paired_settings: MetadataSettings) -> Iterator[pb_grpc.MetadataServiceStub]:
-    settings = paired_settings.model_copy(update={"index_on_write_timeout": BUDGET})
-    prepare_database(settings)
-    with RunningServer.metadata(settings) as running, grpc.insecure_channel(running.address) as ch:
-        yield pb_grpc.MetadataServiceStub(ch)
+    with metadata_stub(
+        paired_settings.model_copy(update={"index_on_write_timeout": BUDGET})
+    ) as stub:
+        yield stub
 
 
 def _wait_until(instant: float) -> None:

@@ -14,9 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from askmojo.metadata.v1 import metadata_service_pb2
 from askmojo.vector.v1 import embedding_service_pb2, vector_service_pb2
-from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, metadata_settings
 
 # Invalid tag and varint: no message decodes from it.
 CORRUPT = b"\xff\xff\xff\xff"
@@ -95,13 +94,7 @@ def metadata_channel(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[grpc.Channel]:
     path = tmp_path_factory.mktemp("decode") / "metadata.db"
-    settings = MetadataSettings(
-        _env_file=None,
-        database_url=f"sqlite:///{path}",
-        metadata_port=0,
-        metadata_host="127.0.0.1",
-        vector_service_address="",
-    )
+    settings = metadata_settings(path)
     prepare_database(settings)
     with (
         RunningServer.metadata(settings) as running,

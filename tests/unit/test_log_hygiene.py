@@ -18,9 +18,8 @@ from askmojo.common.logs import JsonFormatter, TextFormatter, exception_summary
 from askmojo.common.v1 import common_pb2 as c
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
-from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, metadata_settings
 
 SECRET = "parameter-value-that-must-not-be-logged"
 
@@ -73,13 +72,7 @@ def test_exception_summary_is_one_bounded_line() -> None:
 
 
 def test_a_database_error_logs_a_summary(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = MetadataSettings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'metadata.db'}",
-        metadata_port=0,
-        metadata_host="127.0.0.1",
-        vector_service_address="",
-    )
+    settings = metadata_settings(tmp_path / "metadata.db")
     prepare_database(settings)
     values = [c.MetadataValue(string_value=f"{SECRET}-{i}") for i in range(4000)]
     where = c.Filter(condition=c.Condition(key="k", op=c.OPERATOR_IN, values=values))

@@ -16,7 +16,8 @@ import grpc
 import pytest
 
 from bench.services import free_port
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, vector_settings
+from vector_service.store import VectorStore
 
 CHROMA = Path(sys.executable).parent / "chroma"
 
@@ -51,6 +52,20 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    """An open VectorStore on embedded Chroma, then on a `chroma run` server."""
+    if request.param == "embedded":
+        settings = vector_settings(tmp_path / "chroma")
+    else:
+        host, port = request.getfixturevalue("chroma_server")
+        settings = vector_settings(tmp_path / "unused", chroma_host=host, chroma_port=port)
+    opened = VectorStore(settings)
+    opened.open()
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="session")

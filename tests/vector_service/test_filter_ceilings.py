@@ -6,8 +6,6 @@ numbers in one IN "too many SQL variables", and crashed beyond."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,21 +19,7 @@ from askmojo.common.filters import (
     FilterNode,
     Op,
 )
-from tests.conftest import vector_settings
 from vector_service.store import VectorStore
-
-
-@pytest.fixture(params=["embedded", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
-    if request.param == "embedded":
-        settings = vector_settings(tmp_path / "chroma")
-    else:
-        host, port = request.getfixturevalue("chroma_server")
-        settings = vector_settings(tmp_path / "unused", chroma_host=host, chroma_port=port)
-    opened = VectorStore(settings)
-    opened.open()
-    yield opened
-    opened.close()
 
 
 def _numbers(count: int, start: int = 0) -> tuple[int | float, ...]:

@@ -4,7 +4,6 @@ real Chroma server (`chroma run`)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,6 @@ from vector_service.store import (
     VectorStore,
     to_where,
 )
-
-
-@pytest.fixture(params=["embedded", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
-    if request.param == "embedded":
-        settings = vector_settings(tmp_path / "chroma")
-    else:
-        host, port = request.getfixturevalue("chroma_server")
-        settings = vector_settings(tmp_path / "unused", chroma_host=host, chroma_port=port)
-    opened = VectorStore(settings)
-    opened.open()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
