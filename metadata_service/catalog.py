@@ -77,7 +77,7 @@ class Catalog:
     # --- collections ----------------------------------------------------------
 
     def create_collection(self, spec: CollectionSpec) -> CollectionInfo:
-        validation.collection_name(spec.name)
+        validation.collection_name(spec.name, "name")
         validation.plain_text(spec.description, "description", max_bytes=4096)
         validation.plain_text(spec.model, "model", max_bytes=255, single_line=True)
         chunking = validation.chunking(spec, self._settings)

@@ -260,10 +260,7 @@ class Outbox:
         """The collection a Search or Reconcile names."""
 
         def work(session: Session) -> CollectionHandle:
-            row = lookup.collection_row(session, name)
-            return CollectionHandle(
-                row.id, row.name, row.vector_collection, row.chunk_size, row.chunk_overlap
-            )
+            return lookup.collection_handle(session, name, field="collection")
 
         return self._db.read(work)
 

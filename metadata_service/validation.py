@@ -23,7 +23,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_KEY_PREFIX = "_"
 
 
-def collection_name(name: str, field: str = "name") -> str:
+def collection_name(name: str, field: str) -> str:
+    """`field` is the request field the name came in (`name` or
+    `collection`), which the violation names."""
+    if not name:
+        raise InvalidArgument(field, "collection name must not be empty")
     if not is_valid_collection_name(name):
         raise InvalidArgument(
             field, f"collection name {quoted(name)} is invalid: {COLLECTION_NAME_RULE}"

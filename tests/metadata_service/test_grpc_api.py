@@ -196,6 +196,32 @@ def test_collection_errors(docs_stub: Stub) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize("name", ["", "w"])
+def test_collection_name_violations_name_the_request_field(
+    docs_stub: Stub, settings: MetadataSettings, name: str
+) -> None:
+    """GetCollection/DeleteCollection carry the name in `name`; Search and
+    Reconcile in `collection`: the field violation names that field."""
+    for call in (
+        lambda: docs_stub.GetCollection(pb.GetCollectionRequest(name=name)),
+        lambda: docs_stub.DeleteCollection(pb.DeleteCollectionRequest(name=name)),
+    ):
+        code, _, fields = rpc_error(call)
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["name"])
+    # Search and Reconcile look the collection up before they need the
+    # vector service, so an address nothing listens on will do.
+    away = settings.model_copy(update={"vector_service_address": "127.0.0.1:1"})
+    with RunningServer.metadata(away) as server, grpc.insecure_channel(server.address) as channel:
+        stub = Stub(channel)
+        for call in (
+            lambda: stub.Search(pb.SearchRequest(collection=name, query="fuzz"), timeout=30),
+            lambda: stub.Reconcile(pb.ReconcileRequest(collection=name), timeout=30),
+            lambda: stub.ListDocuments(pb.ListDocumentsRequest(collection=name)),
+        ):
+            code, _, fields = rpc_error(call)
+            assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["collection"])
+
+
 def test_list_errors(docs_stub: Stub) -> None:
     code, message, fields = rpc_error(
         lambda: docs_stub.ListDocuments(
