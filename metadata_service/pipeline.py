@@ -233,7 +233,7 @@ class Pipeline:
         size = len(query.encode())
         if size > self._settings.max_query_bytes:
             # Checked here, in the caller's terms: the vector service would
-            # refuse it in its own (texts[0], MAX_TEXT_LENGTH).
+            # refuse it in its own (query_text, MAX_TEXT_LENGTH).
             raise InvalidArgument(
                 "query",
                 f"the query is {size} bytes; the limit is {self._settings.max_query_bytes} "
@@ -416,12 +416,12 @@ class Pipeline:
 
 
 # The vector service's Query fields, as the caller of Search knows them.
-_SEARCH_FIELDS = {"texts": "query", "query_text": "query", "top_k": "top_k", "filter": "filter"}
+_SEARCH_FIELDS = {"query_text": "query", "top_k": "top_k", "filter": "filter"}
 
 
 def _search_argument_error(exc: VectorServiceError) -> InvalidArgument:
     """A refusal of the vector service's Query, said in Search's terms: the
-    caller sent `query` and `filter`, not `texts[0]` or `query_text`."""
+    caller sent `query` and `filter`, not `query_text`."""
     field, description = exc.violations[0] if exc.violations else ("query", str(exc))
     head = field.split(".", 1)[0].split("[", 1)[0]
     rest = field[len(head) :]

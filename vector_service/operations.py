@@ -107,6 +107,13 @@ class Embedder:
         `wait=True` (streams) waits for room."""
         return await self._batcher.embed(self.check_texts(texts), wait=wait)
 
+    async def embed_one(self, text: str, field: str, *, wait: bool) -> np.ndarray:
+        """The vector of one text that came in the caller's own `field` (a
+        Query's `query_text`): a refusal names that field, not the
+        embedding calls' `texts[0]`."""
+        result = await self._batcher.embed([self.check_text(text, field)], wait=wait)
+        return result.vectors[0]
+
     async def embed_each(self, texts: Sequence[str], *, wait: bool) -> TextsOutcome:
         """As `embed`, but a bad text fails alone: the call itself is refused
         only when it is empty or over MAX_TEXTS_PER_CALL."""
@@ -340,7 +347,7 @@ class Index:
             raise InvalidArgument("top_k", f"must be between 1 and {self._settings.max_top_k}")
         embedded_by = None
         if text is not None:
-            query_vector = (await self._embedder.embed([text], wait=False)).vectors[0]
+            query_vector = await self._embedder.embed_one(text, "query_text", wait=False)
             embedded_by = self._embedder.model.name
         elif vector is not None:
             query_vector = np.asarray(vector, dtype=np.float32)

@@ -269,6 +269,20 @@ def rpc_failure(call: Any) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]
     return error.code(), error.details(), fields
 
 
+@pytest.mark.parametrize(("text", "words"), [("", "empty"), ("q" * 32769, "MAX_TEXT_LENGTH")])
+def test_a_refused_query_text_is_named_query_text(
+    stub: vpb_grpc.VectorServiceStub, collection: str, text: str, words: str
+) -> None:
+    """Query's text is `query_text` to its caller, not the embedding
+    fields' `texts[0]`."""
+    code, message, fields = rpc_failure(
+        lambda: stub.Query(vpb.QueryRequest(collection=collection, query_text=text, top_k=1))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in fields] == ["query_text"]
+    assert message.startswith("query_text: ") and words in message
+
+
 def unit_vector(index: int) -> vpb.Vector:
     values = [0.0] * 384
     values[index % 384] = 1.0
