@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from askmojo.common.echo import quoted
 from askmojo.common.filters import FilterNode
 from metadata_service import lookup, outbox, validation
 from metadata_service.config import MetadataSettings
@@ -51,7 +52,6 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
     NotFound,
-    quoted,
 )
 from metadata_service.paging import (
     PageTokens,

@@ -78,60 +78,22 @@ class IndexingFailed(MetadataError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-# A status travels in the response trailers, which gRPC caps (8 KiB by
-# default): an error echoing a 20,000-character name reached the client as
-# RESOURCE_EXHAUSTED "Stream removed" instead of itself. A value is echoed
-# for a person to recognise it, which its start does.
-ECHO_CHARS = 80
-# What any one message, field path or description may take of the trailers,
-# whoever built it (the filter parser, the vector service): the status is
-# sent twice, as grpc-message percent-encoded and as grpc-status-details-bin.
-_MAX_MESSAGE_BYTES = 1024
-_MAX_FIELD_BYTES = 256
-
-
-def quoted(value: str, limit: int = ECHO_CHARS) -> str:
-    """`value` as an error message echoes it: quoted, and cut to `limit`
-    characters with its full length said. Every echo of client input in the
-    metadata service's errors goes through this."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}…({len(value)} chars)"
-
-
-def _bounded(text: str, limit: int) -> str:
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    # errors="ignore" drops a character the cut split in two.
-    return f"{raw[:limit].decode(errors='ignore')}…({len(text)} chars)"
-
-
 def invalid_filter(exc: InvalidFilterError) -> InvalidArgument:
     return InvalidArgument(exc.field, exc.description)
 
 
 def to_rpc_status(exc: BaseException) -> status_pb2.Status:
     """The status a client sees for `exc`, its texts bounded to fit the
-    trailers. Unexpected exceptions are logged with their traceback under a
-    reference the client message carries; database details (hosts, users,
-    SQL) stay in the log."""
-    status = _status_of(exc)
-    status.message = _bounded(status.message, _MAX_MESSAGE_BYTES)
-    return status
-
-
-def _status_of(exc: BaseException) -> status_pb2.Status:
+    trailers (`make_status` and `bad_request_status` see to that; echoes of
+    client input go through `askmojo.common.echo.quoted`). Unexpected
+    exceptions are logged with their traceback under a reference the client
+    message carries; database details (hosts, users, SQL) stay in the log."""
     if isinstance(exc, InvalidArgument):
-        violations = [
-            (_bounded(field, _MAX_FIELD_BYTES), _bounded(description, _MAX_MESSAGE_BYTES))
-            for field, description in exc.violations
-        ]
-        return bad_request_status(str(exc), violations)
+        return bad_request_status(str(exc), exc.violations)
     if isinstance(exc, MetadataError):
         return make_status(exc.code, str(exc))
     if isinstance(exc, InvalidFilterError):
-        return _status_of(invalid_filter(exc))
+        return to_rpc_status(invalid_filter(exc))
     if isinstance(exc, VectorServiceUnavailable):
         # The vector service's address and error are the operator's business.
         _LOGGER.warning("vector service unavailable: %s", exc.detail)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from askmojo.common.echo import quoted
 from metadata_service import validation
 from metadata_service.db import collection_queries
 from metadata_service.db.models import CollectionRow
-from metadata_service.errors import NotFound, quoted
+from metadata_service.errors import NotFound
 
 
 def collection_row(session: Session, name: str, *, field: str = "name") -> CollectionRow:

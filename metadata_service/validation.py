@@ -12,12 +12,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from askmojo.common.echo import quoted
 from askmojo.common.filters import InvalidFilterError, MetadataScalar, check_metadata
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from metadata_service.chunking import Chunk, chunk_text
 from metadata_service.config import MetadataSettings
 from metadata_service.domain import ChunkingSpec, CollectionSpec, DocumentInput
-from metadata_service.errors import InvalidArgument, quoted
+from metadata_service.errors import InvalidArgument
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_KEY_PREFIX = "_"

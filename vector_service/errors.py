@@ -24,43 +24,6 @@ from vector_service.store import CollectionNotFound, DimensionMismatch, StoreErr
 _LOGGER = logging.getLogger(__name__)
 
 
-# Echoed input (a name, an id, a filter key) is cut to this many characters:
-# a status travels in the trailers, and gRPC drops a call whose trailers pass
-# its limit (8 KiB by default) as RESOURCE_EXHAUSTED "Stream removed".
-_ECHO_CHARS = 80
-# A last bound, in UTF-8 bytes, on whatever a message or a field violation
-# ends up holding (texts from shared code or Chroma may echo input too). The
-# message goes out twice (grpc-message, percent-encoded: up to 3x; and inside
-# grpc-status-details-bin, base64: 4/3x) and the violation once, so even in
-# the worst case the trailers stay under ~6.5 KiB.
-_MESSAGE_BYTES = 1024
-_FIELD_BYTES = 256
-
-
-def shorten(value: str, limit: int = _ECHO_CHARS) -> str:
-    """`value` as it may be echoed in an error: its first `limit` characters,
-    then "…(N chars)" saying how long it really was."""
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}…({len(value)} chars)"
-
-
-def echo(value: str, limit: int = _ECHO_CHARS) -> str:
-    """A value quoted in a message: its `repr`, shortened as `shorten` does."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…({len(value)} chars)"
-
-
-def fit(text: str, max_bytes: int = _MESSAGE_BYTES) -> str:
-    """`text` cut to at most `max_bytes` UTF-8 bytes (the safety net under
-    `shorten`, for texts this module did not write)."""
-    encoded = text.encode()
-    if len(encoded) <= max_bytes:
-        return text
-    suffix = f"…({len(text)} chars)"
-    head = encoded[: max_bytes - len(suffix.encode())].decode(errors="ignore")
-    return head + suffix
-
-
 class VectorError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
@@ -69,7 +32,6 @@ class InvalidArgument(VectorError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str) -> None:
-        field, description = fit(field, _FIELD_BYTES), fit(description)
         super().__init__(f"{field}: {description}")
         self.violations: Sequence[tuple[str, str]] = ((field, description),)
 
@@ -91,17 +53,13 @@ class DeadlineExceeded(VectorError):
 
 
 def to_rpc_status(exc: BaseException) -> status_pb2.Status:
-    status = _to_rpc_status(exc)
-    status.message = fit(status.message)
-    return status
-
-
-def _to_rpc_status(exc: BaseException) -> status_pb2.Status:
+    """The status a client sees for `exc`, its texts bounded to fit the
+    trailers (`make_status` and `bad_request_status` see to that, whatever a
+    message from shared code or Chroma echoes)."""
     if isinstance(exc, InvalidArgument):
         return bad_request_status(str(exc), exc.violations)
     if isinstance(exc, InvalidFilterError):
-        violation = (fit(exc.field, _FIELD_BYTES), fit(exc.description))
-        return bad_request_status(str(exc), [violation])
+        return bad_request_status(str(exc), [(exc.field, exc.description)])
     if isinstance(exc, VectorError):
         return make_status(exc.code, str(exc))
     if isinstance(exc, QueueFull):

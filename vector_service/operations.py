@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from askmojo.common.echo import quoted
 from askmojo.common.filters import FilterNode, InvalidFilterError, MetadataScalar, check_metadata
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from vector_service.config import VectorSettings
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.worker import BatchResult
-from vector_service.errors import FailedPrecondition, InvalidArgument, echo
+from vector_service.errors import FailedPrecondition, InvalidArgument
 from vector_service.paging import decode_page_token, encode_page_token, query_fingerprint
 from vector_service.store import CollectionInfo, Match, Stored, VectorStore, to_where
 
@@ -112,7 +113,7 @@ class Embedder:
         Query's `query_text`): a refusal names that field, not the
         embedding calls' `texts[0]`."""
         result = await self._batcher.embed([self.check_text(text, field)], wait=wait)
-        return result.vectors[0]
+        return np.asarray(result.vectors[0])
 
     async def embed_each(self, texts: Sequence[str], *, wait: bool) -> TextsOutcome:
         """As `embed`, but a bad text fails alone: the call itself is refused
@@ -203,7 +204,7 @@ class Index:
     def _name(self, name: str, field: str = "collection") -> str:
         if len(name) > _MAX_NAME_CHARS or not is_valid_collection_name(name):
             raise InvalidArgument(
-                field, f"collection name {echo(name)} is invalid: {COLLECTION_NAME_RULE}"
+                field, f"collection name {quoted(name)} is invalid: {COLLECTION_NAME_RULE}"
             )
         return name
 
@@ -301,7 +302,9 @@ class Index:
         field = f"records[{index}]"
         self._record_id(record.id, f"{field}.id")
         if record.id in seen:
-            raise InvalidArgument(f"{field}.id", f"id {echo(record.id)} appears twice in this call")
+            raise InvalidArgument(
+                f"{field}.id", f"id {quoted(record.id)} appears twice in this call"
+            )
         seen.add(record.id)
         if (record.text is None) == (record.vector is None):
             raise InvalidArgument(field, "set exactly one of text and vector")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from askmojo.common.echo import quoted
 from askmojo.common.v1 import common_pb2
 
 # bool is listed first on purpose: bool is a subclass of int in Python, so
@@ -183,7 +184,7 @@ def check_metadata(
         )
     checked: dict[str, MetadataScalar] = {}
     for key, value in metadata.items():
-        where = f"{field}[{key!r}]"
+        where = f"{field}[{quoted(key)}]"
         if not METADATA_KEY_PATTERN.fullmatch(key):
             raise InvalidFilterError(where, f"metadata key must be {METADATA_KEY_RULE}")
         if reserved_prefix and key.startswith(reserved_prefix):
@@ -296,7 +297,9 @@ def _parse(proto: common_pb2.Filter, field: str, *, negate: bool, depth: int) ->
 
 def _parse_condition(proto: common_pb2.Condition, field: str, *, negate: bool) -> Condition:
     if not METADATA_KEY_PATTERN.fullmatch(proto.key):
-        raise InvalidFilterError(f"{field}.key", f"key {proto.key!r} must be {METADATA_KEY_RULE}")
+        raise InvalidFilterError(
+            f"{field}.key", f"key {quoted(proto.key)} must be {METADATA_KEY_RULE}"
+        )
     op = _FROM_PROTO_OP.get(proto.op)
     if op is None:
         raise InvalidFilterError(f"{field}.op", "set op to one of EQ NE GT GTE LT LTE IN NIN")

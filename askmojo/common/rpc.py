@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from askmojo.common.echo import FIELD_BYTES, fit
 from askmojo.common.filters import FilterLimits, InvalidFilterError, check_filter_size
 from askmojo.common.v1 import common_pb2
 
@@ -37,19 +38,23 @@ def status_of(error: BaseException | None, to_status: ToStatus) -> status_pb2.St
 def make_status(
     code: grpc.StatusCode, message: str, details: Sequence[Message] = ()
 ) -> status_pb2.Status:
+    """A status whose message fits the trailers (`fit`), whatever it echoes."""
     packed = []
     for detail in details:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+    return status_pb2.Status(code=code.value[0], message=fit(message), details=packed)
 
 
 def bad_request_status(message: str, violations: Sequence[tuple[str, str]]) -> status_pb2.Status:
-    """INVALID_ARGUMENT with google.rpc.BadRequest field violations."""
+    """INVALID_ARGUMENT with google.rpc.BadRequest field violations, each
+    text bounded as `make_status` bounds the message."""
     bad_request = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            error_details_pb2.BadRequest.FieldViolation(
+                field=fit(f, FIELD_BYTES), description=fit(d)
+            )
             for f, d in violations
         ]
     )

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from askmojo.common.echo import fit, quoted
 from askmojo.common.filters import (
     FILTER_CONDITIONS_CEILING,
     FILTER_VALUES_CEILING,
@@ -17,6 +18,7 @@ from askmojo.common.filters import (
     FilterLimits,
     InvalidFilterError,
     Op,
+    check_metadata,
     filter_from_proto,
     metadata_to_proto,
     metadata_value_from_proto,
@@ -260,6 +262,29 @@ def test_bad_key(key: str) -> None:
     error = parse_error(all_of(eq("ok", 1), eq(key, 1)))
     assert error.field == "filter.all.filters[1].condition.key"
     assert "1 to 64 characters" in error.description
+
+
+def test_echoed_values_are_shortened_and_say_how_long_they_were() -> None:
+    assert quoted("abc") == "'abc'"
+    assert quoted("a" * 20_000) == repr("a" * 80) + "…(20000 chars)"
+    wide = fit("é" * 20_000, 1024)
+    assert len(wide.encode()) <= 1024 and wide.endswith("…(20000 chars)")
+    assert fit("short", 1024) == "short"
+    # The marker counts against the bound: cutting to the bound and adding
+    # the marker after it made messages of 1,039-1,041 bytes.
+    assert len(fit("a" * 5000, 1024).encode()) == 1024
+
+
+def test_a_long_key_is_echoed_shortened() -> None:
+    """A 5,000-character key was echoed whole, in the filter's description
+    and in a metadata field path."""
+    key = "k" * 5000
+    error = parse_error(eq(key, 1))
+    assert error.field == "filter.condition.key"
+    assert quoted(key) in error.description and len(error.description) < 200
+    with pytest.raises(InvalidFilterError) as info:
+        check_metadata({key: 1}, max_keys=8, max_string_bytes=64, field="documents[0].metadata")
+    assert info.value.field == f"documents[0].metadata[{quoted(key)}]"
 
 
 @pytest.mark.parametrize("op", [c.OPERATOR_GT, c.OPERATOR_GTE, c.OPERATOR_LT, c.OPERATOR_LTE])

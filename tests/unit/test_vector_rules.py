@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
 from vector_service.config import VectorSettings
-from vector_service.errors import InvalidArgument, echo, fit, shorten, to_rpc_status
+from vector_service.errors import InvalidArgument, to_rpc_status
 from vector_service.paging import decode_page_token, encode_page_token, query_fingerprint
 
 
@@ -80,15 +80,6 @@ def test_default_threads_never_oversubscribe() -> None:
     settings = _settings()
     assert not settings.oversubscribed
     assert _settings(max_workers=1, torch_threads=64).oversubscribed
-
-
-def test_echoed_values_are_shortened_and_say_how_long_they_were() -> None:
-    assert shorten("abc") == "abc"
-    assert shorten("a" * 20_000) == "a" * 80 + "…(20000 chars)"
-    assert echo("a" * 20_000) == repr("a" * 80) + "…(20000 chars)"
-    wide = fit("é" * 20_000, 1024)
-    assert len(wide.encode()) <= 1024 and wide.endswith("…(20000 chars)")
-    assert fit("short", 1024) == "short"
 
 
 def test_no_status_outgrows_the_trailers() -> None:
