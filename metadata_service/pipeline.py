@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,11 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TOP_K = 10
+# Of what is left of a call when its batch is written, indexing leaves this
+# much (at least _ANSWER_MARGIN_MIN seconds) to settle the batch, read its
+# states and send the answer.
+_ANSWER_MARGIN_SHARE = 0.1
+_ANSWER_MARGIN_MIN = 0.5
 # Vectors compared per reconcile step: bounded memory on any collection size.
 _RECONCILE_PAGE = 500
 
@@ -146,18 +152,21 @@ class Pipeline:
     ) -> list[UpsertOutcome]:
         """Indexes the chunks this call wrote (held under its lease) and
         reports each document as it ended: INDEXED, FAILED, or still PENDING
-        when the vector service is away (the background loop takes over).
-        The budget starts now, when the batch is written."""
+        when the vector service is away or the budget ran out (the background
+        loop takes over). The budget starts now, when the batch is written,
+        and ends early enough for the answer to reach the caller in time."""
         written = [o.id for o in outcomes if o.state is UpsertState.PENDING]
         if self._indexer is None or lease is None or not written:
             return outcomes
-        limit = min(deadline, time.monotonic() + self._settings.index_on_write_timeout)
+        now = time.monotonic()
+        limit = min(_answer_by(deadline, now), now + self._settings.index_on_write_timeout)
         try:
             await self._indexer.index_leased(lease, limit)
         except VectorServiceUnavailable as exc:
+            # Away, or the budget ran out (its unacknowledged chunks are
+            # released): what was acknowledged before still reports INDEXED.
             _LOGGER.warning("indexing deferred: %s", exc.detail)
             self._indexer.wake()
-            return outcomes
         states = await self._db(self._outbox.document_states, collection, written)
         return [_with_state(o, states.get(o.id)) for o in outcomes]
 
@@ -429,6 +438,17 @@ def _search_argument_error(exc: VectorServiceError) -> InvalidArgument:
     if ours == "filter":
         ours += rest  # the same filter tree on both sides: keep the path
     return InvalidArgument(ours, f"refused by the vector service: {description}")
+
+
+def _answer_by(deadline: float, now: float) -> float:
+    """When work on a call's behalf must stop for its answer to reach the
+    caller before `deadline`: a 1,000-document batch indexed to the last
+    instant of a 30 s deadline left its PENDING answers nowhere to go (the
+    client saw DEADLINE_EXCEEDED). math.inf (a stream without a deadline)
+    stays math.inf."""
+    if math.isinf(deadline):
+        return deadline
+    return deadline - max(_ANSWER_MARGIN_MIN, _ANSWER_MARGIN_SHARE * (deadline - now))
 
 
 def _with_state(outcome: UpsertOutcome, state: IndexingState | None) -> UpsertOutcome:

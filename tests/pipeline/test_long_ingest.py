@@ -18,6 +18,7 @@ from tests.pipeline.conftest import metadata_stub
 from tests.pipeline.test_pipeline import TEXTS, doc
 
 BUDGET = 3.0  # INDEX_ON_WRITE_TIMEOUT of the service under test, seconds
+TIMEOUT = 20.0  # a client deadline shorter than a 1,000-document batch takes to index
 
 
 @pytest.fixture
@@ -61,3 +62,40 @@ def test_batches_of_a_stream_older_than_the_budget_are_indexed(
     second = next(responses)
     assert [(r.id, r.state) for r in second.results] == [("b", pb.UPSERT_STATE_INDEXED)]
     assert list(responses) == []
+
+
+def _big_batch(count: int) -> list[pb.Document]:
+    """`count` documents of ~2,200 distinct characters: ~7 chunks each, so
+    7,000 chunks for 1,000 documents, far more than the model embeds within
+    TIMEOUT (the vector service embeds one stream batch at a time, so
+    nothing of it is left queued once the call gives up)."""
+    return [
+        doc(
+            f"d{i:04d}",
+            " ".join(f"document {i} sentence {j} about topic {i % 17}." for j in range(50)),
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("method", ["UpsertDocuments", "IngestDocuments"])
+def test_a_batch_slower_than_the_deadline_is_answered_in_time(
+    stub: pb_grpc.MetadataServiceStub, collection: str, method: str
+) -> None:
+    """A batch whose indexing needs longer than the client's deadline (and
+    INDEX_ON_WRITE_TIMEOUT, 120 s, longer still): indexing stops short of
+    the deadline, so the caller gets its per-document answers, INDEXED or
+    PENDING, not DEADLINE_EXCEEDED (the server used to index up to the very
+    deadline, and its answer arrived after it)."""
+    documents = _big_batch(1000)
+    if method == "UpsertDocuments":
+        request = pb.UpsertDocumentsRequest(collection=collection, documents=documents)
+        results = stub.UpsertDocuments(request, timeout=TIMEOUT).results
+    else:
+        batch = pb.IngestDocumentsRequest(collection=collection, documents=documents)
+        (response,) = stub.IngestDocuments(iter([batch]), timeout=TIMEOUT)
+        results = response.results
+    assert [r.id for r in results] == [d.id for d in documents]
+    states = {r.state for r in results}
+    assert states <= {pb.UPSERT_STATE_INDEXED, pb.UPSERT_STATE_PENDING}
+    assert pb.UPSERT_STATE_PENDING in states, "indexed within TIMEOUT: make the batch slower"
