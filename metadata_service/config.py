@@ -141,7 +141,9 @@ class MetadataSettings(ServiceSettings):
             text_chars=max(self.max_chunk_size, self.max_query_bytes),
             records_per_call=self.index_batch_records,
             filter_conditions=self.max_filter_conditions,
-            filter_values=self.max_filter_values,
+            # A delete by filter removes each batch's vectors with one
+            # `_inc IN (...)` of up to DELETE_BATCH_DOCUMENTS incarnations.
+            filter_values=max(self.max_filter_values, self.delete_batch_documents),
         )
 
     @property

@@ -82,7 +82,7 @@ def limit_problems(sent: SentLimits, info: epb.GetModelInfoResponse) -> list[str
         sent.filter_values,
         info.max_filter_values,
         "MAX_FILTER_VALUES",
-        "METADATA_MAX_FILTER_VALUES",
+        "METADATA_MAX_FILTER_VALUES (and DELETE_BATCH_DOCUMENTS)",
         "filter IN/NIN values",
     )
     record_bytes = (

@@ -143,6 +143,19 @@ def test_the_default_settings_of_the_pair_agree() -> None:
     assert limit_problems(sent, epb.GetModelInfoResponse()) == []
 
 
+def test_the_batched_vector_delete_counts_as_filter_values() -> None:
+    """A delete by filter sends one `_inc IN (...)` of up to
+    DELETE_BATCH_DOCUMENTS values: a vector service that takes fewer would
+    refuse every such Delete, so the check at first contact says so."""
+    sent = MetadataSettings(
+        _env_file=None, max_filter_values=100, delete_batch_documents=500
+    ).sent_to_vector_service
+    problems = limit_problems(sent, _model_info(max_filter_values=200))
+    assert len(problems) == 1, problems
+    assert "VECTOR_MAX_FILTER_VALUES to at least 500" in problems[0]
+    assert "DELETE_BATCH_DOCUMENTS" in problems[0]
+
+
 @pytest.mark.parametrize(
     ("reported", "raise_there", "lower_here"),
     [
