@@ -428,8 +428,10 @@ class Catalog:
         for index, doc_id in enumerate(ids):
             validation.document_id(doc_id, self._settings, f"ids[{index}]")
         if where is not None:
-            # DELETE_BATCH_DOCUMENTS per transaction (the pipeline removes
-            # each batch's vectors in between: delete_matching).
+            # DELETE_BATCH_DOCUMENTS per transaction, vectors left to the
+            # deletion outbox. The service never gets here: the pipeline
+            # calls delete_matching itself, removing each batch's vectors in
+            # between.
             total, cursor = 0, None
             while True:
                 batch = self.delete_matching(collection, where, lease, cursor)
