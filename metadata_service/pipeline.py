@@ -192,8 +192,11 @@ class Pipeline:
         deleted = 0
         cursor = None
         vectors_now = self._indexer is not None
+        # Stop early enough that "send it again" reaches the caller, not a
+        # bare DEADLINE_EXCEEDED from gRPC.
+        stop = _answer_by(deadline, time.monotonic())
         while True:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= stop:
                 raise DeadlineExceeded(
                     f"deleted {deleted} documents before the deadline; send the same request "
                     "again to delete the rest"
@@ -201,7 +204,7 @@ class Pipeline:
             lease = self._indexer.new_lease() if self._indexer and vectors_now else None
             batch = await self._db(self._catalog.delete_matching, collection, where, lease, cursor)
             deleted += batch.deleted
-            vectors_now = await self._delete_vectors_now(lease, deadline) and vectors_now
+            vectors_now = await self._delete_vectors_now(lease, stop) and vectors_now
             if batch.cursor is None:
                 return DeleteDocumentsOutcome(deleted)
             cursor = batch.cursor

@@ -173,6 +173,9 @@ def settle_chunks(
     returns the documents touched, whose state must be refreshed.
     `truncated`: indexed chunks the vector service embedded only in part."""
     held = and_(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
+    # Only ever raised here: a chunk re-sent as its stored vector (a
+    # metadata-only change) is not re-measured, and a collection's model is
+    # fixed, so the same text is cut the same way; new text resets the flag.
     if truncated:  # before `indexed` releases the lease that marks them held
         session.execute(
             update(ChunkRow).where(held, ChunkRow.id.in_(list(truncated))).values(truncated=True)
