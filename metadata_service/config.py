@@ -17,6 +17,9 @@ _CPUS = usable_cpus()
 # Keys the indexer adds to every vector's metadata beside a document's own
 # (_doc _ord _inc _gen _hash: indexing.vector_metadata; a test keeps it honest).
 RESERVED_VECTOR_KEYS = 5
+# Vectors Reconcile compares per step (bounded memory on any collection size);
+# also the ids of one vector Get or Delete it makes.
+RECONCILE_PAGE_IDS = 500
 
 
 class MetadataSettings(ServiceSettings):
@@ -140,6 +143,7 @@ class MetadataSettings(ServiceSettings):
             metadata_string_bytes=max(self.max_metadata_string_bytes, self.max_document_id_bytes),
             text_chars=max(self.max_chunk_size, self.max_query_bytes),
             records_per_call=self.index_batch_records,
+            ids_per_call=max(self.index_batch_records, RECONCILE_PAGE_IDS),
             filter_conditions=self.max_filter_conditions,
             # A delete by filter removes each batch's vectors with one
             # `_inc IN (...)` of up to DELETE_BATCH_DOCUMENTS incarnations.

@@ -26,7 +26,7 @@ import grpc
 from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
 from metadata_service.catalog import Catalog
-from metadata_service.config import MetadataSettings
+from metadata_service.config import RECONCILE_PAGE_IDS, MetadataSettings
 from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.domain import (
     DeleteCollectionOutcome,
@@ -72,8 +72,6 @@ DEFAULT_TOP_K = 10
 # states and send the answer.
 _ANSWER_MARGIN_SHARE = 0.1
 _ANSWER_MARGIN_MIN = 0.5
-# Vectors compared per reconcile step: bounded memory on any collection size.
-_RECONCILE_PAGE = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,8 +321,8 @@ class Pipeline:
         unfinished = await self._db(self._outbox.resume_unfinished, target, repair=repair)
         if repair:
             if orphans:
-                for start in range(0, len(orphans), _RECONCILE_PAGE):
-                    part = orphans[start : start + _RECONCILE_PAGE]
+                for start in range(0, len(orphans), RECONCILE_PAGE_IDS):
+                    part = orphans[start : start + RECONCILE_PAGE_IDS]
                     await client.delete_ids(target.vector_collection, part, deadline)
             await self._drain_collection(target, deadline)
         outcome = ReconcileOutcome(
@@ -346,7 +344,7 @@ class Pipeline:
         while True:
             try:
                 ids, token = await client.list_ids(
-                    target.vector_collection, token, _RECONCILE_PAGE, deadline
+                    target.vector_collection, token, RECONCILE_PAGE_IDS, deadline
                 )
             except VectorCollectionNotFound:
                 return [], 0  # no vector collection: nothing can be orphaned
@@ -379,7 +377,9 @@ class Pipeline:
         missing = 0
         after = 0
         while True:
-            rows = await self._db(self._outbox.indexed_chunks_after, target, after, _RECONCILE_PAGE)
+            rows = await self._db(
+                self._outbox.indexed_chunks_after, target, after, RECONCILE_PAGE_IDS
+            )
             if not rows:
                 return missing
             after = rows[-1].chunk_id

@@ -83,6 +83,7 @@ def to_proto_model_info(
         max_records_per_call=settings.max_records_per_call,
         max_filter_conditions=settings.max_filter_conditions,
         max_filter_values=settings.max_filter_values,
+        max_ids_per_call=settings.max_ids_per_call,
     )
 
 

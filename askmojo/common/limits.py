@@ -26,6 +26,7 @@ class SentLimits:
     metadata_string_bytes: int  # a value, the document id (reserved key) included
     text_chars: int  # a chunk (MAX_CHUNK_SIZE) or a search query
     records_per_call: int
+    ids_per_call: int  # one vector Get/Delete: an indexing batch, a reconcile page
     filter_conditions: int
     filter_values: int
 
@@ -70,6 +71,13 @@ def limit_problems(sent: SentLimits, info: epb.GetModelInfoResponse) -> list[str
         "MAX_RECORDS_PER_CALL",
         "INDEX_BATCH_RECORDS",
         "records per call",
+    )
+    check(
+        sent.ids_per_call,
+        info.max_ids_per_call,
+        "MAX_IDS_PER_CALL",
+        "INDEX_BATCH_RECORDS (reconcile asks for RECONCILE_PAGE_IDS)",
+        "ids per Get or Delete",
     )
     check(
         sent.filter_conditions,

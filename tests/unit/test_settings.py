@@ -131,6 +131,7 @@ def _model_info(**overrides: int) -> epb.GetModelInfoResponse:
         "max_records_per_call": vector.max_records_per_call,
         "max_filter_conditions": vector.max_filter_conditions,
         "max_filter_values": vector.max_filter_values,
+        "max_ids_per_call": vector.max_ids_per_call,
         **overrides,
     }
     return epb.GetModelInfoResponse(model="m", dimension=3, **values)
@@ -181,6 +182,12 @@ def test_the_batched_vector_delete_counts_as_filter_values() -> None:
             "METADATA_MAX_FILTER_CONDITIONS",
         ),
         ({"max_filter_values": 100}, "VECTOR_MAX_FILTER_VALUES", "METADATA_MAX_FILTER_VALUES"),
+        # Reconcile Gets and Deletes 500 ids at a time (RECONCILE_PAGE_IDS).
+        (
+            {"max_ids_per_call": 100},
+            "VECTOR_MAX_IDS_PER_CALL to at least 500",
+            "INDEX_BATCH_RECORDS",
+        ),
         ({"max_message_bytes": 4096}, "VECTOR_MAX_MESSAGE_BYTES", "MAX_CHUNK_SIZE"),
     ],
 )

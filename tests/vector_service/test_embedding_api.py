@@ -155,6 +155,7 @@ def test_model_info(embed_stub: epb_grpc.EmbeddingServiceStub) -> None:
     info = embed_stub.GetModelInfo(epb.GetModelInfoRequest())
     assert (info.model, info.dimension, info.max_sequence_length) == ("all-MiniLM-L6-v2", 384, 256)
     assert info.max_texts_per_call == 512 and info.workers == 1
+    assert info.max_ids_per_call == 1000  # the metadata service checks it at first contact
 
 
 def test_bad_input(embed_stub: epb_grpc.EmbeddingServiceStub) -> None:

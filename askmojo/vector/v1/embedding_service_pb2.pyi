@@ -207,6 +207,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_RECORDS_PER_CALL_FIELD_NUMBER: _builtins.int
     MAX_FILTER_CONDITIONS_FIELD_NUMBER: _builtins.int
     MAX_FILTER_VALUES_FIELD_NUMBER: _builtins.int
+    MAX_IDS_PER_CALL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     dimension: _builtins.int
     max_sequence_length: _builtins.int
@@ -227,6 +228,8 @@ class GetModelInfoResponse(_message.Message):
     max_records_per_call: _builtins.int
     max_filter_conditions: _builtins.int
     max_filter_values: _builtins.int
+    max_ids_per_call: _builtins.int
+    """Ids one VectorService Get or Delete may name (MAX_IDS_PER_CALL)."""
     def __init__(
         self,
         *,
@@ -242,10 +245,11 @@ class GetModelInfoResponse(_message.Message):
         max_records_per_call: _builtins.int = ...,
         max_filter_conditions: _builtins.int = ...,
         max_filter_values: _builtins.int = ...,
+        max_ids_per_call: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "max_filter_conditions", b"max_filter_conditions", "max_filter_values", b"max_filter_values", "max_message_bytes", b"max_message_bytes", "max_metadata_keys", b"max_metadata_keys", "max_metadata_string_bytes", b"max_metadata_string_bytes", "max_records_per_call", b"max_records_per_call", "max_sequence_length", b"max_sequence_length", "max_text_length", b"max_text_length", "max_texts_per_call", b"max_texts_per_call", "model", b"model", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "max_filter_conditions", b"max_filter_conditions", "max_filter_values", b"max_filter_values", "max_ids_per_call", b"max_ids_per_call", "max_message_bytes", b"max_message_bytes", "max_metadata_keys", b"max_metadata_keys", "max_metadata_string_bytes", b"max_metadata_string_bytes", "max_records_per_call", b"max_records_per_call", "max_sequence_length", b"max_sequence_length", "max_text_length", b"max_text_length", "max_texts_per_call", b"max_texts_per_call", "model", b"model", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
