@@ -21,12 +21,12 @@ lists each distinct problem once, with the smallest request that showed it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +56,7 @@ from tests.fuzz.harness import (
     invoke,
 )
 from tests.fuzz.strategies import Method, all_methods
+from tests.waiting import wait_until
 from vector_service.config import VectorSettings
 
 pytestmark = pytest.mark.slow
@@ -105,12 +106,14 @@ class Pair:
 
     def dead(self, wait: float = 0.0) -> list[str]:
         """Processes that exited (restarted, so the run goes on), described."""
-        deadline = time.monotonic() + wait
-        while True:
-            gone = [p for p in (self.vector, self.metadata) if p.proc and p.proc.poll() is not None]
-            if gone or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
+
+        def exited() -> list[ServiceProcess]:
+            return [p for p in (self.vector, self.metadata) if p.proc and p.proc.poll() is not None]
+
+        if wait:
+            with contextlib.suppress(AssertionError):  # none died: the usual answer
+                wait_until(exited, wait, interval=0.1)
+        gone = exited()
         found = []
         for proc in gone:
             assert proc.proc is not None
@@ -302,16 +305,19 @@ def _restore(world: World, strict: bool = False) -> None:
 
 
 def _wait_indexed(stub: pb_grpc.MetadataServiceStub, collection: str, ids: list[str]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        states = [
+    def states() -> list[int]:
+        return [
             stub.GetDocument(pb.GetDocumentRequest(collection=collection, id=i), timeout=10).state
             for i in ids
         ]
-        if all(s == pb.DOCUMENT_STATE_INDEXED for s in states):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{collection}: documents not INDEXED in 180 s: {states}")
+
+    wait_until(
+        lambda: all(s == pb.DOCUMENT_STATE_INDEXED for s in states()),
+        180,
+        f"{collection}: every document INDEXED",
+        states,
+        interval=0.3,
+    )
 
 
 def _token(page: Callable[[], Any]) -> str:
@@ -565,17 +571,18 @@ def _serving(process: ServiceProcess, services: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     with grpc.insecure_channel(process.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def all_serving() -> bool:
             for name in services:
                 try:
                     status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
                     found[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(status.status)
                 except grpc.RpcError as exc:
                     found[name] = exc.code().name
-            if all(v == "SERVING" for v in found.values()):
-                break
-            time.sleep(0.5)
+            return all(v == "SERVING" for v in found.values())
+
+        with contextlib.suppress(AssertionError):  # the caller reports what was found
+            wait_until(all_serving, 20, interval=0.5)
     return found
 
 
