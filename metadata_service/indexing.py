@@ -235,7 +235,15 @@ class Indexer:
             # the rest back at once.
             await asyncio.shield(self._settle_deletions(rows, done, "interrupted"))
             raise
-        await self._settle_deletions(rows, done, str(error))
+        # A shutdown arriving now must not drop the write that gives the
+        # failed rows back (queued work is cancelled with its future): they
+        # would wait INDEX_LEASE_SECONDS for the next start.
+        settling = asyncio.ensure_future(self._settle_deletions(rows, done, str(error)))
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            await settling
+            raise
         if error is not None:
             raise error
         return len(done)
