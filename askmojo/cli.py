@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -52,6 +53,7 @@ from askmojo.cli_format import (
     search_table,
     stats_table,
 )
+from askmojo.common.channels import ClientSecurity, open_channel
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
@@ -125,6 +127,28 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
             default=None if defaults else argparse.SUPPRESS,
             help="seconds per call, 0 for none (default 60); for ingest, seconds for the "
             "whole run (default none: it runs as long as there are files to send)",
+        )
+        # Security (DESIGN.md §9). A key on the command line shows in `ps`
+        # and shell history: ASKMOJO_API_KEY is the better habit.
+        p.add_argument(
+            "--api-key",
+            default=environ.get("ASKMOJO_API_KEY") or None if defaults else argparse.SUPPRESS,
+            help="the service's API key (env ASKMOJO_API_KEY)",
+        )
+        p.add_argument(
+            "--ca-file",
+            default=None if defaults else argparse.SUPPRESS,
+            help="PEM CA certificate to trust: connect with TLS",
+        )
+        p.add_argument(
+            "--cert-file",
+            default=None if defaults else argparse.SUPPRESS,
+            help="PEM client certificate, for a service that asks for one (mTLS)",
+        )
+        p.add_argument(
+            "--key-file",
+            default=None if defaults else argparse.SUPPRESS,
+            help="PEM private key of --cert-file",
         )
 
     connection_options(parser, defaults=True)
@@ -476,7 +500,13 @@ def _run(args: argparse.Namespace) -> int:
     timeout, run_timeout = timeouts(args)
     out = Console(file=sys.stdout)
     err = Console(file=sys.stderr)
-    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    security = ClientSecurity(
+        api_key=SecretStr(args.api_key) if args.api_key else None,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+    with open_channel(address, security, options=_CHANNEL_OPTIONS) as channel:
         app = App(address, timeout, pb_grpc.MetadataServiceStub(channel), out, err, run_timeout)
         try:
             return COMMANDS[args.command](app, args)

@@ -18,13 +18,21 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from askmojo.common.channels import NO_SECURITY, ClientSecurity, open_channel
+
 DEFAULT_TIMEOUT = 3.0
 
 
-def check(address: str, service: str = "", timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
-    """(serving?, the line to print)."""
+def check(
+    address: str,
+    service: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+    security: ClientSecurity = NO_SECURITY,
+) -> tuple[bool, str]:
+    """(serving?, the line to print). The health service needs no key, but a
+    TLS server needs its CA (and a client certificate under mTLS)."""
     target = f"{address} {service}" if service else address
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -48,9 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default 3)"
     )
+    parser.add_argument("--ca-file", help="PEM CA certificate to trust: connect with TLS")
+    parser.add_argument("--cert-file", help="PEM client certificate (mTLS)")
+    parser.add_argument("--key-file", help="PEM private key of --cert-file")
     args = parser.parse_args(argv)
+    security = ClientSecurity(
+        ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
+    )
     try:
-        serving, line = check(args.address, args.service, args.timeout)
+        serving, line = check(args.address, args.service, args.timeout, security)
     except KeyboardInterrupt:
         return 130
     print(line)

@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from askmojo.common import auth, tracing
 from askmojo.common.logs import configure_logging
 from metadata_service.config import MetadataSettings
 from metadata_service.server import run
@@ -19,7 +20,12 @@ def main() -> int:
     except ValidationError as exc:
         print(f"metadata_service: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    refusal = auth.startup_refusal(settings)
+    if refusal is not None:
+        print(f"metadata_service: {refusal}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.effective_log_format)
+    tracing.configure("askmojo-metadata")
     logging.getLogger(__name__).info(
         "starting metadata service",
         extra={"environment": settings.environment.value, "workers": settings.worker_count},

@@ -26,7 +26,8 @@ class MetadataSettings(ServiceSettings):
     # METADATA_<NAME> wins over <NAME> (askmojo.common.settings).
     env_service_prefix = "METADATA_"
 
-    metadata_host: str = "[::]"
+    # Unset: 127.0.0.1 in development, every interface in production.
+    metadata_host: str | None = None
     # 0 picks a free port (logged at start-up); tests use it.
     metadata_port: int = Field(default=50051, ge=0, le=65535)
     # Worker processes sharing the port (SO_REUSEPORT). None: 1 in development,
@@ -34,6 +35,17 @@ class MetadataSettings(ServiceSettings):
     workers: int | None = Field(default=None, ge=1, le=256)
     # Empty: no vector service; chunks stay PENDING until one is configured.
     vector_service_address: str = "localhost:50052"
+    # How this service calls the vector service: its key (unset: API_KEY, so
+    # one key in `.env` opens the pair), the CA that signed its certificate
+    # (TLS), and this service's own certificate and key when it asks for one
+    # (mTLS).
+    vector_service_api_key: SecretStr | None = None
+    vector_service_ca_file: str | None = None
+    vector_service_client_cert_file: str | None = None
+    vector_service_client_key_file: str | None = None
+    # Prometheus text endpoint (/metrics) on this port; 0: off. With WORKERS
+    # > 1 one scrape sees every worker.
+    metadata_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # --- database (DESIGN.md §5) ---
     database_url: str = "sqlite:///./data/metadata.db"
@@ -132,6 +144,14 @@ class MetadataSettings(ServiceSettings):
                 "must fit in one ListDocuments response"
             )
         return self
+
+    @property
+    def listen_host(self) -> str:
+        return self.default_host(self.metadata_host, production=self.is_production)
+
+    @property
+    def vector_service_key(self) -> SecretStr | None:
+        return self.vector_service_api_key or self.api_key
 
     @property
     def sent_to_vector_service(self) -> SentLimits:

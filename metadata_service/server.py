@@ -24,8 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from askmojo.common import serving
+from askmojo.common.channels import ClientSecurity
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
-from askmojo.common.rpc import RequestGuard
+from askmojo.common.metrics import MetricsEndpoint
 from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from metadata_service import migrations
 from metadata_service.catalog import Catalog
@@ -127,8 +129,7 @@ def create_server(
             ("grpc.so_reuseport", 1 if settings.worker_count > 1 else 0),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        # Undecodable or too-wide requests: INVALID_ARGUMENT on every method.
-        interceptors=[RequestGuard(settings.filter_limits)],
+        interceptors=serving.server_interceptors(settings, "metadata"),
     )
     catalog = Catalog(database, settings)
     vector_client = indexer = None
@@ -137,6 +138,12 @@ def create_server(
             settings.vector_service_address,
             settings.max_message_bytes,
             sent_limits=settings.sent_to_vector_service,
+            security=ClientSecurity(
+                api_key=settings.vector_service_key,
+                ca_file=settings.vector_service_ca_file,
+                cert_file=settings.vector_service_client_cert_file,
+                key_file=settings.vector_service_client_key_file,
+            ),
         )
         indexer = Indexer(database, vector_client, executor, settings)
     pipeline = Pipeline(
@@ -161,10 +168,12 @@ def create_server(
             ),
             server,
         )
-    address = f"{settings.metadata_host}:{settings.metadata_port if port is None else port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise RuntimeError(f"could not listen on {address}")
+    bound = serving.listen(
+        server,
+        settings.listen_host,
+        settings.metadata_port if port is None else port,
+        settings,
+    )
     return MetadataServer(
         server, database, executor, readiness, indexer=indexer, vector_client=vector_client
     ), bound
@@ -200,16 +209,25 @@ def run(settings: MetadataSettings) -> int:
     or a supervisor of `WORKERS` forked servers on one port (production)."""
     prepare_database(settings)
     workers = settings.worker_count
-    if workers == 1:
-        asyncio.run(serve_worker(settings))
-        return 0
-    return _supervise(settings, workers)
+    # Before any worker is forked: in multiprocess mode they record into the
+    # endpoint's directory, and one scrape of it sums them.
+    endpoint = MetricsEndpoint.start(
+        settings.listen_host, settings.metadata_metrics_port, multiprocess=workers > 1
+    )
+    try:
+        if workers == 1:
+            asyncio.run(serve_worker(settings))
+            return 0
+        return _supervise(settings, workers, endpoint)
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
 
 
 def _log_listening(settings: MetadataSettings, port: int, workers: int) -> None:
     _LOGGER.info(
         "metadata service listening",
-        extra={"host": settings.metadata_host, "port": port, "workers": workers},
+        extra={"host": settings.listen_host, "port": port, "workers": workers},
     )
 
 
@@ -248,7 +266,7 @@ def _worker_main(settings: MetadataSettings, port: int, supervisor: int) -> None
     asyncio.run(serve_worker(settings, port))
 
 
-def _supervise(settings: MetadataSettings, workers: int) -> int:
+def _supervise(settings: MetadataSettings, workers: int, endpoint: MetricsEndpoint | None) -> int:
     """Forks the workers (before any gRPC object exists in this process, as
     gRPC requires) and replaces any that die, until SIGINT/SIGTERM."""
     context = multiprocessing.get_context("fork")
@@ -260,7 +278,7 @@ def _supervise(settings: MetadataSettings, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with _reserved_port(settings.metadata_host, settings.metadata_port) as port:
+    with _reserved_port(settings.listen_host, settings.metadata_port) as port:
         procs: list[multiprocessing.process.BaseProcess] = []
         restarts: list[float] = []
 
@@ -286,6 +304,8 @@ def _supervise(settings: MetadataSettings, workers: int) -> int:
                     "worker died; replacing it",
                     extra={"worker": index, "worker_pid": proc.pid, "exitcode": proc.exitcode},
                 )
+                if endpoint is not None and proc.pid is not None:
+                    endpoint.worker_exited(proc.pid)
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 60] + [now]
                 if len(restarts) > 5 * workers:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from askmojo.common.channels import NO_SECURITY, ClientSecurity, open_aio_channel
 from askmojo.common.filters import FilterNode, MetadataScalar, filter_to_proto, metadata_to_proto
 from askmojo.common.filters import metadata_value_from_proto as from_value
 from askmojo.common.limits import SentLimits, limit_problems
@@ -150,15 +151,20 @@ class VectorServiceClient(Protocol):
 
 class VectorClient:
     def __init__(
-        self, address: str, max_message_bytes: int, sent_limits: SentLimits | None = None
+        self,
+        address: str,
+        max_message_bytes: int,
+        sent_limits: SentLimits | None = None,
+        security: ClientSecurity = NO_SECURITY,
     ) -> None:
         self.address = address
         # Checked against the vector service's limits before the first
         # collection is ensured (so before anything is sent to index).
         self._sent_limits = sent_limits
         self._limits_agree = sent_limits is None
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = open_aio_channel(
             address,
+            security,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from askmojo.common import auth, tracing
 from askmojo.common.logs import configure_logging
 from vector_service.config import VectorSettings
 from vector_service.server import serve, start_dependencies
@@ -24,7 +25,12 @@ def main() -> int:
     except ValidationError as exc:
         print(f"vector_service: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    refusal = auth.startup_refusal(settings)
+    if refusal is not None:
+        print(f"vector_service: {refusal}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.effective_log_format)
+    tracing.configure("askmojo-vector")
     _LOGGER.info(
         "starting vector service",
         extra={"model": settings.model_path, "workers": settings.max_workers},

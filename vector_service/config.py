@@ -26,9 +26,12 @@ class VectorSettings(ServiceSettings):
     # VECTOR_<NAME> wins over <NAME> (askmojo.common.settings).
     env_service_prefix = "VECTOR_"
 
-    vector_host: str = "[::]"
+    # Unset: 127.0.0.1 in development, every interface in production.
+    vector_host: str | None = None
     # 0 picks a free port (logged at start-up); tests use it.
     vector_port: int = Field(default=50052, ge=0, le=65535)
+    # Prometheus text endpoint (/metrics) on this port; 0: off.
+    vector_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # --- Chroma ---
     chromadb_persist_directory: str = "./data/chroma"
@@ -107,6 +110,10 @@ class VectorSettings(ServiceSettings):
             # Such a call could never fit in the queue: refused or stalled forever.
             raise ValueError("MAX_TEXTS_PER_CALL must not exceed MAX_QUEUED_TEXTS")
         return self
+
+    @property
+    def listen_host(self) -> str:
+        return self.default_host(self.vector_host, production=self.is_production)
 
     @property
     def model_path(self) -> str:

@@ -19,8 +19,9 @@ import signal
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from askmojo.common import serving
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
-from askmojo.common.rpc import RequestGuard
+from askmojo.common.metrics import MetricsEndpoint
 from askmojo.vector.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
@@ -172,8 +173,7 @@ def _build_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
-        # Undecodable or too-wide requests: INVALID_ARGUMENT on every method.
-        interceptors=[RequestGuard(settings.filter_limits)],
+        interceptors=serving.server_interceptors(settings, "vector"),
     )
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(
         EmbeddingServicer(embedder, settings), server
@@ -198,10 +198,9 @@ def _build_server(
             ),
             server,
         )
-    address = f"{settings.vector_host}:{settings.vector_port if port is None else port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise RuntimeError(f"could not listen on {address}")
+    bound = serving.listen(
+        server, settings.listen_host, settings.vector_port if port is None else port, settings
+    )
     return VectorServer(
         server, pool=pool, store=store, batcher=batcher, executors=executors, readiness=readiness
     ), bound
@@ -215,12 +214,15 @@ async def serve(settings: VectorSettings, dependencies: tuple[EmbeddingPool, Vec
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     server, port = create_server(settings, dependencies)
+    endpoint = MetricsEndpoint.start(settings.listen_host, settings.vector_metrics_port)
     await server.start()
     _LOGGER.info(
         "vector service listening",
-        extra={"host": settings.vector_host, "port": port, "store": server.store.mode},
+        extra={"host": settings.listen_host, "port": port, "store": server.store.mode},
     )
     await stop.wait()
     _LOGGER.info("vector service stopping")
     await server.stop(_SHUTDOWN_GRACE_S)
+    if endpoint is not None:
+        endpoint.stop()
     _LOGGER.info("vector service stopped")

@@ -17,7 +17,7 @@ import enum
 import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, ValidationError
 from pydantic_settings import (
@@ -51,7 +51,23 @@ PER_SERVICE_NAMES = frozenset(
     }
 )
 # Settings of ServiceSettings itself: one meaning for the pair.
-SHARED_NAMES = frozenset({"ENVIRONMENT", "REFLECTION", "LOG_LEVEL", "LOG_FORMAT"})
+SHARED_NAMES = frozenset(
+    {
+        "ENVIRONMENT",
+        "REFLECTION",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        # One `.env` for the pair: the same keys and certificate open both
+        # (METADATA_API_KEY / VECTOR_API_KEY when they must differ).
+        "API_KEY",
+        "READ_ONLY_API_KEY",
+        "ALLOW_UNAUTHENTICATED",
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
+        "TLS_CLIENT_CA_FILE",
+        "SHUTDOWN_GRACE_SECONDS",
+    }
+)
 
 
 def usable_cpus() -> int:
@@ -126,6 +142,24 @@ class ServiceSettings(BaseSettings):
         default=DEFAULT_MAX_FILTER_VALUES, ge=1, le=FILTER_VALUES_CEILING
     )
 
+    # --- operation (DESIGN.md §9; askmojo.common.auth, .tls) ---
+    # Full access. Unset: no key is asked for (development only, unless
+    # ALLOW_UNAUTHENTICATED=true: production refuses to start without one).
+    api_key: SecretStr | None = None
+    # Reads only: Get*, List*, Search, Query, Count, Embed*, GetModelInfo,
+    # GetStats and a dry-run Reconcile.
+    read_only_api_key: SecretStr | None = None
+    allow_unauthenticated: bool = False
+    # Server TLS from PEM files, re-read when they change (short-lived mesh
+    # certificates rotate without a restart). TLS_CLIENT_CA_FILE also asks
+    # every client for a certificate signed by that CA (mTLS).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    # SIGTERM: stop accepting, let in-flight RPCs finish for this long, give
+    # leases back, stop workers, exit 0.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -168,6 +202,15 @@ class ServiceSettings(BaseSettings):
     @property
     def reflection_enabled(self) -> bool:
         return (not self.is_production) if self.reflection is None else self.reflection
+
+    @staticmethod
+    def default_host(host: str | None, *, production: bool) -> str:
+        """Where a service listens when its HOST is unset: every interface in
+        production (a container), only this machine in development, so a
+        laptop's service is never reachable from the network by accident."""
+        if host:
+            return host
+        return "[::]" if production else "127.0.0.1"
 
     @property
     def effective_log_format(self) -> str:
