@@ -24,15 +24,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import calibration, embedding, metadata, pipeline
+from bench import calibration, embedding, metadata, pipeline, security
 from bench.context import Context, Sizes
 
-SECTIONS = {"embedding": embedding.run, "pipeline": pipeline.run, "metadata": metadata.run}
+SECTIONS = {
+    "embedding": embedding.run,
+    "pipeline": pipeline.run,
+    "metadata": metadata.run,
+    "security": security.run,
+}
 # The counts each section uses (what its report line shows when scaled).
 USES = {
     "embedding": ("embed_texts", "concurrent_texts"),
     "pipeline": ("ingest_docs", "search_queries", "latency_queries", "scale_small", "scale_large"),
     "metadata": ("metadata_docs",),
+    "security": ("ingest_docs", "search_queries", "concurrent_texts"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -67,19 +67,25 @@ def embed_stream(address: str, texts: list[str]) -> Callable[[], object]:
     return run
 
 
-async def _concurrent_once(address: str, texts: list[str]) -> None:
+async def _concurrent_once(
+    address: str, texts: list[str], metadata: Sequence[tuple[str, str]] = ()
+) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = epb_grpc.EmbeddingServiceStub(channel)
 
         async def client(index: int) -> None:
             for text in texts[index::CLIENTS]:
-                await stub.Embed(epb.EmbedRequest(texts=[text]), timeout=60)
+                await stub.Embed(epb.EmbedRequest(texts=[text]), timeout=60, metadata=metadata)
 
         await asyncio.gather(*(client(i) for i in range(CLIENTS)))
 
 
-def embed_concurrent(address: str, texts: list[str]) -> Callable[[], object]:
-    return lambda: asyncio.run(_concurrent_once(address, texts))
+def embed_concurrent(
+    address: str, texts: list[str], metadata: Sequence[tuple[str, str]] = ()
+) -> Callable[[], object]:
+    """CLIENTS concurrent clients, one text per Embed call; `metadata` is
+    sent with every call (an API key)."""
+    return lambda: asyncio.run(_concurrent_once(address, texts, metadata))
 
 
 def run(ctx: Context) -> None:

@@ -148,13 +148,14 @@ def ingest_stream(
     marks: list[tuple[int, float]] | None = None,
     stop: threading.Event | None = None,
     per_message: int = STREAM_DOCS,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Streams `documents` (until `stop` is set); every one sent must come
     back INDEXED. Returns the chunk count; `marks` collects (chunks so far,
     time) per response."""
     chunks = 0
     requests = _requests(collection, documents, per_message, stop)
-    for response in stub.IngestDocuments(requests, timeout=3600):
+    for response in stub.IngestDocuments(requests, timeout=3600, metadata=metadata):
         if response.status.code:
             raise RuntimeError(f"batch refused: {response.status.message}")
         for result in response.results:
@@ -166,7 +167,14 @@ def ingest_stream(
     return chunks
 
 
-async def _search_clients(address: str, collection: str, queries: Sequence[str]) -> list[float]:
+async def search_clients(
+    address: str,
+    collection: str,
+    queries: Sequence[str],
+    metadata: Sequence[tuple[str, str]] = (),
+) -> list[float]:
+    """SEARCH_CLIENTS concurrent asyncio clients sharing `queries`; the
+    latency of each call. `metadata`: sent with every call (an API key)."""
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.MetadataServiceStub(channel)
@@ -175,7 +183,9 @@ async def _search_clients(address: str, collection: str, queries: Sequence[str])
             for query in queries[index::SEARCH_CLIENTS]:
                 started = time.perf_counter()
                 response = await stub.Search(
-                    pb.SearchRequest(collection=collection, query=query, top_k=TOP_K), timeout=60
+                    pb.SearchRequest(collection=collection, query=query, top_k=TOP_K),
+                    timeout=60,
+                    metadata=metadata,
                 )
                 latencies.append(time.perf_counter() - started)
                 assert response.hits
@@ -217,13 +227,13 @@ def run(ctx: Context) -> None:
         ingest_stream(stub, "warmup", documents[:5])
         stub.CreateCollection(pb.CreateCollectionRequest(name="real"))
         ingest(ctx, stub, store, documents)
-        asyncio.run(_search_clients(service.address, "real", queries[:16]))  # warm-up
+        asyncio.run(search_clients(service.address, "real", queries[:16]))  # warm-up
         for query in queries[:10]:
             store.search(query)
         pairs = []
         for _ in range(ctx.sizes.repeat):  # back to back: see timing.median_pair
             started = time.perf_counter()
-            asyncio.run(_search_clients(service.address, "real", queries))
+            asyncio.run(search_clients(service.address, "real", queries))
             qps = len(queries) / (time.perf_counter() - started)
             started = time.perf_counter()
             for query in queries:

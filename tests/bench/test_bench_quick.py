@@ -18,6 +18,8 @@ RATIOS = {
     "search_ratio",
     "metadata_write_ratio",
     "scale_ingest_ratio",
+    "secured_search_ratio",
+    "secured_embed_concurrent_ratio",
 }
 
 
@@ -28,12 +30,12 @@ def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
         check=False,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=420,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "quick"
-    assert set(report["sections"]) == {"embedding", "pipeline", "metadata"}
+    assert set(report["sections"]) == {"embedding", "pipeline", "metadata", "security"}
     assert all(s["seconds"] > 0 and s["speed"] > 0 for s in report["sections"].values())
     assert set(report["ratios"]) == RATIOS
     for key, ratio in report["ratios"].items():
