@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from askmojo.common import auth, tracing
+from askmojo.common import auth, tls, tracing
 from askmojo.common.logs import configure_logging
 from metadata_service.config import MetadataSettings
 from metadata_service.server import run
@@ -20,7 +20,20 @@ def main() -> int:
     except ValidationError as exc:
         print(f"metadata_service: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    refusal = auth.startup_refusal(settings)
+    refusal = (
+        auth.startup_refusal(settings)
+        or tls.startup_refusal(settings)
+        or tls.client_refusal(
+            settings.vector_service_ca_file,
+            settings.vector_service_client_cert_file,
+            settings.vector_service_client_key_file,
+            names=(
+                "VECTOR_SERVICE_CA_FILE",
+                "VECTOR_SERVICE_CLIENT_CERT_FILE",
+                "VECTOR_SERVICE_CLIENT_KEY_FILE",
+            ),
+        )
+    )
     if refusal is not None:
         print(f"metadata_service: {refusal}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
-from askmojo.common import auth, tracing
+from askmojo.common import auth, tls, tracing
 from askmojo.common.logs import configure_logging
 from vector_service.config import VectorSettings
 from vector_service.server import serve, start_dependencies
@@ -25,7 +25,8 @@ def main() -> int:
     except ValidationError as exc:
         print(f"vector_service: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    refusal = auth.startup_refusal(settings)
+    # Before the model loads: a bad certificate path fails in a second.
+    refusal = auth.startup_refusal(settings) or tls.startup_refusal(settings)
     if refusal is not None:
         print(f"vector_service: {refusal}", file=sys.stderr)
         return 2
