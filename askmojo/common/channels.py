@@ -33,14 +33,19 @@ def open_aio_channel(
     security: ClientSecurity = NO_SECURITY,
     options: Sequence[tuple[str, object]] = (),
 ) -> grpc.aio.Channel:
-    """Call inside the event loop that will use it."""
-    interceptors = [*tracing.client_interceptors(), *auth.client_interceptors(security.api_key)]
+    """Call inside the event loop that will use it. Every call, unary and
+    streaming, carries the key (auth.with_api_key says why not an interceptor)."""
+    interceptors = tracing.client_interceptors()
     credentials = tls.channel_credentials(security.ca_file, security.cert_file, security.key_file)
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
-    return grpc.aio.secure_channel(
-        target, credentials, options=options, interceptors=interceptors or None
-    )
+        channel = grpc.aio.insecure_channel(
+            target, options=options, interceptors=interceptors or None
+        )
+    else:
+        channel = grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors or None
+        )
+    return auth.with_api_key(channel, security.api_key)
 
 
 def open_channel(

@@ -14,10 +14,11 @@ SHARED_NAMES mean the same to both and stay plain.
 from __future__ import annotations
 
 import enum
+import hmac
 import os
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, ValidationError
 from pydantic_settings import (
@@ -68,6 +69,24 @@ SHARED_NAMES = frozenset(
         "SHUTDOWN_GRACE_SECONDS",
     }
 )
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key, or None. Keys travel in an HTTP/2
+    header (`authorization: Bearer <key>`): printable ASCII, and no spaces,
+    which a copy from a file or a shell would silently lose or add."""
+    if not key.strip():
+        return "is empty: unset it for no key, or set a key (e.g. `openssl rand -hex 32`)"
+    if any(not ("!" <= char <= "~") for char in key):
+        return (
+            "must be printable ASCII without spaces or line breaks (it is sent in a "
+            "gRPC header); check for a stray space or newline"
+        )
+    return None
+
+
+def _env_name(info: ValidationInfo) -> str:
+    return (info.field_name or "API_KEY").upper()
 
 
 def usable_cpus() -> int:
@@ -121,7 +140,11 @@ class _PlainDotEnv(PydanticBaseSettingsSource):
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting's error would otherwise print
+    # its raw value, and a model-level one every value, API keys included.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
     # "METADATA_" or "VECTOR_": the service's own names, which win.
     env_service_prefix: ClassVar[str] = ""
 
@@ -159,6 +182,45 @@ class ServiceSettings(BaseSettings):
     # SIGTERM: stop accepting, let in-flight RPCs finish for this long, give
     # leases back, stop workers, exit 0.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    # check_fields=False: VECTOR_SERVICE_API_KEY is the metadata service's
+    # (MetadataSettings); every key either service reads is held to one rule.
+    @field_validator("api_key", "read_only_api_key", "vector_service_api_key", check_fields=False)
+    @classmethod
+    def _usable_key(cls, key: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if key is not None:
+            problem = api_key_problem(key.get_secret_value())
+            if problem:
+                raise PydanticCustomError(
+                    "unusable_api_key",
+                    "{name} {problem}",
+                    {"name": _env_name(info), "problem": problem},
+                )
+        return key
+
+    @model_validator(mode="after")
+    def _keys_agree(self) -> Self:
+        if self.read_only_api_key is None:
+            return self
+        if self.api_key is None:
+            # Refused rather than guessed: enforcing the read key alone would
+            # leave writes to no one, while not enforcing it would leave
+            # everything open to anyone with a configuration that looks keyed.
+            raise PydanticCustomError(
+                "read_only_key_alone",
+                "READ_ONLY_API_KEY is set without API_KEY: set API_KEY too (full access), "
+                "or unset READ_ONLY_API_KEY",
+            )
+        if hmac.compare_digest(
+            self.read_only_api_key.get_secret_value().encode(),
+            self.api_key.get_secret_value().encode(),
+        ):
+            raise PydanticCustomError(
+                "read_only_key_is_full_key",
+                "READ_ONLY_API_KEY equals API_KEY, so every reader could write: give "
+                "READ_ONLY_API_KEY a key of its own",
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
