@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from vector_service import metrics
 from vector_service.config import VectorSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -194,11 +195,13 @@ class VectorStore:
             self._lock.release()
             self._lock = None
 
+    @metrics.timed("heartbeat")
     def heartbeat(self) -> None:
         self._require().heartbeat()
 
     # --- collections
 
+    @metrics.timed("ensure_collection")
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
         client = self._require()
         with self._write_lock:
@@ -223,17 +226,20 @@ class VectorStore:
             )
         return CollectionInfo(info.name, info.dimension, info.model, created)
 
+    @metrics.timed("drop_collection")
     def drop_collection(self, name: str) -> bool:
         if self._find(name) is None:
             return False
         self._require().delete_collection(name)
         return True
 
+    @metrics.timed("get_collection")
     def collection(self, name: str) -> CollectionInfo:
         return _collection_info(self._get(name))
 
     # --- records
 
+    @metrics.timed("upsert")
     def upsert(
         self,
         name: str,
@@ -273,6 +279,7 @@ class VectorStore:
             replaced.append(full or None)
         collection.upsert(ids=list(ids), embeddings=vectors, metadatas=replaced)
 
+    @metrics.timed("query")
     def query(
         self,
         name: str,
@@ -310,6 +317,7 @@ class VectorStore:
             for i, d, m in zip(ids, distances, metadatas, strict=True)
         ]
 
+    @metrics.timed("get")
     def get(self, name: str, ids: Sequence[str], include_vectors: bool) -> list[Stored]:
         include = ["metadatas", "embeddings"] if include_vectors else ["metadatas"]
         result = self._get(name).get(ids=list(ids), include=include)
@@ -323,6 +331,7 @@ class VectorStore:
             for i, record_id in enumerate(result["ids"])
         ]
 
+    @metrics.timed("delete")
     def delete(self, name: str, ids: Sequence[str], where: FilterNode | None) -> int:
         # Under the write lock so the count returned is what this call removed.
         with self._write_lock:
@@ -343,9 +352,11 @@ class VectorStore:
             deleted += len(matching)
         return deleted
 
+    @metrics.timed("count")
     def count(self, name: str) -> int:
         return int(self._get(name).count())
 
+    @metrics.timed("list_ids")
     def list_ids(
         self, name: str, after: str | None, limit: int, where: FilterNode | None
     ) -> tuple[list[str], bool]:

@@ -32,7 +32,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from askmojo.common import metrics
 from askmojo.common.logs import exception_summary
+from metadata_service import metrics as service_metrics
 from metadata_service.config import MetadataSettings
 from metadata_service.db.sqlite_writers import SQLiteWriters
 from metadata_service.domain import PoolStatus, StorageStatus
@@ -59,7 +61,7 @@ def build_engine(settings: MetadataSettings) -> Engine:
         "hide_parameters": True,
     }
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, **pool_args)
+        return _watch_pool(create_engine(url, **pool_args))
 
     if url.database and url.database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
@@ -101,6 +103,20 @@ def build_engine(settings: MetadataSettings) -> Engine:
         mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
+    return _watch_pool(engine)
+
+
+def _watch_pool(engine: Engine) -> Engine:
+    """Pool gauges (askmojo_db_pool_connections) kept at each checkout and
+    checkin, when metrics are on as the engine is built."""
+    if metrics.enabled():
+        pool = engine.pool
+
+        def _changed(*_: Any) -> None:
+            service_metrics.pool_changed(pool)
+
+        event.listen(engine, "checkout", _changed)
+        event.listen(engine, "checkin", _changed)
     return engine
 
 

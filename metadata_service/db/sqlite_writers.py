@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from askmojo.common.logs import exception_summary
+from metadata_service import metrics
 
 try:
     import fcntl
@@ -116,7 +117,10 @@ class SQLiteWriters:
         deadline = time.monotonic() + self._timeout
         with self._turns:
             self._queue.append(item)
-        if not self._take_turn(deadline, item):
+        queued = time.monotonic()
+        mine = self._take_turn(deadline, item)
+        metrics.writer_waited("thread", time.monotonic() - queued)
+        if not mine:
             return item.outcome()  # written by whoever had the turn
         try:
             while not item.done.is_set():
@@ -138,8 +142,10 @@ class SQLiteWriters:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
-        deadline = time.monotonic() + self._timeout
+        started = time.monotonic()
+        deadline = started + self._timeout
         self._take_turn(deadline)
+        metrics.writer_waited("thread", time.monotonic() - started)
         try:
             fd = self._lock_file(deadline)
             try:
@@ -239,6 +245,7 @@ class SQLiteWriters:
     def _count(self, transactions: int, units: int) -> None:
         self.transactions += transactions
         self.units += units
+        metrics.group_committed(units)
 
     # --- the lock file ------------------------------------------------------
 
@@ -258,13 +265,17 @@ class SQLiteWriters:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            metrics.writer_waited("process", 0.0)
             return fd
         except BlockingIOError:
             pass
         except OSError:
             os.close(fd)
             raise
-        return self._wait_for_lock_file(fd, deadline)
+        waiting = time.monotonic()
+        fd = self._wait_for_lock_file(fd, deadline)
+        metrics.writer_waited("process", time.monotonic() - waiting)
+        return fd
 
     def _wait_for_lock_file(self, fd: int, deadline: float) -> int:
         """Another process writes: a helper thread blocks in flock (woken by

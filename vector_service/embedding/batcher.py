@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from vector_service import metrics
 from vector_service.embedding.pool import PoolUnavailable
 from vector_service.embedding.tokens import estimate_tokens
 from vector_service.embedding.worker import BatchResult
@@ -150,10 +151,20 @@ class DynamicBatcher:
             else None
         )
         self.stats = BatcherStats()
+        metrics.watch_batcher(self)
 
     @property
     def queued(self) -> int:
         return self._waiting
+
+    def queue_state(self) -> metrics.BatcherState:
+        """For the metrics scrape (another thread): plain reads, no lock."""
+        return metrics.BatcherState(
+            queued={lane.value: len(queue) for lane, queue in self._lanes.items()},
+            in_flight={lane.value: busy for lane, busy in self._busy.items()},
+            capacity=self._capacity,
+            workers={"regular": self._regular_slots, "express": self._express_slots},
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="embedding-batcher")
@@ -324,10 +335,16 @@ class DynamicBatcher:
 
     async def _dispatch(self, batch: list[_Item], lane: Lane, express: bool) -> None:
         calls = {id(item.call): item.call for item in batch}.values()
+        started = time.perf_counter()
         try:
-            result = await self._pool.embed(
-                [item.call.texts[item.index] for item in batch], lane is Lane.INTERACTIVE
-            )
+            try:
+                result = await self._pool.embed(
+                    [item.call.texts[item.index] for item in batch], lane is Lane.INTERACTIVE
+                )
+            except BaseException:
+                metrics.batch_failed(lane.value, time.perf_counter() - started)
+                raise
+            metrics.batch_done(lane.value, result.token_counts, time.perf_counter() - started)
             self.stats.batches += 1
             self.stats.texts += len(batch)
             self.stats.batch_sizes[len(batch)] += 1

@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
+from vector_service import metrics
 from vector_service.config import VectorSettings
 from vector_service.embedding import worker
 from vector_service.embedding.worker import BatchResult, ModelShape
@@ -165,6 +166,8 @@ class EmbeddingPool:
             if self._executor is not broken or self._rebuilding:
                 return  # another failed batch already started the rebuild
             self._rebuilding = True
+        # A label: the exception's class name, or "worker_exited" (found idle).
+        metrics.pool_restarting(reason if reason.isidentifier() else "worker_exited")
         _LOGGER.error("embedding pool broken; rebuilding", extra={"reason": reason})
         threading.Thread(target=self._rebuild, args=(broken,), daemon=True).start()
 
