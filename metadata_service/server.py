@@ -34,6 +34,7 @@ from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database, build_engine
 from metadata_service.indexing import Indexer
+from metadata_service.metrics import OutboxBacklog
 from metadata_service.outbox import Outbox
 from metadata_service.pipeline import Pipeline
 from metadata_service.servicer import MetadataServicer
@@ -214,6 +215,9 @@ def run(settings: MetadataSettings) -> int:
     endpoint = MetricsEndpoint.start(
         settings.listen_host, settings.metadata_metrics_port, multiprocess=workers > 1
     )
+    if endpoint is not None:
+        # Asked at scrape time by the process serving it: one value, not one per worker.
+        endpoint.register(OutboxBacklog(settings))
     try:
         if workers == 1:
             asyncio.run(serve_worker(settings))
