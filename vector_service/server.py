@@ -213,8 +213,9 @@ async def serve(settings: VectorSettings, dependencies: tuple[EmbeddingPool, Vec
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server, port = create_server(settings, dependencies)
+    # Before the server: its RPC interceptor is installed only while metrics are on.
     endpoint = MetricsEndpoint.start(settings.listen_host, settings.vector_metrics_port)
+    server, port = create_server(settings, dependencies)
     await server.start()
     _LOGGER.info(
         "vector service listening",
