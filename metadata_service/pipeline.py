@@ -45,6 +45,7 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
 )
+from metadata_service import metrics
 from metadata_service.indexing import Indexer
 from metadata_service.outbox import (
     DOC_KEY,
@@ -325,6 +326,9 @@ class Pipeline:
                     part = orphans[start : start + RECONCILE_PAGE_IDS]
                     await client.delete_ids(target.vector_collection, part, deadline)
             await self._drain_collection(target, deadline)
+            metrics.reconciled(
+                orphan=len(orphans), stale=stale, missing=missing, resumed=unfinished
+            )
         outcome = ReconcileOutcome(
             missing_vectors=missing,
             orphan_vectors=len(orphans),
