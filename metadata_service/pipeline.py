@@ -25,6 +25,7 @@ import grpc
 
 from askmojo.common.filters import FilterNode
 from askmojo.common.streams import in_order
+from metadata_service import metrics
 from metadata_service.catalog import Catalog
 from metadata_service.config import RECONCILE_PAGE_IDS, MetadataSettings
 from metadata_service.db.collection_queries import CollectionHandle
@@ -45,7 +46,6 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
 )
-from metadata_service import metrics
 from metadata_service.indexing import Indexer
 from metadata_service.outbox import (
     DOC_KEY,
