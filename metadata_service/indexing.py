@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import random
 import time
@@ -80,14 +81,34 @@ class Indexer:
         self._ensured: set[str] = set()  # vector collections known to exist
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        # Every lease this process handed out and not yet run out (a heap by
+        # expiry): what a shutdown gives back.
+        self._leases: list[datetime] = []
 
     # --- leases ------------------------------------------------------------
 
     def new_lease(self) -> datetime:
         """A lease expiry that doubles as the claim's token: the random
         microseconds keep two claims in the same instant apart."""
-        lease = timedelta(seconds=self._settings.index_lease_seconds)
-        return utcnow() + lease + timedelta(microseconds=random.randrange(1_000_000))
+        now = utcnow()
+        lease = now + timedelta(
+            seconds=self._settings.index_lease_seconds,
+            microseconds=random.randrange(1_000_000),
+        )
+        while self._leases and self._leases[0] < now:
+            heapq.heappop(self._leases)  # ran out: nothing left to give back
+        heapq.heappush(self._leases, lease)
+        return lease
+
+    async def give_back_leases(self) -> tuple[int, int]:
+        """At shutdown, once no call or pass runs any more: every chunk and
+        deletion row this process still holds becomes claimable now (PENDING,
+        unleased) instead of after INDEX_LEASE_SECONDS. Returns how many
+        chunks and deletion rows. Runs on a thread of its own: the service's
+        pool may be shut down already."""
+        leases, self._leases = list(self._leases), []
+        return await asyncio.to_thread(self._outbox.give_back, leases)
 
     # --- sending -----------------------------------------------------------
 
@@ -290,12 +311,22 @@ class Indexer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="indexer")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, finish_by: asyncio.Event | None = None) -> None:
+        """Starts no new pass; the one running may finish until `finish_by`
+        is set (at once without it), then is cancelled (its work given
+        back)."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if finish_by is not None and not task.done():
+            hurried = asyncio.ensure_future(finish_by.wait())
+            await asyncio.wait({task, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def wake(self) -> None:
         """New work exists (or the vector service may be back): drain now."""
@@ -305,7 +336,7 @@ class Indexer:
         """Resumes PENDING work at start-up and whenever woken; polls at
         INDEX_POLL_SECONDS, backing off while the vector service is down."""
         backoff = 0.0
-        while True:
+        while not self._stopping:
             try:
                 report = await self.drain_once(time.monotonic() + self._settings.index_call_timeout)
                 backoff = 0.0

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
 from metadata_service import lookup
-from metadata_service.db import document_queries, outbox_queries, search_queries
+from metadata_service.db import document_queries, lease_queries, outbox_queries, search_queries
 from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.db.document_queries import DeletedDocument, StoredDocument
 from metadata_service.db.engine import Database
@@ -322,6 +322,14 @@ class Outbox:
     def release_lease(self, lease: datetime) -> None:
         """Gives back every chunk still held under `lease`."""
         self._db.write(lambda s: outbox_queries.release_lease(s, lease))
+
+    def give_back(self, leases: Collection[datetime]) -> tuple[int, int]:
+        """At shutdown: every chunk and deletion row still held under one of
+        `leases` (all this process took) claimable again at once; returns
+        how many chunks and deletion rows."""
+        if not leases:
+            return 0, 0
+        return self._db.write(lambda s: lease_queries.give_back(s, leases))
 
     def chunks_held_by_others(self, collection: CollectionHandle) -> int:
         return self._db.read(

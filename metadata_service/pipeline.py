@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from askmojo.common.filters import FilterNode
+from askmojo.common.shutdown import Shutdown
 from askmojo.common.streams import in_order
 from metadata_service import metrics
 from metadata_service.catalog import Catalog
@@ -75,6 +76,12 @@ _ANSWER_MARGIN_SHARE = 0.1
 _ANSWER_MARGIN_MIN = 0.5
 
 
+class ShuttingDown(MetadataError):
+    """The service is stopping: what was acknowledged is stored."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestBatch:
     """One IngestDocuments request: its collection and documents."""
@@ -93,7 +100,10 @@ class Pipeline:
         *,
         indexer: Indexer | None,
         client: VectorServiceClient | None,
+        shutdown: Shutdown | None = None,
     ) -> None:
+        # Never set when none is given (tests building a pipeline alone).
+        self._shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
         self._catalog = catalog
         self._outbox = outbox
         self._executor = executor
@@ -136,11 +146,26 @@ class Pipeline:
                 return outcomes, refused
             return await self._index_written(batch.collection, outcomes, lease, deadline), None
 
+        # A stop reads no further batch: those read are written, answered
+        # (indexing cut short when the grace runs out), then the stream ends
+        # UNAVAILABLE, so the client knows to resend the rest.
+        cut = False
+
+        def stopped_reading() -> None:
+            nonlocal cut
+            cut = True
+
         depth = self._settings.ingest_batches_in_flight
-        async for _, result in in_order(batches, ingest, depth):
+        source = self._shutdown.until_draining(batches, stopped_reading)
+        async for _, result in in_order(source, ingest, depth):
             if isinstance(result, Exception):
                 raise result
             yield result
+        if cut:
+            raise ShuttingDown(
+                "the service is shutting down; resend what was not acknowledged "
+                "(every acknowledged document is stored)"
+            )
 
     async def _index_written(
         self,
@@ -160,7 +185,13 @@ class Pipeline:
         now = time.monotonic()
         limit = min(_answer_by(deadline, now), now + self._settings.index_on_write_timeout)
         try:
-            await self._indexer.index_leased(lease, limit)
+            # A stop whose grace runs out cuts indexing short (the chunks not
+            # acknowledged are given back, PENDING) so the answer goes out.
+            finished, _ = await self._shutdown.unless_hurried(
+                self._indexer.index_leased(lease, limit)
+            )
+            if not finished:
+                _LOGGER.info("indexing cut short by shutdown; documents stay PENDING")
         except VectorServiceUnavailable as exc:
             # Away, or the budget ran out (its unacknowledged chunks are
             # released): what was acknowledged before still reports INDEXED.

@@ -28,6 +28,7 @@ from askmojo.common import serving
 from askmojo.common.channels import ClientSecurity
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
 from askmojo.common.metrics import MetricsEndpoint
+from askmojo.common.shutdown import Shutdown, step
 from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from metadata_service import migrations
 from metadata_service.catalog import Catalog
@@ -43,8 +44,10 @@ from metadata_service.vector_client import VectorClient
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
-_SHUTDOWN_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
+# The supervisor's wait beyond a worker's grace (its clean-up: leases given
+# back, pools closed) before it kills the worker.
+_STOP_MARGIN_S = 5.0
 
 
 def prepare_database(settings: MetadataSettings) -> None:
@@ -70,12 +73,14 @@ class MetadataServer:
         executor: ThreadPoolExecutor,
         readiness: ReadinessProbe,
         *,
+        shutdown: Shutdown,
         indexer: Indexer | None = None,
         vector_client: VectorClient | None = None,
     ) -> None:
         self.grpc_server = server
         self.database = database
         self.readiness = readiness
+        self.shutdown = shutdown
         self.indexer = indexer
         self._vector_client = vector_client
         self._executor = executor
@@ -87,16 +92,46 @@ class MetadataServer:
             # Resumes whatever PENDING work a previous run left behind.
             self.indexer.start()
 
-    async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
-        await self.readiness.stop()
-        await self.grpc_server.stop(grace)
-        if self.indexer is not None:
-            await self.indexer.stop()
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (issue #12), each step logged with its duration:
+        health NOT_SERVING; no new calls; those in flight get `grace`
+        (default SHUTDOWN_GRACE_SECONDS) to finish, then are cancelled;
+        the indexer stops; every lease this process holds is given back;
+        the pools and the database close."""
+        shutdown = self.shutdown
+        if grace is not None:
+            shutdown.grace = grace
+            shutdown.margin = min(shutdown.margin, grace / 2)
+        started = time.monotonic()
+        with step("health NOT_SERVING", _LOGGER):
+            await self.readiness.stop()
+        hurry_timer = shutdown.begin()
+        try:
+            finishing = None
+            if self.indexer is not None:
+                # The pass running may finish within the grace; no new one starts.
+                finishing = asyncio.ensure_future(self.indexer.stop(shutdown.hurry))
+            with step("in-flight calls finished or cancelled", _LOGGER):
+                await shutdown.stop_grpc(self.grpc_server)
+            with step("indexer stopped", _LOGGER):
+                if finishing is not None:
+                    await finishing  # at the latest when the grace runs out
+        finally:
+            hurry_timer.cancel()
         if self._vector_client is not None:
-            await self._vector_client.close()
-        # Joining threads and closing connections block: not on the loop.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        await asyncio.to_thread(self.database.dispose)
+            with step("vector client closed", _LOGGER):
+                await self._vector_client.close()
+        # Joining threads blocks: not on the loop. Work already queued (the
+        # settling of cancelled calls) still runs.
+        with step("database threads joined", _LOGGER):
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self.indexer is not None:
+            with step("leases given back", _LOGGER):
+                chunks, deletions = await self.indexer.give_back_leases()
+            _LOGGER.info("leases given back", extra={"chunks": chunks, "deletions": deletions})
+        with step("database closed", _LOGGER):
+            await asyncio.to_thread(self.database.dispose)
+        _LOGGER.info("server stopped", extra={"ms": round((time.monotonic() - started) * 1000, 1)})
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -112,10 +147,12 @@ def _database_readiness(database: Database) -> dict[str, bool]:
 
 
 def create_server(
-    settings: MetadataSettings, *, port: int | None = None
+    settings: MetadataSettings, *, port: int | None = None, shutdown: Shutdown | None = None
 ) -> tuple[MetadataServer, int]:
     """Builds the server bound to `port` (default: METADATA_PORT; 0 picks a
-    free one) without starting it. Call inside the event loop that will run it."""
+    free one) without starting it. Call inside the event loop that will run it.
+    `shutdown`: the stop signals' state (serve_worker's), else one of its own."""
+    shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
     database = Database.from_settings(settings)
     executor = ThreadPoolExecutor(
         max_workers=settings.effective_db_threads, thread_name_prefix="metadata-db"
@@ -148,7 +185,13 @@ def create_server(
         )
         indexer = Indexer(database, vector_client, executor, settings)
     pipeline = Pipeline(
-        catalog, Outbox(database), executor, settings, indexer=indexer, client=vector_client
+        catalog,
+        Outbox(database),
+        executor,
+        settings,
+        indexer=indexer,
+        client=vector_client,
+        shutdown=shutdown,
     )
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(
         MetadataServicer(catalog, pipeline, executor, settings), server
@@ -176,7 +219,13 @@ def create_server(
         settings,
     )
     return MetadataServer(
-        server, database, executor, readiness, indexer=indexer, vector_client=vector_client
+        server,
+        database,
+        executor,
+        readiness,
+        shutdown=shutdown,
+        indexer=indexer,
+        vector_client=vector_client,
     ), bound
 
 
@@ -184,11 +233,9 @@ async def serve_worker(settings: MetadataSettings, port: int | None = None) -> N
     """Runs one server until SIGINT/SIGTERM, then stops it gracefully."""
     # Signal handlers first: a SIGTERM right after start-up must stop us
     # gracefully, not interrupt us.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    server, bound = create_server(settings, port=port)
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
+    shutdown.install(asyncio.get_running_loop())
+    server, bound = create_server(settings, port=port, shutdown=shutdown)
     await server.start()
     _LOGGER.info(
         "worker serving",
@@ -200,9 +247,9 @@ async def serve_worker(settings: MetadataSettings, port: int | None = None) -> N
     )
     if port is None:
         _log_listening(settings, bound, 1)
-    await stop.wait()
-    _LOGGER.info("worker stopping")
-    await server.stop(_SHUTDOWN_GRACE_S)
+    await shutdown.requested.wait()
+    _LOGGER.info("worker stopping", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await server.stop()
 
 
 def run(settings: MetadataSettings) -> int:
@@ -263,8 +310,10 @@ def _die_with_supervisor(supervisor: int) -> None:
 
 def _worker_main(settings: MetadataSettings, port: int, supervisor: int) -> None:
     # The child inherits the supervisor's handlers; until serve_worker installs
-    # its own, SIGINT/SIGTERM must simply end it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # its own, SIGTERM must simply end it. SIGINT comes from the supervisor
+    # as SIGTERM: a Ctrl-C reaching the whole process group directly too
+    # would count as a second signal (a hurried stop).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_supervisor(supervisor)
     asyncio.run(serve_worker(settings, port))
@@ -275,15 +324,21 @@ def _supervise(settings: MetadataSettings, workers: int, endpoint: MetricsEndpoi
     gRPC requires) and replaces any that die, until SIGINT/SIGTERM."""
     context = multiprocessing.get_context("fork")
     stopping = False
+    signals = 0
+    procs: list[multiprocessing.process.BaseProcess] = []
 
     def _stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, signals
         stopping = True
+        signals += 1
+        if signals > 1:
+            # A second signal: passed on, the workers hurry (see shutdown.py).
+            _LOGGER.warning("second stop signal; passed on to the workers")
+            _signal_workers(procs)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with _reserved_port(settings.listen_host, settings.metadata_port) as port:
-        procs: list[multiprocessing.process.BaseProcess] = []
         restarts: list[float] = []
 
         def _spawn(index: int) -> multiprocessing.process.BaseProcess:
@@ -296,7 +351,7 @@ def _supervise(settings: MetadataSettings, workers: int, endpoint: MetricsEndpoi
             _LOGGER.info("worker started", extra={"worker": index, "worker_pid": proc.pid})
             return proc
 
-        procs = [_spawn(i) for i in range(workers)]
+        procs.extend(_spawn(i) for i in range(workers))
         _log_listening(settings, port, workers)
         exit_code = 0
         while not stopping:
@@ -317,17 +372,45 @@ def _supervise(settings: MetadataSettings, workers: int, endpoint: MetricsEndpoi
                     stopping, exit_code = True, 1
                     break
                 procs[index] = _spawn(index)
-        _LOGGER.info("stopping workers", extra={"workers": len(procs)})
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
+        exit_code = max(exit_code, _stop_workers(procs, settings.shutdown_grace_seconds))
+    _LOGGER.info("metadata service stopped", extra={"exitcode": exit_code})
+    return exit_code
+
+
+def _signal_workers(procs: list[multiprocessing.process.BaseProcess]) -> None:
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + _SHUTDOWN_GRACE_S + 5
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    _LOGGER.info("metadata service stopped")
+
+
+def _stop_workers(procs: list[multiprocessing.process.BaseProcess], grace: float) -> int:
+    """SIGTERM to every worker, then grace + a margin for them to stop
+    (their calls, then their clean-up); stragglers are killed. 0 when every
+    worker stopped cleanly, else 1."""
+    started = time.monotonic()
+    _LOGGER.info("stopping workers", extra={"workers": len(procs), "grace_seconds": grace})
+    _signal_workers(procs)
+    deadline = started + grace + _STOP_MARGIN_S
+    exit_code = 0
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            _LOGGER.error("worker did not stop in time; killed", extra={"worker_pid": proc.pid})
+            proc.kill()
+            proc.join()
+            exit_code = 1
+        # -SIGTERM: stopped before its handlers were installed (it held nothing).
+        elif proc.exitcode not in (0, -signal.SIGTERM):
+            _LOGGER.error(
+                "worker stopped with an error",
+                extra={"worker_pid": proc.pid, "exitcode": proc.exitcode},
+            )
+            exit_code = 1
+    _LOGGER.info(
+        "workers stopped",
+        extra={"ms": round((time.monotonic() - started) * 1000, 1), "exitcode": exit_code},
+    )
     return exit_code
 
 

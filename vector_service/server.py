@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import os
-import signal
+import time
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from askmojo.common import serving
 from askmojo.common.health import HEALTH_SERVICE, ReadinessProbe
 from askmojo.common.metrics import MetricsEndpoint
+from askmojo.common.shutdown import Shutdown, step
 from askmojo.vector.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
@@ -42,7 +43,6 @@ _LOGGER = logging.getLogger(__name__)
 EMBEDDING_SERVICE = embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
 _PROBE_INTERVAL_S = 1.0
-_SHUTDOWN_GRACE_S = 5.0
 
 
 def model_name(settings: VectorSettings) -> str:
@@ -84,7 +84,9 @@ class VectorServer:
         batcher: DynamicBatcher,
         executors: StoreExecutors,
         readiness: ReadinessProbe,
+        shutdown: Shutdown,
     ) -> None:
+        self.shutdown = shutdown
         self.grpc_server = server
         self.pool = pool
         self.store = store
@@ -97,14 +99,35 @@ class VectorServer:
         self.batcher.start()
         await self.grpc_server.start()
 
-    async def stop(self, grace: float | None = _SHUTDOWN_GRACE_S) -> None:
-        await self.readiness.stop()
-        await self.grpc_server.stop(grace)
-        await self.batcher.stop()
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (issue #12), each step logged with its duration:
+        health NOT_SERVING; no new calls; those in flight (embeddings
+        included) get `grace` (default SHUTDOWN_GRACE_SECONDS), then are
+        cancelled; the batcher, the store threads and the embedding worker
+        processes stop; the store closes and releases its directory."""
+        shutdown = self.shutdown
+        if grace is not None:
+            shutdown.grace = grace
+            shutdown.margin = min(shutdown.margin, grace / 2)
+        started = time.monotonic()
+        with step("health NOT_SERVING", _LOGGER):
+            await self.readiness.stop()
+        hurry_timer = shutdown.begin()
+        try:
+            with step("in-flight calls finished or cancelled", _LOGGER):
+                await shutdown.stop_grpc(self.grpc_server)
+        finally:
+            hurry_timer.cancel()
+        with step("batcher stopped", _LOGGER):
+            await self.batcher.stop()
         # Joining threads and processes blocks: not on the loop.
-        await asyncio.to_thread(self._executors.shutdown)
-        await asyncio.to_thread(self.pool.shutdown)
-        self.store.close()
+        with step("store threads joined", _LOGGER):
+            await asyncio.to_thread(self._executors.shutdown)
+        with step("embedding workers stopped", _LOGGER):
+            await asyncio.to_thread(self.pool.shutdown)
+        with step("store closed", _LOGGER):
+            self.store.close()
+        _LOGGER.info("server stopped", extra={"ms": round((time.monotonic() - started) * 1000, 1)})
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -128,13 +151,16 @@ def create_server(
     dependencies: tuple[EmbeddingPool, VectorStore] | None = None,
     *,
     port: int | None = None,
+    shutdown: Shutdown | None = None,
 ) -> tuple[VectorServer, int]:
     """Builds the server (not started) on `port` (default VECTOR_PORT; 0 picks
     one). Starts the pool and opens the store unless `dependencies` are given.
     Call inside the event loop that will run it."""
     pool, store = dependencies or start_dependencies(settings)
     try:
-        return _build_server(settings, pool, store, port)
+        return _build_server(
+            settings, pool, store, port, shutdown or Shutdown(settings.shutdown_grace_seconds)
+        )
     except BaseException:
         if dependencies is None:  # ours to release; given ones stay the caller's
             pool.shutdown()
@@ -143,7 +169,11 @@ def create_server(
 
 
 def _build_server(
-    settings: VectorSettings, pool: EmbeddingPool, store: VectorStore, port: int | None
+    settings: VectorSettings,
+    pool: EmbeddingPool,
+    store: VectorStore,
+    port: int | None,
+    shutdown: Shutdown,
 ) -> tuple[VectorServer, int]:
     assert pool.shape is not None
     model = ModelDescription(
@@ -202,28 +232,32 @@ def _build_server(
         server, settings.listen_host, settings.vector_port if port is None else port, settings
     )
     return VectorServer(
-        server, pool=pool, store=store, batcher=batcher, executors=executors, readiness=readiness
+        server,
+        pool=pool,
+        store=store,
+        batcher=batcher,
+        executors=executors,
+        readiness=readiness,
+        shutdown=shutdown,
     ), bound
 
 
 async def serve(settings: VectorSettings, dependencies: tuple[EmbeddingPool, VectorStore]) -> None:
     # Signal handlers first: a SIGTERM right after "listening" must stop us
     # gracefully, not interrupt us.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
+    shutdown.install(asyncio.get_running_loop())
     # Before the server: its RPC interceptor is installed only while metrics are on.
     endpoint = MetricsEndpoint.start(settings.listen_host, settings.vector_metrics_port)
-    server, port = create_server(settings, dependencies)
+    server, port = create_server(settings, dependencies, shutdown=shutdown)
     await server.start()
     _LOGGER.info(
         "vector service listening",
         extra={"host": settings.listen_host, "port": port, "store": server.store.mode},
     )
-    await stop.wait()
-    _LOGGER.info("vector service stopping")
-    await server.stop(_SHUTDOWN_GRACE_S)
+    await shutdown.requested.wait()
+    _LOGGER.info("vector service stopping", extra={"grace_seconds": shutdown.grace})
+    await server.stop()
     if endpoint is not None:
         endpoint.stop()
     _LOGGER.info("vector service stopped")
