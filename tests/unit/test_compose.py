@@ -42,17 +42,28 @@ HEALTH_SERVICE = {
     ].full_name,
     "vector_service": vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name,
 }
+METRICS_PORT_SETTING = {
+    "metadata_service": "metadata_metrics_port",
+    "vector_service": "vector_metrics_port",
+}
 POSTGRES_PORT = 5432
-_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+# ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}")
+# What a required variable (`${VAR:?...}`, which compose refuses to start
+# without) stands for here: some value the operator set.
+REQUIRED_VALUE = "set-by-the-operator"
 
 
 def interpolate(value: str) -> str:
     """Compose's `${VAR:-default}` with the default, as on a machine that sets
-    none of the variables."""
+    none of the variables; a required `${VAR:?message}` as REQUIRED_VALUE."""
 
     def default(match: re.Match[str]) -> str:
-        assert match.group(2) is not None, f"${{{match.group(1)}}} has no default"
-        return match.group(2)
+        if match.group(4) is not None:
+            return REQUIRED_VALUE
+        assert match.group(3) is not None, f"${{{match.group(1)}}} has no default"
+        return match.group(3)
 
     return _VARIABLE.sub(default, value)
 
@@ -114,17 +125,27 @@ def module_of(service: dict[str, Any]) -> str | None:
 OURS = {name: s for name, s in SERVICES.items() if module_of(s) in SETTINGS}
 
 
-def environment(service: dict[str, Any]) -> dict[str, str]:
+def raw_environment(service: dict[str, Any]) -> dict[str, str | None]:
+    """As written; None for a key without a value (passed through from the
+    shell or .env when set there, else unset in the container)."""
     env = service.get("environment", {})
     if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {str(k): interpolate(str(v)) for k, v in env.items()}
+        env = {
+            item.split("=", 1)[0]: (item.split("=", 1)[1] if "=" in item else None) for item in env
+        }
+    return {str(k): (None if v is None else str(v)) for k, v in env.items()}
 
 
-def effective_port(service: dict[str, Any]) -> int:
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """The values the container gets on a machine that sets no variable."""
+    return {k: interpolate(v) for k, v in raw_environment(service).items() if v is not None}
+
+
+def effective_port(service: dict[str, Any], settings: dict[str, str] = PORT_SETTING) -> int:
+    """The service's port setting (or, with METRICS_PORT_SETTING, its metrics port)."""
     module = module_of(service)
     assert module is not None
-    field = PORT_SETTING[module]
+    field = settings[module]
     given = environment(service).get(field.upper())
     default = SETTINGS[module].model_fields[field].default
     return int(given) if given is not None else int(default)
@@ -155,7 +176,9 @@ def profiles(service: dict[str, Any]) -> set[str]:
 
 
 def test_compose_has_the_pair_chroma_and_an_optional_postgres() -> None:
-    assert {"metadata", "vector", "chroma", "postgres", "metadata-pg"} <= set(SERVICES)
+    assert {"metadata", "vector", "chroma", "postgres", "metadata-pg", "prometheus"} <= set(
+        SERVICES
+    )
     assert module_of(SERVICES["metadata"]) == "metadata_service"
     assert module_of(SERVICES["metadata-pg"]) == "metadata_service"
     assert module_of(SERVICES["vector"]) == "vector_service"
@@ -189,7 +212,7 @@ def test_environment_keys_are_settings_of_the_service(name: str) -> None:
     settings_class = SETTINGS[module]
     env = environment(service)
     known = {field.upper() for field in settings_class.model_fields}
-    unknown = set(env) - known
+    unknown = set(raw_environment(service)) - known
     assert not unknown, f"{name}: {sorted(unknown)} are not {settings_class.__name__} fields"
     # And the values validate (a typo such as WORKERS: four fails here);
     # model_validate reads neither the environment nor a .env file.
@@ -214,7 +237,11 @@ def test_metadata_service_settings() -> None:
 def test_ports_match_the_settings(name: str) -> None:
     service = OURS[name]
     port = effective_port(service)
-    assert container_ports(service) == [port]
+    # Only the metadata service is reachable from outside: the vector service
+    # (every collection's vectors, readable and writable with the pair's key)
+    # and the metrics endpoints stay on the compose network.
+    published = [port] if module_of(service) == "metadata_service" else []
+    assert container_ports(service) == published
     argv = healthcheck_argv(service)
     assert python_module(argv) == "askmojo.healthcheck"
     address, health_service = argv[3], argv[4]
@@ -271,6 +298,83 @@ def test_postgres_url_matches_the_postgres_service() -> None:
         env["POSTGRES_DB"],
     )
     assert profiles(postgres) == profiles(SERVICES["metadata-pg"])
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_both_services_require_the_api_key(name: str) -> None:
+    """Production refuses to start without API_KEY; compose refuses even
+    earlier, with a message, when .env does not set it. The read-only key is
+    passed on only when set (an empty key must never be configured)."""
+    raw = raw_environment(OURS[name])
+    assert raw["API_KEY"] == "${API_KEY:?set API_KEY in .env}"
+    assert raw["READ_ONLY_API_KEY"] is None
+    assert "ALLOW_UNAUTHENTICATED" not in raw
+    # The metadata service calls the vector service with API_KEY (its
+    # VECTOR_SERVICE_API_KEY falls back to it): one key for the pair.
+    assert "VECTOR_SERVICE_API_KEY" not in raw
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_metrics_ports_are_on(name: str) -> None:
+    service = OURS[name]
+    metrics_port = effective_port(service, METRICS_PORT_SETTING)
+    assert metrics_port != 0
+    assert metrics_port != effective_port(service)
+    assert metrics_port not in container_ports(service)
+
+
+def prometheus_targets() -> dict[str, list[str]]:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def test_prometheus_scrapes_both_services_on_their_metrics_ports() -> None:
+    scraped: set[str] = set()
+    for job, targets in prometheus_targets().items():
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            assert host in OURS, (job, target)
+            assert int(port) == effective_port(OURS[host], METRICS_PORT_SETTING), (job, target)
+            scraped.add(host)
+    # Every service `docker compose up` starts (metadata-pg is optional).
+    assert scraped == {name for name, service in OURS.items() if not profiles(service)}
+
+
+def test_prometheus_service_reads_the_config() -> None:
+    service = SERVICES["prometheus"]
+    assert str(service["image"]).startswith("prom/prometheus:")
+    assert not profiles(service)
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in service["volumes"]}
+    # The image's default --config.file.
+    assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert PROMETHEUS_CONFIG.is_file()
+
+
+def test_grafana_provisions_the_dashboard_and_prometheus() -> None:
+    service = SERVICES["grafana"]
+    assert profiles(service) == {"grafana"}
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in service["volumes"]}
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus"
+    assert [f"{url.port}"] == [str(p).rsplit(":", 1)[-1] for p in SERVICES["prometheus"]["ports"]]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "askmojo.yml").read_text())[
+        "providers"
+    ]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    dashboards = list((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["panels"], path
+        assert dashboard["templating"]["list"][0]["query"] == datasource["type"]
 
 
 def test_start_up_waits_for_health() -> None:
