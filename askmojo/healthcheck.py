@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from askmojo.common import tls
 from askmojo.common.channels import NO_SECURITY, ClientSecurity, open_channel
 
 DEFAULT_TIMEOUT = 3.0
@@ -60,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cert-file", help="PEM client certificate (mTLS)")
     parser.add_argument("--key-file", help="PEM private key of --cert-file")
     args = parser.parse_args(argv)
+    refusal = tls.client_refusal(
+        args.ca_file,
+        args.cert_file,
+        args.key_file,
+        names=("--ca-file", "--cert-file", "--key-file"),
+    )
+    if refusal is not None:  # still one line and exit 1: the probe's contract
+        print(f"{args.address}: {refusal}")
+        return 1
     security = ClientSecurity(
         ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
     )

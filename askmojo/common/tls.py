@@ -173,6 +173,23 @@ def _file(name: str, path: str | None) -> _File | None:
 
 
 @dataclass(frozen=True)
+class _ServerMaterial:
+    """One consistent version of the server's files, read and checked. No
+    gRPC object yet: the start-up check runs in the metadata service's
+    supervisor, which must fork its workers before any gRPC object exists."""
+
+    stamp: tuple[_Stamp, ...]
+    chain: bytes
+    key: bytes
+    client_roots: bytes | None
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.chain)], root_certificates=self.client_roots
+        )
+
+
+@dataclass(frozen=True)
 class _ServerFiles:
     pair: _KeyPair
     client_authority: _File | None
@@ -197,9 +214,9 @@ class _ServerFiles:
             paths.append(self.client_authority.path)
         return tuple(_stamp(path) for path in paths)
 
-    def load(self) -> tuple[tuple[_Stamp, ...], grpc.ServerCertificateConfiguration]:
-        """The files as one consistent version, and that version's stamp.
-        _FilesChanging: a writer was busy with them meanwhile."""
+    def load(self) -> _ServerMaterial:
+        """The files as one consistent version. _FilesChanging: a writer was
+        busy with them meanwhile."""
         before = self.stamp()
         chain, key = self.pair.load()
         client_roots = (
@@ -208,11 +225,9 @@ class _ServerFiles:
         after = self.stamp()
         if before != after:
             raise _FilesChanging
-        return after, grpc.ssl_server_certificate_configuration(
-            [(key, chain)], root_certificates=client_roots
-        )
+        return _ServerMaterial(after, chain, key, client_roots)
 
-    def load_at_start(self) -> tuple[tuple[_Stamp, ...], grpc.ServerCertificateConfiguration]:
+    def load_at_start(self) -> _ServerMaterial:
         for _ in range(_CONSISTENT_READ_ATTEMPTS):
             try:
                 return self.load()
@@ -253,7 +268,7 @@ class _RotatingServerFiles:
             if self._files.stamp() in (self._served, self._refused):
                 return None  # another handshake's thread got here first
             try:
-                stamp, configuration = self._files.load()
+                material = self._files.load()
             except _FilesChanging:
                 return None  # mid-write: the next handshake looks again
             except TlsConfigError as exc:
@@ -264,13 +279,13 @@ class _RotatingServerFiles:
                     exc,
                 )
                 return None
-            self._served = stamp
+            self._served = material.stamp
             self._refused = None
             _LOGGER.info(
                 "TLS certificate reloaded; new connections get it",
                 extra={"cert_file": self._files.pair.certificate.path},
             )
-            return configuration
+            return material.configuration()
 
 
 def startup_refusal(settings: ServiceSettings) -> str | None:
@@ -293,10 +308,10 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     files = _ServerFiles.from_settings(settings)
     if files is None:
         return None
-    served, configuration = files.load_at_start()
+    material = files.load_at_start()
     return grpc.dynamic_ssl_server_credentials(
-        configuration,
-        _RotatingServerFiles(files, served),
+        material.configuration(),
+        _RotatingServerFiles(files, material.stamp),
         require_client_authentication=files.client_authority is not None,
     )
 
@@ -312,9 +327,10 @@ def client_refusal(
     names: tuple[str, str, str] = ("CA file", "client certificate file", "client key file"),
 ) -> str | None:
     """One line saying why a client's TLS files cannot be used, or None;
-    `names` are the settings or flags they came from."""
+    `names` are the settings or flags they came from. Makes no gRPC object
+    (safe before the metadata service forks its workers)."""
     try:
-        channel_credentials(ca_file, cert_file, key_file, names=names)
+        _client_material(ca_file, cert_file, key_file, names)
     except TlsConfigError as exc:
         return str(exc)
     return None
@@ -336,6 +352,19 @@ def channel_credentials(
     for one call, and gRPC Python has no reloading client credentials (a
     rotated client certificate reaches a long-lived channel when it is made
     again)."""
+    material = _client_material(ca_file, cert_file, key_file, names)
+    if material is None:
+        return None
+    roots, key, chain = material
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=chain
+    )
+
+
+def _client_material(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, names: tuple[str, str, str]
+) -> tuple[bytes | None, bytes | None, bytes | None] | None:
+    """(CA roots, key, chain) PEM bytes, None where not given; None: plaintext."""
     ca_name, cert_name, key_name = names
     authority = _file(ca_name, ca_file)
     pair = _pair(cert_name, cert_file, key_name, key_file)
@@ -343,8 +372,6 @@ def channel_credentials(
         return None
     roots = _load_authority(authority) if authority is not None else None
     if pair is None:
-        return grpc.ssl_channel_credentials(root_certificates=roots)
+        return roots, None, None
     chain, key = pair.load()
-    return grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key, certificate_chain=chain
-    )
+    return roots, key, chain

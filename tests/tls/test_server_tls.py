@@ -20,7 +20,9 @@ from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.server import prepare_database
 from tests.conftest import RunningServer, metadata_settings
+from tests.metadata_service.test_workers import start_service
 from tests.tls.conftest import Authority, Issued, served_serial
+from tests.waiting import wait_until
 
 _TLS_LOGGER = "askmojo.common.tls"
 
@@ -134,6 +136,18 @@ def test_mtls_refuses_a_client_without_a_certificate_and_serves_one_with(
 
 
 def test_cli_and_health_probe_with_a_ca_file(
+    server: TlsServer, authority: Authority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    security = ["--ca-file", str(authority.ca_file)]
+    assert cli.main(["--address", server.address, *security, "stats"]) == 0
+    assert healthcheck.main([server.address, *security]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    # A plaintext probe of a TLS server is told no, in its one line.
+    assert healthcheck.main([server.address]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().out
+
+
+def test_cli_and_health_probe_with_a_client_certificate(
     mtls_server: TlsServer, authority: Authority, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = authority.issue("client")
@@ -216,3 +230,43 @@ def test_a_rotated_client_ca_admits_clients_of_the_new_ca(
             key_file=str(newcomer.key),
         ),
     )
+
+
+def test_production_workers_serve_tls_and_each_follows_a_rotation(
+    tmp_path: Path, authority: Authority
+) -> None:
+    """`python -m metadata_service` with forked workers on one port: each
+    worker builds its credentials after the fork, and each reloads."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    authority.issue().install(cert, key)
+    client = authority.issue("client")
+    service = start_service(
+        {
+            "ENVIRONMENT": "production",
+            "ALLOW_UNAUTHENTICATED": "true",
+            "WORKERS": "2",
+            "METADATA_PORT": "0",
+            "METADATA_HOST": "127.0.0.1",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'metadata.db'}",
+            "LOG_FORMAT": "json",
+            "TLS_CERT_FILE": str(cert),
+            "TLS_KEY_FILE": str(key),
+            "TLS_CLIENT_CA_FILE": str(authority.ca_file),
+        },
+        tmp_path,
+    )
+    try:
+        probe = [service.address, "--ca-file", str(authority.ca_file)]
+        probe += ["--cert-file", str(client.cert), "--key-file", str(client.key)]
+        wait_until(lambda: healthcheck.main(probe) == 0, timeout=60, what="workers serving")
+        rotated = authority.issue()
+        rotated.install(cert, key)
+        # The kernel spreads connections over the workers: enough of them
+        # reach both (a worker still on the old certificate would show).
+        serials = {served_serial(service.port, authority.ca_file, client) for _ in range(20)}
+        assert serials == {rotated.serial}
+        assert service.stop() == 0
+    finally:
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait()

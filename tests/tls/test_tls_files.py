@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from askmojo import healthcheck
 from askmojo.common import serving, tls
 from askmojo.common.channels import ClientSecurity, open_channel
 from tests.conftest import vector_settings
@@ -194,3 +195,12 @@ def test_a_service_refuses_to_start_in_one_line(service: str, pair: Issued, tmp_
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"{service}: TLS_CERT_FILE is set without TLS_KEY_FILE: set both\n"
+
+
+def test_the_health_probe_reports_unusable_files_in_its_one_line(
+    pair: Issued, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert healthcheck.main(["127.0.0.1:1", "--cert-file", str(pair.cert)]) == 1
+    assert capsys.readouterr().out == (
+        "127.0.0.1:1: --cert-file is set without --key-file: set both\n"
+    )
