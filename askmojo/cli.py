@@ -7,10 +7,12 @@
     askmojo reconcile --collection NAME [--dry-run]
 
 It talks to the metadata service only (`--address`, or METADATA_ADDRESS,
-default localhost:50051). Every failure is one line on stderr: exit 2 for bad
-usage, 1 for anything else (a failed call, or documents that failed), 130 for
-Ctrl-C. Parsing and rendering live in cli_format.py, file walking in
-cli_files.py; this module only wires them to gRPC and the terminal.
+default localhost:50051; several comma-separated addresses or a gRPC target
+work too) through the Python SDK, `askmojo.client`. Every failure is one line
+on stderr: exit 2 for bad usage, 1 for anything else (a failed call, or
+documents that failed), 130 for Ctrl-C. Parsing and rendering live in
+cli_format.py, file walking in cli_files.py; this module only wires them to
+the SDK and the terminal.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import grpc
-from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -53,21 +53,14 @@ from askmojo.cli_format import (
     search_table,
     stats_table,
 )
-from askmojo.common.channels import ClientSecurity, open_channel
-from askmojo.metadata.v1 import metadata_service_pb2 as pb
-from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from askmojo.client import AlreadyExists, AskmojoError, Client, Document
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_BATCH = 64
 # The service refuses more per batch (MAX_BATCH_DOCUMENTS defaults to 1000).
+# (The SDK also caps a batch's text bytes well under MAX_MESSAGE_BYTES.)
 MAX_BATCH = 1000
-# Text bytes per stream message: a batch of 64 large files must stay well under
-# the service's MAX_MESSAGE_BYTES (64 MiB), or the whole stream would end with
-# RESOURCE_EXHAUSTED instead of one batch failing.
-MAX_BATCH_BYTES = 16 * 1024 * 1024
-# Replies are small, but search hits carry chunk texts: room for a large top_k.
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -206,11 +199,11 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
 @dataclass
 class App:
-    """What every command needs: the stub, the call deadline, the consoles."""
+    """What every command needs: the SDK client, the call deadline, the consoles."""
 
     address: str
     timeout: float | None
-    stub: Any
+    client: Client
     out: Console
     err: Console
     # `ingest`'s whole run (its stream and the collection's creation); None:
@@ -222,76 +215,39 @@ class App:
 
 
 @dataclass
-class SentBatch:
-    ids: list[str]
-    # Files that failed locally (unreadable, not UTF-8, duplicate id) since
-    # the previous batch: reported along with this batch's reply.
-    local_failures: list[tuple[str, str]]
-
-
-@dataclass
-class RequestFeeder:
-    """Produces the stream's requests lazily: gRPC pulls them from its own
-    thread as flow control allows, so at most a few batches are read ahead of
-    what the service has answered, never the whole tree. Hands each batch's
-    ids to the main thread through a deque (thread-safe appends/pops)."""
+class DocumentFeeder:
+    """The documents of a walk, read lazily: the SDK pulls them from gRPC's
+    sending thread as the stream's window allows, so only a few batches are
+    read ahead of what the service has answered, never the whole tree.
+    Files that cannot be documents (unreadable, not UTF-8, a duplicate id)
+    go to `failures`, a deque the main thread drains (thread-safe
+    appends/pops)."""
 
     sources: Iterator[SourceFile]
-    collection: str
-    batch_size: int
-    max_batch_bytes: int = MAX_BATCH_BYTES
-    sent: collections.deque[SentBatch] = field(default_factory=collections.deque)
-    # Failures after the last batch; read once the stream has ended.
-    leftover_failures: list[tuple[str, str]] = field(default_factory=list)
-    # An unexpected error in the gRPC thread, re-raised in the main thread.
-    error: BaseException | None = None
+    failures: collections.deque[tuple[str, str]] = field(default_factory=collections.deque)
 
-    def requests(self) -> Iterator[pb.IngestDocumentsRequest]:
-        try:
-            yield from self._requests()
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def _requests(self) -> Iterator[pb.IngestDocumentsRequest]:
+    def documents(self) -> Iterator[Document]:
         seen: dict[str, Path] = {}
-        documents: list[pb.Document] = []
-        size = 0
-        failures: list[tuple[str, str]] = []
         for source in self.sources:
             first = seen.get(source.doc_id)
             if first is not None:
                 # Two arguments can produce one id (a/README.md, b/README.md):
                 # the second would silently replace the first.
-                failures.append(
+                self.failures.append(
                     (source.doc_id, f"duplicate id: {source.path} and {first} have the same id")
                 )
                 continue
             seen[source.doc_id] = source.path
             loaded = load_document(source)
             if isinstance(loaded, str):
-                failures.append((source.doc_id, loaded))
+                self.failures.append((source.doc_id, loaded))
                 continue
-            text_bytes = len(loaded.text.encode())
-            if documents and size + text_bytes > self.max_batch_bytes:
-                yield self._flush(documents, failures)
-                documents, size, failures = [], 0, []
-            documents.append(loaded)
-            size += text_bytes
-            if len(documents) >= self.batch_size:
-                yield self._flush(documents, failures)
-                documents, size, failures = [], 0, []
-        if documents:
-            yield self._flush(documents, failures)
-            failures = []
-        self.leftover_failures = failures
+            yield loaded
 
-    def _flush(
-        self, documents: list[pb.Document], failures: list[tuple[str, str]]
-    ) -> pb.IngestDocumentsRequest:
-        # Recorded before the request leaves, so its reply always finds it.
-        self.sent.append(SentBatch([d.id for d in documents], failures))
-        return pb.IngestDocumentsRequest(collection=self.collection, documents=documents)
+    def drain_into(self, tally: IngestTally) -> None:
+        while self.failures:
+            doc_id, reason = self.failures.popleft()
+            tally.add_failure(doc_id, reason)
 
 
 class RateColumn(ProgressColumn):
@@ -303,16 +259,12 @@ class RateColumn(ProgressColumn):
 
 def ensure_collection(app: App, name: str) -> None:
     try:
-        created = app.stub.CreateCollection(
-            pb.CreateCollectionRequest(name=name), timeout=app.timeout
-        )
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-            return
-        raise
+        created = app.client.create_collection(name, timeout=app.timeout)
+    except AlreadyExists:
+        return
     print(
         f"created collection {created.name} ({created.model}, {created.dimension} dimensions, "
-        f"chunks of {created.chunking.chunk_size} characters)",
+        f"chunks of {created.chunk_size} characters)",
         file=app.out.file,
     )
 
@@ -332,7 +284,7 @@ def run_ingest(app: App, args: argparse.Namespace) -> int:
         lines += [f"  {where}: {reason}" for where, reason in report.errors]
         _print_lines(app, lines)
         return 1 if report.errors else 0
-    feeder = RequestFeeder(iter_sources(paths, report), args.collection, args.batch)
+    feeder = DocumentFeeder(iter_sources(paths, report))
     tally = IngestTally()
     started = time.monotonic()
     ensure_collection(app, args.collection)
@@ -355,23 +307,21 @@ def run_ingest(app: App, args: argparse.Namespace) -> int:
         remaining = None
         if app.run_timeout is not None:
             remaining = max(0.001, app.run_timeout - _since(started))
-        responses = app.stub.IngestDocuments(feeder.requests(), timeout=remaining)
+        results = app.client.ingest(
+            args.collection, feeder.documents(), batch_size=args.batch, timeout=remaining
+        )
         try:
-            for response in responses:
-                batch = feeder.sent.popleft() if feeder.sent else SentBatch([], [])
-                for doc_id, reason in batch.local_failures:
-                    tally.add_failure(doc_id, reason)
-                tally.add_response(response, batch.ids)
+            for result in results:
+                feeder.drain_into(tally)
+                tally.add_result(result)
                 progress.update(task, completed=tally.total)
-        except grpc.RpcError:
-            if feeder.error is not None:
-                raise feeder.error from None
+        except AskmojoError:
             # What was acknowledged before the stream broke is still useful.
+            feeder.drain_into(tally)
             _print_lines(app, ingest_summary(tally, args.collection, _since(started)))
             raise
-        finally:
-            responses.cancel()  # a no-op once the stream has ended
-        for doc_id, reason in [*feeder.leftover_failures, *report.errors]:
+        feeder.drain_into(tally)
+        for doc_id, reason in report.errors:
             tally.add_failure(doc_id, reason)
         progress.update(task, completed=tally.total, total=max(total, tally.total))
     lines = ingest_summary(
@@ -401,29 +351,18 @@ def _print_lines(app: App, lines: Sequence[str]) -> None:
 
 def run_search(app: App, args: argparse.Namespace) -> int:
     where = build_filter(args.where)  # a usage error before any call
-    request = pb.SearchRequest(collection=args.collection, query=args.query, top_k=args.top_k)
-    if where is not None:
-        request.filter.CopyFrom(where)
-    response = app.stub.Search(request, timeout=app.timeout)
-    if not response.hits:
+    hits = app.client.search(
+        args.collection, args.query, top_k=args.top_k, where=where, timeout=app.timeout
+    )
+    if not hits:
         print(f"no results for {args.query!r} in {args.collection}", file=app.out.file)
         return 0
-    app.out.print(search_table(response, args.query, args.collection))
+    app.out.print(search_table(hits, args.query, args.collection))
     return 0
 
 
 def run_collections(app: App, args: argparse.Namespace) -> int:
-    found: list[pb.Collection] = []
-    token = ""
-    while True:
-        page = app.stub.ListCollections(
-            pb.ListCollectionsRequest(page_token=token), timeout=app.timeout
-        )
-        found.extend(page.collections)
-        # A token seen twice would loop forever; the service never sends one.
-        if not page.next_page_token or page.next_page_token == token:
-            break
-        token = page.next_page_token
+    found = app.client.collections(timeout=app.timeout)
     if not found:
         print(
             "no collections yet (`askmojo ingest PATH --collection NAME` creates one)",
@@ -435,16 +374,13 @@ def run_collections(app: App, args: argparse.Namespace) -> int:
 
 
 def run_stats(app: App, args: argparse.Namespace) -> int:
-    stats = app.stub.GetStats(pb.GetStatsRequest(collection=args.collection), timeout=app.timeout)
+    stats = app.client.stats(args.collection or None, timeout=app.timeout)
     app.out.print(stats_table(stats, args.collection))
     return 0
 
 
 def run_reconcile(app: App, args: argparse.Namespace) -> int:
-    response = app.stub.Reconcile(
-        pb.ReconcileRequest(collection=args.collection, dry_run=args.dry_run),
-        timeout=app.timeout,
-    )
+    response = app.client.reconcile(args.collection, dry_run=args.dry_run, timeout=app.timeout)
     print(reconcile_line(response, args.collection), file=app.out.file)
     return 0
 
@@ -500,18 +436,24 @@ def _run(args: argparse.Namespace) -> int:
     timeout, run_timeout = timeouts(args)
     out = Console(file=sys.stdout)
     err = Console(file=sys.stderr)
-    security = ClientSecurity(
-        api_key=SecretStr(args.api_key) if args.api_key else None,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-    )
-    with open_channel(address, security, options=_CHANNEL_OPTIONS) as channel:
-        app = App(address, timeout, pb_grpc.MetadataServiceStub(channel), out, err, run_timeout)
+    try:
+        client = Client(
+            address,
+            # "" rather than None: the parser already read ASKMOJO_API_KEY.
+            api_key=args.api_key or "",
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            timeout=timeout,
+        )
+    except ValueError as exc:  # an address that is no address
+        raise UsageError(f"--address {address!r}: {exc}") from None
+    with client:
+        app = App(address, timeout, client, out, err, run_timeout)
         try:
             return COMMANDS[args.command](app, args)
-        except grpc.RpcError as exc:
-            _fail(describe_rpc_error(exc.code().name, exc.details() or "", address, timeout))
+        except AskmojoError as exc:
+            _fail(describe_rpc_error(exc.code.name, exc.message, address, timeout))
             return 1
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):

@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from askmojo.common.filters import metadata_to_proto
-from askmojo.metadata.v1 import metadata_service_pb2 as pb
+from askmojo.client import Document, Metadata
 
 TEXT_EXTENSIONS = frozenset({".md", ".txt"})
 # Over this a file is refused before it is read: it could not fit in one
@@ -114,13 +113,13 @@ def read_text(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[str, int] | 
     return text.removeprefix("\ufeff"), len(data)
 
 
-def to_document(source: SourceFile, text: str, size: int) -> pb.Document:
+def to_document(source: SourceFile, text: str, size: int) -> Document:
     extension = Path(source.doc_id).suffix.lower().removeprefix(".")
-    metadata = metadata_to_proto({"source": source.doc_id, "extension": extension, "bytes": size})
-    return pb.Document(id=source.doc_id, text=text, metadata=metadata)
+    metadata: Metadata = {"source": source.doc_id, "extension": extension, "bytes": size}
+    return Document(id=source.doc_id, text=text, metadata=metadata)
 
 
-def load_document(source: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> pb.Document | str:
+def load_document(source: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> Document | str:
     """The document for `source`, or why it is not one."""
     outcome = read_text(source.path, max_bytes)
     if isinstance(outcome, str):

@@ -1,5 +1,6 @@
 """Parsing and rendering for the `askmojo` CLI: pure functions of plain values
-and protos (no channel, no console), so each is unit-tested on its own."""
+and the SDK's result types (no channel, no console), so each is unit-tested on
+its own."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from google.rpc import code_pb2
 from rich.table import Table
 from rich.text import Text
 
+from askmojo.client import (
+    Collection,
+    ReconcileReport,
+    SearchHit,
+    Stats,
+    UpsertResult,
+)
 from askmojo.common.filters import (
     METADATA_KEY_PATTERN,
     METADATA_KEY_RULE,
@@ -24,7 +31,6 @@ from askmojo.common.filters import (
     filter_to_proto,
 )
 from askmojo.common.v1 import common_pb2
-from askmojo.metadata.v1 import metadata_service_pb2 as pb
 
 SNIPPET_CHARS = 100
 SHOWN_FAILURES = 5
@@ -106,37 +112,6 @@ def human_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def state_name(value: int, enum: Iterable[tuple[str, int]], prefix: str) -> str:
-    """'indexed' for UPSERT_STATE_INDEXED and the like."""
-    for name, number in enum:
-        if number == value:
-            return name.removeprefix(prefix).lower()
-    return f"state {value}"
-
-
-def upsert_state_name(value: int) -> str:
-    return state_name(value, pb.UpsertState.items(), "UPSERT_STATE_")
-
-
-def document_state_name(value: int) -> str:
-    return state_name(value, pb.DocumentState.items(), "DOCUMENT_STATE_")
-
-
-def status_text(status: object, *, strip_field: bool = False) -> str:
-    """'INVALID_ARGUMENT: text: must not be blank' for a google.rpc.Status.
-    `strip_field` drops a leading 'documents[3].': the position in a batch
-    the user never saw means nothing next to the document's id."""
-    code = int(getattr(status, "code", 0))
-    message = str(getattr(status, "message", "")) or "no message"
-    if strip_field:
-        message = _BATCH_FIELD.sub("", message)
-    try:
-        name = code_pb2.Code.Name(code)
-    except ValueError:
-        name = f"code {code}"
-    return f"{name}: {message}"
-
-
 # --- ingest -------------------------------------------------------------------
 
 
@@ -161,27 +136,25 @@ class IngestTally:
         self.counts["failed"] += 1
         self.failures.append((doc_id, reason))
 
-    def add_results(self, results: Iterable[pb.UpsertResult]) -> None:
-        for result in results:
-            state = upsert_state_name(result.state)
-            if state == "failed" or result.status.code != code_pb2.OK:
-                self.add_failure(result.id, status_text(result.status, strip_field=True))
-            else:
-                self.counts[state] += 1
-                self.truncated_chunks += result.truncated_chunks
+    def add_result(self, result: UpsertResult) -> None:
+        """One document's outcome (a document of a refused batch fails with
+        the batch's reason: the SDK gives each its own result)."""
+        if not result.ok:
+            self.add_failure(result.id, result_text(result))
+        else:
+            self.counts[result.state.value] += 1
+            self.truncated_chunks += result.truncated_chunks
 
-    def add_response(self, response: pb.IngestDocumentsResponse, sent_ids: Sequence[str]) -> None:
-        """A refused batch has no per-document results: each of its documents
-        failed for the batch's reason."""
-        if response.status.code != code_pb2.OK:
-            reason = status_text(response.status)
-            for doc_id in sent_ids:
-                self.add_failure(doc_id, reason)
-            return
-        self.add_results(response.results)
-        # A reply that lost documents (it should never) must not hide them.
-        for doc_id in sent_ids[len(response.results) :]:
-            self.add_failure(doc_id, "no result from the service")
+    def add_results(self, results: Iterable[UpsertResult]) -> None:
+        for result in results:
+            self.add_result(result)
+
+
+def result_text(result: UpsertResult) -> str:
+    """'INVALID_ARGUMENT: text: must not be blank' for a failed document,
+    without the position in a batch the user never saw ('documents[3].')."""
+    message = _BATCH_FIELD.sub("", result.message) or "no message"
+    return f"{result.code.name}: {message}"
 
 
 def ingest_summary(
@@ -230,18 +203,18 @@ def truncation_warning(chunks: int) -> str:
 # Markdown snippet or a file name as markup, and drop it or fail on it.
 
 
-def search_table(response: pb.SearchResponse, query: str, collection: str) -> Table:
-    table = Table(title=Text(f"{len(response.hits)} results for {query!r} in {collection}"))
+def search_table(hits: Sequence[SearchHit], query: str, collection: str) -> Table:
+    table = Table(title=Text(f"{len(hits)} results for {query!r} in {collection}"))
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("document")
     table.add_column("snippet", overflow="fold")
-    for rank, hit in enumerate(response.hits, start=1):
+    for rank, hit in enumerate(hits, start=1):
         table.add_row(str(rank), f"{hit.score:.3f}", Text(hit.document_id), Text(snippet(hit.text)))
     return table
 
 
-def collections_table(collections: Sequence[pb.Collection]) -> Table:
+def collections_table(collections: Sequence[Collection]) -> Table:
     table = Table()
     table.add_column("name")
     table.add_column("documents", justify="right")
@@ -256,13 +229,13 @@ def collections_table(collections: Sequence[pb.Collection]) -> Table:
             str(c.chunk_count),
             c.model,
             str(c.dimension),
-            f"{c.chunking.chunk_size}/{c.chunking.chunk_overlap}",
+            f"{c.chunk_size}/{c.chunk_overlap}",
         )
     return table
 
 
-def stats_rows(stats: pb.GetStatsResponse) -> list[tuple[str, str]]:
-    by_state = {document_state_name(s.state): s.count for s in stats.documents_by_state}
+def stats_rows(stats: Stats) -> list[tuple[str, str]]:
+    by_state = dict(stats.documents_by_state)
     total = sum(by_state.values())
     states = ", ".join(
         f"{by_state.get(name, 0)} {name}" for name in ("indexed", "pending", "failed")
@@ -308,7 +281,7 @@ def stats_rows(stats: pb.GetStatsResponse) -> list[tuple[str, str]]:
     return rows
 
 
-def stats_table(stats: pb.GetStatsResponse, collection: str) -> Table:
+def stats_table(stats: Stats, collection: str) -> Table:
     table = Table(title=Text(f"collection {collection}" if collection else "all collections"))
     table.add_column("")
     table.add_column("")
@@ -318,7 +291,7 @@ def stats_table(stats: pb.GetStatsResponse, collection: str) -> Table:
     return table
 
 
-def reconcile_line(response: pb.ReconcileResponse, collection: str) -> str:
+def reconcile_line(response: ReconcileReport, collection: str) -> str:
     if response.dry_run:
         return (
             f"dry run on {collection}: would re-index {response.missing_vectors} missing vectors, "

@@ -14,12 +14,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import grpc
 import pytest
 from rich.console import Console
 
 from askmojo import cli
+from askmojo.client import Client, UpsertResult
 from askmojo.common.filters import metadata_value_from_proto
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -87,8 +88,8 @@ def test_ingest_progress_bar_on_a_terminal(server: RunningServer, corpus: Path) 
     terminal = Console(file=io.StringIO(), force_terminal=True, width=120)
     out = Console(file=io.StringIO())
     args = cli.build_parser({}).parse_args(["ingest", str(corpus), "-c", "docs", "--batch", "1"])
-    with grpc.insecure_channel(server.address) as channel:
-        app = cli.App(server.address, 60.0, pb_grpc.MetadataServiceStub(channel), out, terminal)
+    with Client(server.address) as client:
+        app = cli.App(server.address, 60.0, client, out, terminal)
         assert cli.run_ingest(app, args) == 1
     bar = terminal.file.getvalue()  # type: ignore[attr-defined]
     assert "ingesting" in bar and "5/5" in bar and "docs/s" in bar
@@ -260,19 +261,18 @@ def test_deadline_is_one_line(silent_listener: socket.socket) -> None:
     )
 
 
-class _RecordingStub:
-    """The real stub, noting the timeout each IngestDocuments stream gets."""
+class _RecordingClient(Client):
+    """The real client, noting the timeout each ingest stream gets."""
 
-    def __init__(self, stub: pb_grpc.MetadataServiceStub) -> None:
-        self._stub = stub
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
         self.stream_timeouts: list[float | None] = []
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._stub, name)
-
-    def IngestDocuments(self, requests: object, timeout: float | None = None) -> object:
-        self.stream_timeouts.append(timeout)
-        return self._stub.IngestDocuments(requests, timeout=timeout)
+    def ingest(  # type: ignore[override]
+        self, collection: str, documents: Any, **options: Any
+    ) -> Iterator[UpsertResult]:
+        self.stream_timeouts.append(options.get("timeout"))
+        return super().ingest(collection, documents, **options)
 
 
 @pytest.mark.parametrize(
@@ -288,11 +288,10 @@ def test_ingest_timeout_bounds_the_whole_run_only_when_given(
     per_call, run_timeout = cli.timeouts(args)
     assert per_call == (bounded or (None if flags else cli.DEFAULT_TIMEOUT))
     out = Console(file=io.StringIO())
-    with grpc.insecure_channel(server.address) as channel:
-        stub = _RecordingStub(pb_grpc.MetadataServiceStub(channel))
-        app = cli.App(server.address, per_call, stub, out, out, run_timeout)
+    with _RecordingClient(server.address) as client:
+        app = cli.App(server.address, per_call, client, out, out, run_timeout)
         assert cli.run_ingest(app, args) == 1  # the corpus's latin-1 file
-    [stream_timeout] = stub.stream_timeouts
+    [stream_timeout] = client.stream_timeouts
     if bounded is None:
         assert stream_timeout is None
     else:

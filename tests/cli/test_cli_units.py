@@ -1,18 +1,18 @@
 """The CLI's pure parts: --where parsing, file walking and ids, reading,
-request batching, tallies and rendering. No server involved."""
+the document feed, tallies and rendering. No server involved."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
 
 import pytest
-from google.rpc import code_pb2, status_pb2
 from rich.console import Console
 
 from askmojo import cli
-from askmojo.cli import RequestFeeder, build_parser
+from askmojo.cli import DocumentFeeder, build_parser
 from askmojo.cli_files import (
     SourceFile,
     WalkReport,
@@ -37,9 +37,22 @@ from askmojo.cli_format import (
     snippet,
     stats_rows,
 )
+from askmojo.client import (
+    AskmojoError,
+    Collection,
+    DatabaseStats,
+    Document,
+    InvalidArgument,
+    NotFound,
+    PoolStats,
+    ReconcileReport,
+    SearchHit,
+    Stats,
+    UpsertResult,
+    UpsertState,
+)
 from askmojo.common.filters import Op
 from askmojo.common.v1 import common_pb2 as c
-from askmojo.metadata.v1 import metadata_service_pb2 as pb
 
 
 def render(renderable: object, width: int = 200) -> str:
@@ -198,20 +211,20 @@ def test_missing_paths_are_found_before_any_call(tree: Path) -> None:
 def test_a_document_carries_source_extension_and_size(tree: Path) -> None:
     (tree / "guides" / "c.md").write_text("café\n")
     document = load_document(SourceFile(tree / "guides" / "c.md", "guides/c.md"))
-    assert isinstance(document, pb.Document)
+    assert isinstance(document, Document)
     assert document.id == "guides/c.md"
     assert document.text == "café\n"
     assert dict(document.metadata) == {
-        "source": c.MetadataValue(string_value="guides/c.md"),
-        "extension": c.MetadataValue(string_value="md"),
-        "bytes": c.MetadataValue(int_value=6),  # bytes, not characters
+        "source": "guides/c.md",
+        "extension": "md",
+        "bytes": 6,  # bytes, not characters
     }
 
 
 def test_extension_is_lower_case(tree: Path) -> None:
     document = load_document(SourceFile(tree / "guides" / "deep" / "D.TXT", "deep/D.TXT"))
-    assert isinstance(document, pb.Document)
-    assert document.metadata["extension"].string_value == "txt"
+    assert isinstance(document, Document)
+    assert document.metadata["extension"] == "txt"
 
 
 def test_non_utf8_is_refused_with_the_offending_byte(tmp_path: Path) -> None:
@@ -244,7 +257,7 @@ def test_unreadable_file_says_why(tmp_path: Path) -> None:
     assert read_text(link) == "cannot read: No such file or directory"
 
 
-# --- request batching --------------------------------------------------------------
+# --- the document feed (the SDK batches it) --------------------------------------------
 
 
 def sources_of(tmp_path: Path, names_and_texts: dict[str, bytes]) -> list[SourceFile]:
@@ -256,94 +269,51 @@ def sources_of(tmp_path: Path, names_and_texts: dict[str, bytes]) -> list[Source
     return found
 
 
-def test_requests_come_in_batches_with_local_failures_attached(tmp_path: Path) -> None:
+def test_feeder_yields_documents_and_sets_local_failures_aside(tmp_path: Path) -> None:
     sources = sources_of(
-        tmp_path,
-        {
-            "1.md": b"one",
-            "bad.md": b"\xff",
-            "2.md": b"two",
-            "3.md": b"three",
-            "4.md": b"four",
-            "5.md": b"five",
-            "6.md": b"six",
-            "tail.md": b"\xfe",
-        },
+        tmp_path, {"1.md": b"one", "bad.md": b"\xff", "2.md": b"two", "tail.md": b"\xfe"}
     )
     sources.insert(2, SourceFile(sources[0].path, "1.md"))  # same id again
-    feeder = RequestFeeder(iter(sources), "notes", batch_size=2)
-    requests = list(feeder.requests())
-    assert [[d.id for d in r.documents] for r in requests] == [
-        ["1.md", "2.md"],
-        ["3.md", "4.md"],
-        ["5.md", "6.md"],
-    ]
-    assert {r.collection for r in requests} == {"notes"}
-    sent = list(feeder.sent)
-    assert [b.ids for b in sent] == [["1.md", "2.md"], ["3.md", "4.md"], ["5.md", "6.md"]]
-    failures = sent[0].local_failures
-    assert [doc_id for doc_id, _ in failures] == ["bad.md", "1.md"]
+    feeder = DocumentFeeder(iter(sources))
+    assert [d.id for d in feeder.documents()] == ["1.md", "2.md"]
+    failures = list(feeder.failures)
+    assert [doc_id for doc_id, _ in failures] == ["bad.md", "1.md", "tail.md"]
     assert failures[0][1].startswith("not UTF-8 text")
     assert failures[1][1].startswith("duplicate id:")
-    assert sent[1].local_failures == sent[2].local_failures == []
-    # Failures after the last batch have no reply to ride on.
-    assert [doc_id for doc_id, _ in feeder.leftover_failures] == ["tail.md"]
+    tally = IngestTally()
+    feeder.drain_into(tally)
+    assert tally.failed == 3
+    assert not feeder.failures
 
 
-def test_failures_before_a_last_partial_batch_ride_on_it(tmp_path: Path) -> None:
-    sources = sources_of(tmp_path, {"1.md": b"one", "bad.md": b"\xff"})
-    feeder = RequestFeeder(iter(sources), "notes", batch_size=64)
-    assert len(list(feeder.requests())) == 1
-    assert [doc_id for doc_id, _ in feeder.sent[0].local_failures] == ["bad.md"]
-    assert feeder.leftover_failures == []
-
-
-def test_batches_also_close_on_size(tmp_path: Path) -> None:
-    sources = sources_of(tmp_path, {f"{i}.md": b"x" * 40 for i in range(5)})
-    feeder = RequestFeeder(iter(sources), "notes", batch_size=64, max_batch_bytes=100)
-    sizes = [len(r.documents) for r in feeder.requests()]
-    # A document larger than the limit still goes, alone.
-    assert sizes == [2, 2, 1]
-
-
-def test_requests_are_read_lazily(tmp_path: Path) -> None:
+def test_documents_are_read_lazily(tmp_path: Path) -> None:
     sources = sources_of(tmp_path, {"1.md": b"one", "2.md": b"two", "3.md": b"three"})
-    feeder = RequestFeeder(iter(sources), "notes", batch_size=1)
-    requests = feeder.requests()
-    next(requests)
-    sources[2].path.write_bytes(b"changed after the first batch left")
-    assert [r.documents[0].text for r in requests] == ["two", "changed after the first batch left"]
+    documents = DocumentFeeder(iter(sources)).documents()
+    next(documents)
+    sources[2].path.write_bytes(b"changed after the first document left")
+    assert [d.text for d in documents] == ["two", "changed after the first document left"]
 
 
 # --- tallies and the summary ---------------------------------------------------------
 
 
-def result(
-    doc_id: str, state: pb.UpsertState.ValueType, code: int = code_pb2.OK, message: str = ""
-) -> pb.UpsertResult:
-    return pb.UpsertResult(
-        id=doc_id, state=state, status=status_pb2.Status(code=code, message=message)
-    )
+def result(doc_id: str, state: UpsertState, error: AskmojoError | None = None) -> UpsertResult:
+    return UpsertResult(id=doc_id, state=state, error=error)
 
 
 def test_tally_counts_states_and_keeps_failure_reasons() -> None:
     tally = IngestTally()
-    tally.add_response(
-        pb.IngestDocumentsResponse(
-            results=[
-                result("a", pb.UPSERT_STATE_INDEXED),
-                result("b", pb.UPSERT_STATE_UNCHANGED),
-                result("c", pb.UPSERT_STATE_PENDING),
-                result(
-                    "d",
-                    pb.UPSERT_STATE_FAILED,
-                    code_pb2.INVALID_ARGUMENT,
-                    "documents[3].text: text must not be empty",
-                ),
-            ],
-            status=status_pb2.Status(code=code_pb2.OK),
-        ),
-        ["a", "b", "c", "d"],
+    tally.add_results(
+        [
+            result("a", UpsertState.INDEXED),
+            result("b", UpsertState.UNCHANGED),
+            result("c", UpsertState.PENDING),
+            result(
+                "d",
+                UpsertState.FAILED,
+                InvalidArgument("documents[3].text: text must not be empty"),
+            ),
+        ]
     )
     assert dict(tally.counts) == {"indexed": 1, "unchanged": 1, "pending": 1, "failed": 1}
     # The position in the batch means nothing to the user; the id says which.
@@ -352,10 +322,10 @@ def test_tally_counts_states_and_keeps_failure_reasons() -> None:
 
 def test_a_refused_batch_fails_each_of_its_documents() -> None:
     tally = IngestTally()
-    refused = pb.IngestDocumentsResponse(
-        status=status_pb2.Status(code=code_pb2.NOT_FOUND, message="no collection 'x'")
+    refused = NotFound("no collection 'x'")
+    tally.add_results(
+        [result("a", UpsertState.FAILED, refused), result("b", UpsertState.FAILED, refused)]
     )
-    tally.add_response(refused, ["a", "b"])
     assert tally.failed == 2
     assert tally.failures == [
         ("a", "NOT_FOUND: no collection 'x'"),
@@ -418,14 +388,18 @@ def test_human_bytes(count: int, shown: str) -> None:
     assert human_bytes(count) == shown
 
 
-def test_search_table_ranks_scores_ids_and_snippets() -> None:
-    response = pb.SearchResponse(
-        hits=[
-            pb.SearchHit(document_id="wal.md", score=0.87654, text="SQLite in\nWAL mode " * 20),
-            pb.SearchHit(document_id="grpc.md", score=0.5, text="gRPC streams"),
-        ]
+def hit(document_id: str, text: str, score: float = 0.0) -> SearchHit:
+    return SearchHit(
+        document_id=document_id, chunk_id=f"{document_id}#0", score=score, text=text, metadata={}
     )
-    text = render(search_table(response, "wal", "notes"))
+
+
+def test_search_table_ranks_scores_ids_and_snippets() -> None:
+    hits = [
+        hit(document_id="wal.md", score=0.87654, text="SQLite in\nWAL mode " * 20),
+        hit(document_id="grpc.md", score=0.5, text="gRPC streams"),
+    ]
+    text = render(search_table(hits, "wal", "notes"))
     assert "2 results for 'wal' in notes" in text
     rows = [line for line in text.splitlines() if "wal.md" in line or "grpc.md" in line]
     assert "1" in rows[0] and "0.877" in rows[0] and "SQLite in WAL mode" in rows[0]
@@ -434,10 +408,8 @@ def test_search_table_ranks_scores_ids_and_snippets() -> None:
 
 
 def test_tables_show_brackets_as_text_not_markup() -> None:
-    response = pb.SearchResponse(
-        hits=[pb.SearchHit(document_id="notes[draft].md", text="[/bold] see [1] and [link]")]
-    )
-    text = render(search_table(response, "[red]q", "notes"))
+    hits = [hit(document_id="notes[draft].md", text="[/bold] see [1] and [link]")]
+    text = render(search_table(hits, "[red]q", "notes"))
     assert "notes[draft].md" in text
     assert "[/bold] see [1] and [link]" in text
     assert "results for '[red]q'" in text
@@ -447,13 +419,17 @@ def test_collections_table() -> None:
     text = render(
         collections_table(
             [
-                pb.Collection(
+                Collection(
                     name="notes",
+                    description="",
                     document_count=12,
                     chunk_count=30,
                     model="all-MiniLM-L6-v2",
                     dimension=384,
-                    chunking=pb.ChunkingConfig(chunk_size=800, chunk_overlap=100),
+                    chunk_size=800,
+                    chunk_overlap=100,
+                    create_time=None,
+                    vector_collection="notes-1",
                 )
             ]
         )
@@ -463,12 +439,25 @@ def test_collections_table() -> None:
         assert cell in row
 
 
+def make_stats(**fields: object) -> Stats:
+    values: dict[str, object] = {
+        "documents_by_state": {},
+        "chunk_count": 0,
+        "truncated_chunk_count": 0,
+        "database": DatabaseStats("", 0, 0, "", 0, 0),
+        "pool": PoolStats("", 0, 0, 0, 0, 0),
+        "worker_pid": 0,
+        **fields,
+    }
+    return Stats(**values)  # type: ignore[arg-type]
+
+
 def test_stats_rows() -> None:
-    stats = pb.GetStatsResponse(
-        pool=pb.PoolStats(
+    stats = make_stats(
+        pool=PoolStats(
             pool_class="QueuePool", size=5, checked_out=1, checked_in=4, overflow=0, max_overflow=20
         ),
-        database=pb.DatabaseStats(
+        database=DatabaseStats(
             dialect="sqlite",
             database_bytes=2 * 1024**2,
             wal_bytes=4096,
@@ -476,10 +465,7 @@ def test_stats_rows() -> None:
             write_transactions=4,
             writes=10,
         ),
-        documents_by_state=[
-            pb.DocumentStateCount(state=pb.DOCUMENT_STATE_INDEXED, count=9),
-            pb.DocumentStateCount(state=pb.DOCUMENT_STATE_PENDING, count=2),
-        ],
+        documents_by_state={"indexed": 9, "pending": 2},
         chunk_count=40,
         worker_pid=123,
         truncated_chunk_count=3,
@@ -499,9 +485,9 @@ def test_ingest_summary_warns_of_truncated_chunks() -> None:
     tally = IngestTally()
     tally.add_results(
         [
-            pb.UpsertResult(id="a", state=pb.UPSERT_STATE_INDEXED, truncated_chunks=2),
-            pb.UpsertResult(id="b", state=pb.UPSERT_STATE_INDEXED, truncated_chunks=1),
-            pb.UpsertResult(id="c", state=pb.UPSERT_STATE_UNCHANGED),
+            UpsertResult(id="a", state=UpsertState.INDEXED, truncated_chunks=2),
+            UpsertResult(id="b", state=UpsertState.INDEXED, truncated_chunks=1),
+            UpsertResult(id="c", state=UpsertState.UNCHANGED),
         ]
     )
     lines = ingest_summary(tally, "notes", 1.0)
@@ -512,22 +498,21 @@ def test_ingest_summary_warns_of_truncated_chunks() -> None:
 
 
 def test_stats_of_a_server_database_has_no_wal() -> None:
-    stats = pb.GetStatsResponse(database=pb.DatabaseStats(dialect="postgresql", database_bytes=10))
+    stats = make_stats(database=DatabaseStats("postgresql", 10, 0, "", 0, 0))
     assert dict(stats_rows(stats))["database"] == "postgresql, 10 B"
     assert "writes" not in dict(stats_rows(stats))
 
 
 def test_reconcile_lines() -> None:
-    counts = pb.ReconcileResponse(
-        missing_vectors=1, orphan_vectors=2, stale_vectors=3, pending_resumed=4
+    counts = ReconcileReport(
+        missing_vectors=1, orphan_vectors=2, stale_vectors=3, pending_resumed=4, dry_run=False
     )
     done = reconcile_line(counts, "notes")
     assert done == (
         "reconciled notes: 1 missing vectors re-indexed, 2 orphan vectors removed, "
         "3 stale vectors replaced, 4 pending or failed chunks resumed"
     )
-    counts.dry_run = True
-    dry = reconcile_line(counts, "notes")
+    dry = reconcile_line(dataclasses.replace(counts, dry_run=True), "notes")
     assert dry.startswith("dry run on notes: would re-index 1 missing vectors")
 
 
