@@ -6,6 +6,12 @@ A record never carries a whole SQL statement or its parameters: an exception
 is written as its frames and a bounded summary (`exception_summary`), and a
 message is cut at MAX_MESSAGE_CHARS. (A SQLAlchemy error's text holds the
 statement, and a failed call with a long IN list wrote megabytes per line.)
+
+A record emitted while a call is served carries `rpc_method` (the full
+method, `askmojo.metadata.v1.MetadataService/Search`, set per call by
+`rpc.grpc_method_decorator` in RPC_METHOD) and, when a span is current
+(tracing on), `trace_id` and `span_id` in W3C hex: a log line leads to its
+trace. Both are read when a record is emitted, not per call.
 """
 
 from __future__ import annotations
@@ -15,13 +21,19 @@ import logging
 import os
 import sys
 import traceback
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import trace
+
 SUMMARY_CHARS = 200
 MAX_MESSAGE_CHARS = 2000
 _MAX_FRAMES = 30
+
+# The method of the call being served in this context (None outside a call).
+RPC_METHOD: ContextVar[str | None] = ContextVar("rpc_method", default=None)
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -80,6 +92,22 @@ def format_exception_bounded(
     return "\n\nThe above exception led to:\n\n".join(reversed(parts))
 
 
+class CallContextFilter(logging.Filter):
+    """Adds `rpc_method`, `trace_id` and `span_id` of the call being served
+    to each record, as extras; a handler filter, so it runs in the emitting
+    thread and task, and only for records that are written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        method = RPC_METHOD.get()
+        if method is not None and not hasattr(record, "rpc_method"):
+            record.rpc_method = method
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = trace.format_trace_id(span_context.trace_id)
+            record.span_id = trace.format_span_id(span_context.span_id)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -121,6 +149,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """`log_format` is "json" or "text"; `level` a logging level name."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(CallContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -6,9 +6,12 @@ requests with INVALID_ARGUMENT before any servicer sees them."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from grpc_status import rpc_status
 
 from askmojo.common.echo import FIELD_BYTES, fit
 from askmojo.common.filters import FilterLimits, InvalidFilterError, check_filter_size
+from askmojo.common.logs import RPC_METHOD
 from askmojo.common.v1 import common_pb2
 
 _LOGGER = logging.getLogger(__name__)
@@ -64,10 +68,22 @@ def bad_request_status(message: str, violations: Sequence[tuple[str, str]]) -> s
 def grpc_method_decorator(to_status: ToStatus) -> Callable[[Method], Method]:
     """A decorator for unary and streaming servicer methods: any exception is
     mapped by `to_status` and ends the call with that status; each call's
-    outcome is logged at debug level."""
+    outcome is logged at debug level. While the method runs, logs.RPC_METHOD
+    names it (the log records' `rpc_method`): one context variable set and
+    reset per call."""
 
     def decorate(method: Method) -> Method:
         name = method.__name__
+        # `pkg.Service/Method`, found at the first call (the servicer's class,
+        # hence its service, is not known when the method is decorated).
+        full_names: dict[type[Any], str] = {}
+
+        def full_name(servicer: Any) -> str:
+            cls = type(servicer)
+            found = full_names.get(cls)
+            if found is None:
+                found = full_names[cls] = f"{_service_name(cls)}/{name}"
+            return found
 
         async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
             # A stream message the RequestGuard refused ends the call with its status.
@@ -87,28 +103,55 @@ def grpc_method_decorator(to_status: ToStatus) -> Callable[[Method], Method]:
             @functools.wraps(method)
             async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
                 started = time.perf_counter()
+                token = RPC_METHOD.set(full_name(self))
                 try:
-                    async for response in method(self, request, context):
-                        yield response
-                except Exception as exc:  # the one place exceptions become statuses
-                    await abort(context, exc)
-                _log_ok(name, started)
+                    try:
+                        async for response in method(self, request, context):
+                            yield response
+                    except Exception as exc:  # the one place exceptions become statuses
+                        await abort(context, exc)
+                    _log_ok(name, started)
+                finally:
+                    _reset_method(token)
 
             return stream_wrapper  # type: ignore[return-value]
 
         @functools.wraps(method)
         async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
             started = time.perf_counter()
+            token = RPC_METHOD.set(full_name(self))
             try:
-                response = await method(self, request, context)
-            except Exception as exc:  # the one place exceptions become statuses
-                await abort(context, exc)
-            _log_ok(name, started)
-            return response
+                try:
+                    response = await method(self, request, context)
+                except Exception as exc:  # the one place exceptions become statuses
+                    await abort(context, exc)
+                _log_ok(name, started)
+                return response
+            finally:
+                RPC_METHOD.reset(token)
 
         return unary_wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _service_name(servicer_class: type[Any]) -> str:
+    """The full service name of a servicer: from the descriptor of the
+    generated `...Servicer` base class it derives from, else its class name."""
+    for base in servicer_class.__mro__:
+        module = sys.modules.get(base.__module__.removesuffix("_grpc"))
+        if base.__module__.endswith("_pb2_grpc") and base.__name__.endswith("Servicer"):
+            descriptor = getattr(module, "DESCRIPTOR", None)
+            service = base.__name__.removesuffix("Servicer")
+            if descriptor is not None and service in descriptor.services_by_name:
+                return str(descriptor.services_by_name[service].full_name)
+    return servicer_class.__name__
+
+
+def _reset_method(token: contextvars.Token[str | None]) -> None:
+    # ValueError: a stream closed from another context (garbage collection).
+    with contextlib.suppress(ValueError):
+        RPC_METHOD.reset(token)
 
 
 def _log_ok(name: str, started: float) -> None:
