@@ -27,7 +27,8 @@ def server_interceptors(settings: ServiceSettings, service: str) -> list[Any]:
 
 def listen(server: grpc.aio.Server, host: str, port: int, settings: ServiceSettings) -> int:
     """Binds host:port (0 picks a free port), with TLS when TLS_CERT_FILE is
-    set; returns the port."""
+    set (rotated files reach new connections without a restart); returns
+    the port. tls.TlsConfigError: the TLS files cannot be used."""
     address = f"{host}:{port}"
     credentials = tls.server_credentials(settings)
     if credentials is None:

@@ -218,10 +218,17 @@ class _ServerFiles:
         """The files as one consistent version. _FilesChanging: a writer was
         busy with them meanwhile."""
         before = self.stamp()
-        chain, key = self.pair.load()
-        client_roots = (
-            _load_authority(self.client_authority) if self.client_authority is not None else None
-        )
+        try:
+            chain, key = self.pair.load()
+            client_roots = (
+                _load_authority(self.client_authority)
+                if self.client_authority is not None
+                else None
+            )
+        except TlsConfigError:
+            if self.stamp() != before:  # a half-written file, not a broken one
+                raise _FilesChanging from None
+            raise
         after = self.stamp()
         if before != after:
             raise _FilesChanging
@@ -265,14 +272,17 @@ class _RotatingServerFiles:
         if stamp in (self._served, self._refused):
             return None
         with self._lock:
-            if self._files.stamp() in (self._served, self._refused):
+            stamp = self._files.stamp()
+            if stamp in (self._served, self._refused):
                 return None  # another handshake's thread got here first
             try:
                 material = self._files.load()
             except _FilesChanging:
                 return None  # mid-write: the next handshake looks again
             except TlsConfigError as exc:
-                self._refused = self._files.stamp()
+                # load() saw these files unchanged throughout: this version
+                # is broken, not being written.
+                self._refused = stamp
                 _LOGGER.warning(
                     "TLS files changed but cannot be used; still serving the previous "
                     "certificate: %s",
