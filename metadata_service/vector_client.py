@@ -42,6 +42,10 @@ _TRANSIENT = frozenset(
     }
 )
 _TRANSIENT_CODES = frozenset(c.value[0] for c in _TRANSIENT)
+# The vector service refused this service's key (VECTOR_SERVICE_API_KEY):
+# a configuration of the pair to fix, not a fault of the documents, so their
+# work stays PENDING (as in an outage) and is indexed once the keys agree.
+_KEY_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class VectorServiceUnavailable(Exception):
@@ -322,6 +326,14 @@ class VectorClient:
             # caller: `detail` goes to the log, never on the wire.
             return VectorServiceUnavailable(
                 f"vector service at {self.address}: {code.name}: {exc.details()}"
+            )
+        if code in _KEY_REFUSED:
+            return VectorServiceUnavailable(
+                f"vector service at {self.address} refused this service's key "
+                f"({code.name}: {exc.details()}); set VECTOR_SERVICE_API_KEY to the "
+                "vector service's API_KEY",
+                "the vector service refused this service's API key (see the server log); "
+                "documents are stored and will be indexed once the keys agree",
             )
         if code is grpc.StatusCode.NOT_FOUND:
             return VectorCollectionNotFound(code, exc.details() or "")
