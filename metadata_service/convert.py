@@ -260,4 +260,5 @@ def to_proto_reconcile(outcome: ReconcileOutcome) -> pb.ReconcileResponse:
         stale_vectors=outcome.stale_vectors,
         pending_resumed=outcome.pending_resumed,
         dry_run=outcome.dry_run,
+        vector_collection_missing=outcome.vector_collection_missing,
     )

@@ -177,3 +177,4 @@ class ReconcileOutcome:
     stale_vectors: int = 0
     pending_resumed: int = 0
     dry_run: bool = False
+    vector_collection_missing: bool = False

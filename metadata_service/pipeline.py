@@ -348,7 +348,7 @@ class Pipeline:
         target = await self._db(self._outbox.collection, collection)
         if repair:
             await indexer.delete_pending(deadline)  # recorded deletions first
-        orphans, stale = await self._scan_vectors(client, target, repair, deadline)
+        orphans, stale, exists = await self._scan_vectors(client, target, repair, deadline)
         missing = await self._scan_missing(client, target, repair, deadline)
         unfinished = await self._db(self._outbox.resume_unfinished, target, repair=repair)
         if repair:
@@ -366,13 +366,23 @@ class Pipeline:
             stale_vectors=stale,
             pending_resumed=unfinished,
             dry_run=dry_run,
+            # Chunks say INDEXED, but there is no collection to hold them.
+            vector_collection_missing=not exists and missing > 0,
         )
+        if outcome.vector_collection_missing:
+            _LOGGER.warning(
+                "the vector collection is missing while chunks say INDEXED%s",
+                "" if dry_run else "; re-indexing them",
+                extra={"collection": collection, "missing_vectors": missing},
+            )
         _LOGGER.info("reconciled", extra={"collection": collection, **dataclasses.asdict(outcome)})
         return outcome
 
     async def _scan_vectors(
         self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float
-    ) -> tuple[list[str], int]:
+    ) -> tuple[list[str], int, bool]:
+        """Orphan vector ids, the count of stale vectors, and whether the
+        vector collection exists at all."""
         orphans: list[str] = []
         stale = 0
         token = ""
@@ -382,7 +392,7 @@ class Pipeline:
                     target.vector_collection, token, RECONCILE_PAGE_IDS, deadline
                 )
             except VectorCollectionNotFound:
-                return [], 0  # no vector collection: nothing can be orphaned
+                return [], 0, False  # no vector collection: nothing can be orphaned
             if not ids:
                 break
             stored = await client.get(target.vector_collection, ids, deadline)
@@ -404,7 +414,7 @@ class Pipeline:
             stale += checked.stale
             if not token:
                 break
-        return orphans, stale
+        return orphans, stale, True
 
     async def _scan_missing(
         self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float

@@ -862,6 +862,7 @@ class ReconcileResponse(_message.Message):
     STALE_VECTORS_FIELD_NUMBER: _builtins.int
     PENDING_RESUMED_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    VECTOR_COLLECTION_MISSING_FIELD_NUMBER: _builtins.int
     missing_vectors: _builtins.int
     """INDEXED chunks without a vector, re-indexed."""
     orphan_vectors: _builtins.int
@@ -871,6 +872,12 @@ class ReconcileResponse(_message.Message):
     pending_resumed: _builtins.int
     """PENDING or FAILED chunks sent again."""
     dry_run: _builtins.bool
+    vector_collection_missing: _builtins.bool
+    """The vector collection itself is gone (dropped behind the metadata
+    service's back, or a vector store rebuilt from nothing) while chunks say
+    INDEXED: all of them are counted in missing_vectors and, unless dry_run,
+    re-indexed into a new one.
+    """
     def __init__(
         self,
         *,
@@ -879,10 +886,11 @@ class ReconcileResponse(_message.Message):
         stale_vectors: _builtins.int = ...,
         pending_resumed: _builtins.int = ...,
         dry_run: _builtins.bool = ...,
+        vector_collection_missing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "missing_vectors", b"missing_vectors", "orphan_vectors", b"orphan_vectors", "pending_resumed", b"pending_resumed", "stale_vectors", b"stale_vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "missing_vectors", b"missing_vectors", "orphan_vectors", b"orphan_vectors", "pending_resumed", b"pending_resumed", "stale_vectors", b"stale_vectors", "vector_collection_missing", b"vector_collection_missing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
