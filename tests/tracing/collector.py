@@ -43,12 +43,12 @@ def _attributes(pairs: Any) -> dict[str, Any]:
     return {pair.key: _value(pair.value) for pair in pairs}
 
 
-class Collector(tpb_grpc.TraceServiceServicer):  # type: ignore[misc]
+class Collector(tpb_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._spans: list[ExportedSpan] = []
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        tpb_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        tpb_grpc.add_TraceServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     def Export(

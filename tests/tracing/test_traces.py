@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -215,3 +216,39 @@ def test_ingest_and_search_are_each_one_trace_across_both_services(pair: Pair) -
         for line in process.log.read_text().splitlines():
             if line.startswith("{") and json.loads(line)["level"] != "debug":
                 assert MARKER not in line, line
+
+
+def test_a_stopping_worker_exports_what_it_still_holds(tmp_path: Path) -> None:
+    """Spans still queued when a forked worker stops (its batch would go out
+    in ten minutes) are exported on the way out: a worker leaves through
+    os._exit, which skips atexit."""
+    with Collector() as collector:
+        port = free_port()
+        metadata = ServiceProcess(
+            "metadata_service",
+            port,
+            {
+                **_otel_env(collector),
+                "OTEL_BSP_SCHEDULE_DELAY": "600000",
+                "ENVIRONMENT": "production",
+                "ALLOW_UNAUTHENTICATED": "true",
+                "WORKERS": "2",
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'metadata.db'}",
+                "METADATA_HOST": "127.0.0.1",
+                "METADATA_PORT": str(port),
+            },
+            tmp_path / "metadata.log",
+        )
+        with metadata, grpc.insecure_channel(metadata.address) as channel:
+            stub = pb_grpc.MetadataServiceStub(channel)
+            for name in ("first", "second", "third"):
+                stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+            assert collector.spans() == []
+        # Stopped (SIGTERM): every worker flushed its spans before exiting.
+        assert metadata.proc is not None and metadata.proc.returncode == 0
+        wait_until(
+            lambda: len(collector.spans()) == 3,
+            what="the three CreateCollection spans",
+            describe=lambda: _describe(collector),
+        )
+        assert {s.name for s in collector.spans()} == {f"{METADATA}/CreateCollection"}
