@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.pool import NullPool
 
 from askmojo.common import metrics
@@ -67,6 +67,30 @@ RECONCILE_REPAIRS = metrics.counter(
 )
 
 
+REPAIR_KINDS = ("orphan", "stale", "missing", "resumed")
+
+
+def watch_pool(engine: Engine) -> None:
+    """Keeps the pool gauges at each checkout and checkin of `engine`, and
+    exports every series of this module from the start (at 0). Called as a
+    worker builds its engine, when metrics are on (so after multiprocess
+    mode is)."""
+    pool = engine.pool
+
+    def changed(*_: Any) -> None:
+        pool_changed(pool)
+
+    event.listen(engine, "checkout", changed)
+    event.listen(engine, "checkin", changed)
+    pool_changed(pool)
+    for wait in ("thread", "process"):
+        SQLITE_WRITER_WAIT.labels(wait)
+    if engine.dialect.name == "sqlite":
+        SQLITE_GROUP_COMMIT()
+    for kind in REPAIR_KINDS:
+        RECONCILE_REPAIRS.labels(kind)
+
+
 # --- recording hooks (cheap no-ops while metrics are off) -----------------------------
 
 
@@ -96,12 +120,7 @@ def group_committed(units: int) -> None:
 
 def reconciled(*, orphan: int, stale: int, missing: int, resumed: int) -> None:
     if metrics.enabled():
-        for kind, count in (
-            ("orphan", orphan),
-            ("stale", stale),
-            ("missing", missing),
-            ("resumed", resumed),
-        ):
+        for kind, count in zip(REPAIR_KINDS, (orphan, stale, missing, resumed), strict=True):
             RECONCILE_REPAIRS.labels(kind).inc(count)
 
 

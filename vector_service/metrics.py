@@ -65,7 +65,8 @@ WORKER_BUSY = metrics.counter(
 )
 POOL_RESTARTS = metrics.counter(
     "askmojo_embedding_pool_restarts",
-    "Embedding pool rebuilds (a worker died or hung; every worker is replaced), by reason.",
+    "Embedding pool rebuilds (a worker died or hung; every worker is replaced), by reason: "
+    "BrokenProcessPool, TimeoutError (a batch ran past BATCH_TIMEOUT), worker_exited (idle).",
     ("reason",),
 )
 CHROMA_DURATION = metrics.histogram(
@@ -104,8 +105,45 @@ def pool_restarting(reason: str) -> None:
         POOL_RESTARTS.labels(reason).inc()
 
 
+LANES = ("interactive", "bulk")
+POOL_RESTART_REASONS = ("BrokenProcessPool", "TimeoutError", "worker_exited")
+STORE_OPERATIONS = (
+    "heartbeat",
+    "ensure_collection",
+    "drop_collection",
+    "get_collection",
+    "upsert",
+    "query",
+    "get",
+    "delete",
+    "count",
+    "list_ids",
+)
+
+
+def _initialize() -> None:
+    """Every series exported from the start (at 0), so rates and dashboards
+    see the first event too."""
+    for lane in LANES:
+        for family in (
+            BATCH_TEXTS,
+            BATCH_PADDED_TOKENS,
+            BATCH_DURATION,
+            TEXTS,
+            TOKENS,
+            WORKER_BUSY,
+        ):
+            family.labels(lane)
+    for reason in POOL_RESTART_REASONS:
+        POOL_RESTARTS.labels(reason)
+    for operation in STORE_OPERATIONS:
+        CHROMA_DURATION.labels(operation)
+
+
 def timed(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Times a store method as `operation` while metrics are on."""
+    if operation not in STORE_OPERATIONS:
+        raise ValueError(f"unknown store operation {operation!r}")
 
     def decorate(method: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(method)
@@ -206,4 +244,5 @@ def watch_batcher(batcher: QueueState) -> None:
         if not _BATCHERS.registered:
             REGISTRY.register(_BATCHERS)
             _BATCHERS.registered = True
+            _initialize()
         _BATCHERS.add(batcher)

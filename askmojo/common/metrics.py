@@ -218,10 +218,11 @@ class MetricsEndpoint:
             raise
         endpoint = cls(httpd, thread, registry, directory)
         _Recording.endpoints += 1
+        WORKER_RESTARTS()  # exported (as 0) from the start
         _LISTENING.append(endpoint)
         _LOGGER.info(
             "metrics endpoint listening",
-            extra={"host": host, "port": endpoint.port, "multiprocess": multiprocess},
+            extra={"host": host, "port": endpoint.port, "directory": directory},
         )
         return endpoint
 

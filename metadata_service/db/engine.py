@@ -110,13 +110,7 @@ def _watch_pool(engine: Engine) -> Engine:
     """Pool gauges (askmojo_db_pool_connections) kept at each checkout and
     checkin, when metrics are on as the engine is built."""
     if metrics.enabled():
-        pool = engine.pool
-
-        def _changed(*_: Any) -> None:
-            service_metrics.pool_changed(pool)
-
-        event.listen(engine, "checkout", _changed)
-        event.listen(engine, "checkin", _changed)
+        service_metrics.watch_pool(engine)
     return engine
 
 
