@@ -86,6 +86,8 @@ def test_production_logs_each_startup_step_as_json(tmp_path: Path) -> None:
     service = start_service(
         {
             "ENVIRONMENT": "production",
+            # Production refuses to start without API_KEY otherwise (tests/auth).
+            "ALLOW_UNAUTHENTICATED": "true",
             "WORKERS": "2",
             "METADATA_PORT": "0",
             "METADATA_HOST": "127.0.0.1",

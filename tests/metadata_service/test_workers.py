@@ -80,6 +80,8 @@ def production_service(tmp_path: Path) -> Iterator[ServiceProcess]:
     service = start_service(
         {
             "ENVIRONMENT": "production",
+            # Production refuses to start without API_KEY otherwise (tests/auth).
+            "ALLOW_UNAUTHENTICATED": "true",
             "WORKERS": "2",
             "METADATA_PORT": "0",
             "METADATA_HOST": "127.0.0.1",
