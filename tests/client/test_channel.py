@@ -178,3 +178,24 @@ def test_service_config_balances_and_retries_only_idempotent_methods() -> None:
         "UNAVAILABLE",
         "RESOURCE_EXHAUSTED",
     ]
+
+
+def test_ingest_reads_no_further_ahead_than_its_window(server: RunningServer) -> None:
+    """At most max_in_flight batches wait for an answer (plus one being read):
+    a slow consumer slows the reading of the source."""
+    pulled = 0
+
+    def documents() -> Iterator[dict[str, str]]:
+        nonlocal pulled
+        for i in range(40):
+            pulled += 1
+            yield {"id": f"d{i:02}", "text": f"document {i}"}
+
+    with Client(server.address) as client:
+        client.create_collection("window")
+        seen = 0
+        for result in client.ingest("window", documents(), batch_size=2, max_in_flight=2):
+            assert result.ok
+            seen += 1
+            assert pulled - seen <= (2 + 1) * 2 + 1, (pulled, seen)
+        assert seen == 40
