@@ -18,9 +18,11 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import askmojo.metadata.v1
 import askmojo.vector.v1
+from askmojo import healthcheck
 from askmojo.common import auth
 from tests.auth.conftest import (
     METADATA_KEY,
@@ -206,8 +208,11 @@ def test_every_method_asks_for_the_right_key(
 
 
 def test_health_is_open_without_a_key(
-    channels: dict[str, grpc.Channel],
+    channels: dict[str, grpc.Channel], metadata_server: RunningServer, keyed_vector: RunningServer
 ) -> None:
+    # The container probe (compose's healthcheck) sends no key.
+    assert healthcheck.check(metadata_server.address, "askmojo.metadata.v1.MetadataService")[0]
+    assert healthcheck.check(keyed_vector.address, "askmojo.vector.v1.VectorService")[0]
     for channel in channels.values():
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(), timeout=30)
@@ -215,6 +220,21 @@ def test_health_is_open_without_a_key(
         watched = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
         assert next(watched).status == health_pb2.HealthCheckResponse.SERVING
         watched.cancel()
+
+
+def test_reflection_takes_either_key(channels: dict[str, grpc.Channel]) -> None:
+    keys = {"askmojo.metadata.v1": METADATA_KEY, "askmojo.vector.v1": VECTOR_READ_KEY}
+    for package, channel in channels.items():
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(reflection.ServerReflectionInfo(iter([ask]), timeout=30))
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        answer = next(
+            reflection.ServerReflectionInfo(iter([ask]), metadata=bearer(keys[package]), timeout=30)
+        )
+        listed = {s.name for s in answer.list_services_response.service}
+        assert any(name.startswith(package) for name in listed), listed
 
 
 def test_a_method_no_server_has_stays_unimplemented(channels: dict[str, grpc.Channel]) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
@@ -85,6 +86,46 @@ def test_reflection_can_be_turned_off(settings: MetadataSettings) -> None:
         result = grpcurl("-plaintext", server.address, "list")
     assert result.returncode != 0
     assert "does not support the reflection API" in result.stderr
+
+
+def test_grpcurl_with_api_keys(settings: MetadataSettings) -> None:
+    """With keys set, reflection and calls need a key, sent as grpcurl's
+    `-H "authorization: Bearer <key>"` (or `-H "api-key: <key>"`); the
+    read-only key lists and reads but cannot write. (Health stays open:
+    tests/auth; grpcurl itself needs reflection to call it.)"""
+    full, read_only = "grpcurl-full-key-7d1e", "grpcurl-read-key-2c9a"
+    keyed = settings.model_copy(
+        update={"api_key": SecretStr(full), "read_only_api_key": SecretStr(read_only)}
+    )
+    prepare_database(keyed)
+    with RunningServer.metadata(keyed) as server:
+        refused = grpcurl("-plaintext", server.address, "list")
+        assert refused.returncode != 0
+        assert "Unauthenticated" in refused.stderr
+        assert "authorization: Bearer <key>" in refused.stderr
+
+        for header in (f"authorization: Bearer {full}", f"api-key: {read_only}"):
+            listed = grpcurl("-plaintext", "-H", header, server.address, "list")
+            assert listed.returncode == 0, listed.stderr
+            assert "askmojo.metadata.v1.MetadataService" in listed.stdout.split()
+
+        method = "askmojo.metadata.v1.MetadataService/CreateCollection"
+        create = ["-d", '{"name": "keyed"}', server.address, method]
+        as_reader = grpcurl("-plaintext", "-H", f"authorization: Bearer {read_only}", *create)
+        assert as_reader.returncode != 0
+        assert "PermissionDenied" in as_reader.stderr and method in as_reader.stderr
+        created = grpcurl("-plaintext", "-H", f"authorization: Bearer {full}", *create)
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["name"] == "keyed"
+        stats = grpcurl(
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {read_only}",
+            server.address,
+            "askmojo.metadata.v1.MetadataService/ListCollections",
+        )
+        assert stats.returncode == 0, stats.stderr
+        assert [c["name"] for c in json.loads(stats.stdout)["collections"]] == ["keyed"]
 
 
 @pytest.fixture(autouse=True)
