@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -390,13 +391,21 @@ def _code_after(context: Any, error: BaseException | None) -> grpc.StatusCode:
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Counts every call by gRPC service, method and status code, times it
     and keeps the number in flight. Outermost after tracing, so refusals by
-    the key check and the request guard are counted too. Methods the server
-    does not have (UNIMPLEMENTED) are not wrapped: their names come from
-    callers, and labels must stay bounded."""
+    the key check and the request guard are counted too.
+
+    Labels stay bounded: a method is labelled by name only if its
+    descriptor is known (the services of the pair, health, reflection);
+    calls the server has no handler for are not wrapped at all, and any
+    other name a caller made up (a refusal handler may answer it before
+    the method is looked up) is counted as grpc_service="unknown"."""
 
     def __init__(self, service: str) -> None:
         self.service = service
+        self._methods: dict[str, _MethodMetrics] = {}
+        # The last handler seen per method and its wrapped form: inner
+        # interceptors return the same handler object call after call.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._unknown: _MethodMetrics | None = None
 
     async def intercept_service(
         self,
@@ -410,9 +419,26 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap_handler(handler, _MethodMetrics(method))
+        metrics = self._methods.get(method)
+        if metrics is None:
+            if not _is_known_method(method):
+                if self._unknown is None:
+                    self._unknown = _MethodMetrics("/unknown/unknown")
+                return _wrap_handler(handler, self._unknown)  # never cached: names are unbounded
+            metrics = self._methods[method] = _MethodMetrics(method)
+        wrapped = _wrap_handler(handler, metrics)
         self._handlers[method] = (handler, wrapped)
         return wrapped
+
+
+def _is_known_method(full_method: str) -> bool:
+    """`/package.Service/Method` of a service whose descriptor is loaded."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        return False
+    return method in found.methods_by_name
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, metrics: _MethodMetrics) -> grpc.RpcMethodHandler:
