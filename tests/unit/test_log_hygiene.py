@@ -101,3 +101,59 @@ def test_a_database_error_logs_a_summary(tmp_path: Path, caplog: pytest.LogCaptu
     assert SECRET not in logged and "SELECT" not in logged
     assert len(logged) < 20_000, len(logged)
     print(f"{len(logged)} characters logged", file=sys.stderr)
+
+
+DOCUMENT_TEXT = "confidential-harbor-lantern-words"
+
+
+def test_no_document_or_query_text_is_logged_at_info(
+    tmp_path: Path, vector_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #12: a document's text and a search query stay out of the logs at
+    INFO, on success and on refusal (an over-long query, a missing collection)."""
+    settings = metadata_settings(
+        tmp_path / "metadata.db", vector_service_address=vector_server.address
+    )
+    prepare_database(settings)
+    caplog.set_level(logging.INFO)
+    with (
+        RunningServer.metadata(settings) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub = pb_grpc.MetadataServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="hygiene"), timeout=30)
+        documents = [
+            pb.Document(id=f"d{i}", text=f"{DOCUMENT_TEXT} {i}. " * 40, metadata={})
+            for i in range(3)
+        ]
+        stub.UpsertDocuments(
+            pb.UpsertDocumentsRequest(collection="hygiene", documents=documents), timeout=60
+        )
+        list(
+            stub.IngestDocuments(
+                iter([pb.IngestDocumentsRequest(collection="hygiene", documents=documents)]),
+                timeout=60,
+            )
+        )
+        stub.Search(pb.SearchRequest(collection="hygiene", query=DOCUMENT_TEXT), timeout=60)
+        refused = [
+            pb.SearchRequest(collection="hygiene", query=DOCUMENT_TEXT * 2000),
+            pb.SearchRequest(collection="missing", query=DOCUMENT_TEXT),
+        ]
+        for request in refused:
+            with pytest.raises(grpc.RpcError):
+                stub.Search(request, timeout=60)
+        with pytest.raises(grpc.RpcError):
+            stub.UpsertDocuments(
+                pb.UpsertDocumentsRequest(
+                    collection="missing",
+                    documents=[pb.Document(id="d0", text=DOCUMENT_TEXT)],
+                ),
+                timeout=60,
+            )
+    logged = "\n".join(
+        record.getMessage() + str(record.exc_info or "") + str(vars(record))
+        for record in caplog.records
+    )
+    assert caplog.records  # the services did log at INFO meanwhile
+    assert DOCUMENT_TEXT not in logged
