@@ -388,6 +388,9 @@ def _code_after(context: Any, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 
+_HANDLERS_PER_METHOD = 4
+
+
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Counts every call by gRPC service, method and status code, times it
     and keeps the number in flight. Outermost after tracing, so refusals by
@@ -402,9 +405,10 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service: str) -> None:
         self.service = service
         self._methods: dict[str, _MethodMetrics] = {}
-        # The last handler seen per method and its wrapped form: inner
-        # interceptors return the same handler object call after call.
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # Per method, the handlers seen lately and their wrapped forms: inner
+        # interceptors return the same few objects call after call (the
+        # method's own, the key check's refusals of it).
+        self._handlers: dict[str, list[tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]] = {}
         self._unknown: _MethodMetrics | None = None
 
     async def intercept_service(
@@ -416,9 +420,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+        seen = self._handlers.get(method)
+        if seen is not None:
+            for known, wrapped in seen:
+                if known is handler:
+                    return wrapped
         metrics = self._methods.get(method)
         if metrics is None:
             if not _is_known_method(method):
@@ -427,7 +433,10 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return _wrap_handler(handler, self._unknown)  # never cached: names are unbounded
             metrics = self._methods[method] = _MethodMetrics(method)
         wrapped = _wrap_handler(handler, metrics)
-        self._handlers[method] = (handler, wrapped)
+        seen = self._handlers.setdefault(method, [])
+        if len(seen) >= _HANDLERS_PER_METHOD:
+            seen.pop(0)  # bounded, should an inner interceptor make new ones each call
+        seen.append((handler, wrapped))
         return wrapped
 
 

@@ -106,6 +106,16 @@ def test_made_up_method_names_never_become_labels() -> None:
         assert wrapped is not handler
     again = asyncio.run(interceptor.intercept_service(continuation, _Details(search)))
     assert again is asyncio.run(interceptor.intercept_service(continuation, _Details(search)))
+    # A key check alternating the method's handler with its refusal: both
+    # stay wrapped once (no re-wrapping per call).
+    refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def refusing(_: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return refusal
+
+    refused = asyncio.run(interceptor.intercept_service(refusing, _Details(search)))
+    assert asyncio.run(interceptor.intercept_service(continuation, _Details(search))) is again
+    assert asyncio.run(interceptor.intercept_service(refusing, _Details(search))) is refused
     labelled = {
         (s.labels["grpc_service"], s.labels["grpc_method"])
         for family in metrics.RPC_HANDLED.collect()
