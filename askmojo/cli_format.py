@@ -292,18 +292,21 @@ def stats_table(stats: Stats, collection: str) -> Table:
 
 
 def reconcile_line(response: ReconcileReport, collection: str) -> str:
+    unverified = response.unverified_vectors
     if response.dry_run:
         return (
             f"dry run on {collection}: would re-index {response.missing_vectors} missing vectors, "
             f"remove {response.orphan_vectors} orphan vectors, "
             f"replace {response.stale_vectors} stale vectors, "
             f"resume {response.pending_resumed} pending or failed chunks"
+            + (f", re-embed {unverified} unverified vectors" if unverified else "")
         )
     return (
         f"reconciled {collection}: {response.missing_vectors} missing vectors re-indexed, "
         f"{response.orphan_vectors} orphan vectors removed, "
         f"{response.stale_vectors} stale vectors replaced, "
         f"{response.pending_resumed} pending or failed chunks resumed"
+        + (f", {unverified} unverified vectors re-embedded" if unverified else "")
     )
 
 

@@ -261,4 +261,5 @@ def to_proto_reconcile(outcome: ReconcileOutcome) -> pb.ReconcileResponse:
         pending_resumed=outcome.pending_resumed,
         dry_run=outcome.dry_run,
         vector_collection_missing=outcome.vector_collection_missing,
+        unverified_vectors=outcome.unverified_vectors,
     )

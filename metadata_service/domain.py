@@ -178,3 +178,6 @@ class ReconcileOutcome:
     pending_resumed: int = 0
     dry_run: bool = False
     vector_collection_missing: bool = False
+    # Vectors of INDEXED chunks with no record of the text they were
+    # embedded from (older ones, raw ones): re-embedded on repair.
+    unverified_vectors: int = 0

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from askmojo.common.filters import MetadataScalar
+from askmojo.common.text_hash import TEXT_HASH_KEY, text_hash
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
 from metadata_service.db.models import VectorDeletionRow, utcnow
@@ -190,7 +191,10 @@ class Indexer:
         """The records to upsert: a chunk whose vector is already stored for
         this very content (a metadata-only change, a replay after a crash)
         sends that vector back with its new metadata instead of its text, so
-        unchanged content is never embedded again."""
+        unchanged content is never embedded again. Only a vector the vector
+        service recorded embedding from this very text (TEXT_HASH_KEY) is
+        reused: one forged under copied metadata, or stored before that hash
+        existed, is embedded again (what Reconcile's repair relies on)."""
         ids = [vector_id(c.document_id, c.ordinal) for c in chunks]
         try:
             stored = await self._client.get(collection, ids, deadline, vectors=True)
@@ -209,6 +213,7 @@ class Indexer:
                 and old.vector is not None
                 and old.metadata.get(INCARNATION_KEY) == chunk.incarnation
                 and old.metadata.get(HASH_KEY) == meta[HASH_KEY]
+                and old.metadata.get(TEXT_HASH_KEY) == text_hash(chunk.text)
             )
             if same_content and old is not None:
                 records.append(VectorRecord(vid, None, meta, vector=old.vector))

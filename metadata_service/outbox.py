@@ -28,6 +28,7 @@ from typing import NamedTuple
 from sqlalchemy.orm import Session
 
 from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
+from askmojo.common.text_hash import text_hash
 from metadata_service import lookup
 from metadata_service.db import document_queries, lease_queries, outbox_queries, search_queries
 from metadata_service.db.collection_queries import CollectionHandle
@@ -92,6 +93,9 @@ class VectorVersion:
     place: ChunkPlace | None
     incarnation: int | None
     hash_prefix: str | None
+    # The vector service's hash of the text it embedded (TEXT_HASH_KEY); None
+    # when it recorded none (an older vector, or a raw one).
+    text_hash: str | None = None
 
 
 def deletion_groups(rows: Sequence[VectorDeletionRow], limit: int) -> list[list[VectorDeletionRow]]:
@@ -246,10 +250,12 @@ class LiveText:
 @dataclass(frozen=True)
 class VectorCheck:
     """Reconcile, one page of vectors: those with no live chunk of their
-    incarnation, and how many carry an older text of a live chunk."""
+    incarnation, how many carry another text than their live chunk's, and
+    how many nothing shows were made from it."""
 
     orphans: list[str]
     stale: int
+    unverified: int = 0
 
 
 class Outbox:
@@ -440,27 +446,38 @@ class Outbox:
         repair: bool,
     ) -> VectorCheck:
         """Reconcile, one page of vectors: the orphans (no live chunk of that
-        incarnation) and the stale ones (an older text of a live chunk),
-        which are queued for re-indexing when `repair`."""
+        incarnation); the stale ones, made from another text than their live
+        chunk's, by the content hash they carry (an older version) or by the
+        vector service's hash of the text it embedded (a forgery that copied
+        the rest); and the unverified ones, without the latter hash. Stale
+        and unverified chunks are queued for re-indexing when `repair`; the
+        indexer then embeds their text again (`Indexer._records` reuses no
+        vector whose text hash is not the chunk's), replacing the vector in
+        place: deleting it first could race the background indexer and
+        remove the new one."""
 
         def work(session: Session) -> VectorCheck:
             places = [v.place for v in vectors if v.place is not None]
             live = search_queries.live_chunks(session, collection.id, places)
             orphans: list[str] = []
             stale: list[int] = []
+            unverified: list[int] = []
             for vector in vectors:
                 chunk = live.get(vector.place) if vector.place is not None else None
                 if chunk is None or chunk.incarnation != vector.incarnation:
                     orphans.append(vector.vector_id)
-                elif chunk.state is IndexState.INDEXED and not chunk.content_hash.startswith(
-                    vector.hash_prefix or "\0"
-                ):
+                elif chunk.state is IndexState.INDEXED:
                     # PENDING chunks are on their way already; only INDEXED
                     # ones claim a vector they do not have.
-                    stale.append(chunk.chunk_id)
+                    version = chunk.content_hash.startswith(vector.hash_prefix or "\0")
+                    embedded = vector.text_hash
+                    if not version or embedded not in (None, text_hash(chunk.text)):
+                        stale.append(chunk.chunk_id)
+                    elif embedded is None:
+                        unverified.append(chunk.chunk_id)
             if repair:
-                _requeue(session, stale)
-            return VectorCheck(orphans, len(stale))
+                _requeue(session, [*stale, *unverified])
+            return VectorCheck(orphans, len(stale), len(unverified))
 
         return (self._db.write if repair else self._db.read)(work)
 

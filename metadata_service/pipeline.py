@@ -26,6 +26,7 @@ import grpc
 from askmojo.common.filters import FilterNode
 from askmojo.common.shutdown import Shutdown
 from askmojo.common.streams import in_order
+from askmojo.common.text_hash import TEXT_HASH_KEY
 from metadata_service import metrics
 from metadata_service.catalog import Catalog
 from metadata_service.config import RECONCILE_PAGE_IDS, MetadataSettings
@@ -348,7 +349,9 @@ class Pipeline:
         target = await self._db(self._outbox.collection, collection)
         if repair:
             await indexer.delete_pending(deadline)  # recorded deletions first
-        orphans, stale, exists = await self._scan_vectors(client, target, repair, deadline)
+        orphans, stale, unverified, exists = await self._scan_vectors(
+            client, target, repair, deadline
+        )
         missing = await self._scan_missing(client, target, repair, deadline)
         unfinished = await self._db(self._outbox.resume_unfinished, target, repair=repair)
         if repair:
@@ -358,12 +361,13 @@ class Pipeline:
                     await client.delete_ids(target.vector_collection, part, deadline)
             await self._drain_collection(target, deadline)
             metrics.reconciled(
-                orphan=len(orphans), stale=stale, missing=missing, resumed=unfinished
+                orphan=len(orphans), stale=stale + unverified, missing=missing, resumed=unfinished
             )
         outcome = ReconcileOutcome(
             missing_vectors=missing,
             orphan_vectors=len(orphans),
             stale_vectors=stale,
+            unverified_vectors=unverified,
             pending_resumed=unfinished,
             dry_run=dry_run,
             # Chunks say INDEXED, but there is no collection to hold them.
@@ -380,11 +384,11 @@ class Pipeline:
 
     async def _scan_vectors(
         self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float
-    ) -> tuple[list[str], int, bool]:
-        """Orphan vector ids, the count of stale vectors, and whether the
-        vector collection exists at all."""
+    ) -> tuple[list[str], int, int, bool]:
+        """Orphan vector ids, the counts of stale and unverified vectors, and
+        whether the vector collection exists at all."""
         orphans: list[str] = []
-        stale = 0
+        stale = unverified = 0
         token = ""
         while True:
             try:
@@ -392,7 +396,7 @@ class Pipeline:
                     target.vector_collection, token, RECONCILE_PAGE_IDS, deadline
                 )
             except VectorCollectionNotFound:
-                return [], 0, False  # no vector collection: nothing can be orphaned
+                return [], 0, 0, False  # no vector collection: nothing can be orphaned
             if not ids:
                 break
             stored = await client.get(target.vector_collection, ids, deadline)
@@ -401,20 +405,23 @@ class Pipeline:
                 meta = stored[vid].metadata if vid in stored else {}
                 incarnation = meta.get(INCARNATION_KEY)
                 hash_prefix = meta.get(HASH_KEY)
+                embedded = meta.get(TEXT_HASH_KEY)
                 page.append(
                     VectorVersion(
                         vid,
                         parse_vector_id(vid) if isinstance(meta.get(DOC_KEY), str) else None,
                         incarnation if isinstance(incarnation, int) else None,
                         hash_prefix if isinstance(hash_prefix, str) else None,
+                        embedded if isinstance(embedded, str) else None,
                     )
                 )
             checked = await self._db(self._outbox.check_vectors, target, page, repair=repair)
             orphans.extend(checked.orphans)
             stale += checked.stale
+            unverified += checked.unverified
             if not token:
                 break
-        return orphans, stale, True
+        return orphans, stale, unverified, True
 
     async def _scan_missing(
         self, client: VectorServiceClient, target: CollectionHandle, repair: bool, deadline: float

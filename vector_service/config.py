@@ -98,8 +98,10 @@ class VectorSettings(ServiceSettings):
     # RPCs in progress at once; beyond it gRPC answers RESOURCE_EXHAUSTED
     # itself (as the metadata service's MAX_CONCURRENT_RPCS).
     max_concurrent_rpcs: int = Field(default=4096, ge=1)
-    # Room for the metadata service's own keys beside a document's 32.
-    max_metadata_keys: int = Field(default=64, ge=0)
+    # Room for the metadata service's own keys beside a document's 32. Counts
+    # the key this service sets itself (askmojo.common.text_hash): a caller
+    # may send one fewer, which is what GetModelInfo reports.
+    max_metadata_keys: int = Field(default=64, ge=1)
     max_metadata_string_bytes: int = Field(default=4096, ge=1)
 
     @model_validator(mode="after")

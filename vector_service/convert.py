@@ -14,6 +14,7 @@ from askmojo.common.filters import (
     metadata_value_from_proto,
 )
 from askmojo.common.rpc import OK_STATUS, status_of
+from askmojo.common.text_hash import SERVICE_SET_KEYS
 from askmojo.common.v1 import common_pb2
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import vector_service_pb2 as vpb
@@ -78,7 +79,8 @@ def to_proto_model_info(
         max_text_length=settings.max_text_length,
         max_message_bytes=settings.max_message_bytes,
         workers=settings.max_workers,
-        max_metadata_keys=settings.max_metadata_keys,
+        # What a caller may send: the service sets one key itself.
+        max_metadata_keys=settings.max_metadata_keys - SERVICE_SET_KEYS,
         max_metadata_string_bytes=settings.max_metadata_string_bytes,
         max_records_per_call=settings.max_records_per_call,
         max_filter_conditions=settings.max_filter_conditions,

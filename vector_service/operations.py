@@ -19,6 +19,7 @@ import numpy as np
 from askmojo.common.echo import quoted
 from askmojo.common.filters import FilterNode, InvalidFilterError, MetadataScalar, check_metadata
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
+from askmojo.common.text_hash import SERVICE_SET_KEYS, TEXT_HASH_KEY, text_hash
 from vector_service.config import VectorSettings
 from vector_service.embedding.batcher import DynamicBatcher
 from vector_service.embedding.worker import BatchResult
@@ -283,17 +284,49 @@ class Index:
                 )
                 vectors[[row for row, _ in to_embed]] = embedded
                 truncated = {valid[row][0] for (row, _), c in zip(to_embed, cut, strict=True) if c}
+            for _, record, metadata in valid:
+                if record.text is not None:
+                    metadata[TEXT_HASH_KEY] = text_hash(record.text)
             await self._write(
-                self._store.upsert,
+                self._store_records,
                 collection,
                 [r.id for _, r, _ in valid],
                 vectors,
                 [m for _, _, m in valid],
+                [row for row, (_, r, _) in enumerate(valid) if r.vector is not None],
             )
         return [
             RecordOutcome(r.id, errors.get(i), truncated=i in truncated)
             for i, r in enumerate(records)
         ]
+
+    def _store_records(
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadatas: list[dict[str, MetadataScalar]],
+        raw: list[int],
+    ) -> None:
+        """Stores the records (on the writer thread: no other write comes
+        between the read and the upsert). A record sent as a raw vector
+        carries no text hash, unless that vector is exactly the one stored
+        under its id, embedded here from text: then it still is that text's
+        embedding, and keeps the hash (the metadata service re-sends a
+        stored vector with new metadata when only the metadata changed)."""
+        if raw:
+            stored = {s.id: s for s in self._store.get(collection, [ids[row] for row in raw], True)}
+            for row in raw:
+                old = stored.get(ids[row])
+                recorded = old.metadata.get(TEXT_HASH_KEY) if old is not None else None
+                if (
+                    old is not None
+                    and isinstance(recorded, str)
+                    and old.vector is not None
+                    and np.array_equal(old.vector, vectors[row])
+                ):
+                    metadatas[row][TEXT_HASH_KEY] = recorded
+        self._store.upsert(collection, ids, vectors, metadatas)
 
     def _check_record(
         self, record: RecordInput, index: int, info: CollectionInfo, seen: set[str]
@@ -327,10 +360,24 @@ class Index:
                 )
             if not np.isfinite(np.asarray(record.vector, dtype=np.float32)).all():
                 raise InvalidArgument(f"{field}.vector", "values must be finite numbers")
+        if TEXT_HASH_KEY in record.metadata:
+            raise InvalidArgument(
+                f"{field}.metadata[{quoted(TEXT_HASH_KEY)}]",
+                f"{TEXT_HASH_KEY} is set by the vector service itself (a hash of the text it "
+                "embedded); leave it out",
+            )
+        allowed = self._settings.max_metadata_keys - SERVICE_SET_KEYS
+        if len(record.metadata) > allowed:
+            raise InvalidArgument(
+                f"{field}.metadata",
+                f"{len(record.metadata)} metadata keys; the limit is {allowed} "
+                f"(MAX_METADATA_KEYS, {self._settings.max_metadata_keys}, less the "
+                f"{SERVICE_SET_KEYS} the service sets itself)",
+            )
         try:
             return check_metadata(
                 record.metadata,
-                max_keys=self._settings.max_metadata_keys,
+                max_keys=allowed,
                 max_string_bytes=self._settings.max_metadata_string_bytes,
                 field=f"{field}.metadata",
             )

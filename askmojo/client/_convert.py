@@ -334,6 +334,7 @@ def reconcile_report(proto: pb.ReconcileResponse) -> t.ReconcileReport:
         stale_vectors=proto.stale_vectors,
         pending_resumed=proto.pending_resumed,
         dry_run=proto.dry_run,
+        unverified_vectors=proto.unverified_vectors,
     )
 
 

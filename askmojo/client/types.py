@@ -169,6 +169,11 @@ class ReconcileReport:
     stale_vectors: int
     pending_resumed: int
     dry_run: bool
+    # Vectors of INDEXED chunks with no record (the vector service's text
+    # hash) of the text they were embedded from: written before it kept one,
+    # or upserted as raw vectors behind the metadata service. Re-embedded
+    # unless `dry_run`.
+    unverified_vectors: int = 0
 
 
 @dataclass(frozen=True)

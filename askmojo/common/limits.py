@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from askmojo.common.text_hash import SERVICE_SET_KEYS
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 
 # Room a record needs beyond its text and metadata values: id, keys, framing.
@@ -37,19 +38,27 @@ def limit_problems(sent: SentLimits, info: epb.GetModelInfoResponse) -> list[str
     vector service does not report (0) is not checked."""
     problems: list[str] = []
 
-    def check(needed: int, offered: int, name: str, here: str, what: str) -> None:
+    def check(
+        needed: int, offered: int, name: str, here: str, what: str, *, setting_extra: int = 0
+    ) -> None:
+        """`setting_extra`: how much more than it accepts from a caller the
+        vector service's setting must be."""
         if offered and needed > offered:
             problems.append(
                 f"{what}: the metadata service may send {needed}, the vector service "
-                f"accepts {offered}; raise VECTOR_{name} to at least {needed} or lower {here}"
+                f"accepts {offered}; raise VECTOR_{name} to at least "
+                f"{needed + setting_extra} or lower {here}"
             )
 
+    # The vector service reports the keys a caller may send: its setting less
+    # the one it sets itself (askmojo.common.text_hash).
     check(
         sent.metadata_keys,
         info.max_metadata_keys,
         "MAX_METADATA_KEYS",
         f"METADATA_MAX_METADATA_KEYS (it adds {sent.reserved_keys} keys of its own)",
         "metadata keys per record",
+        setting_extra=SERVICE_SET_KEYS,
     )
     check(
         sent.metadata_string_bytes,

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from askmojo.common.limits import limit_problems
 from askmojo.common.settings import PER_SERVICE_NAMES, SHARED_NAMES, ServiceSettings
+from askmojo.common.text_hash import SERVICE_SET_KEYS
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from metadata_service.config import MetadataSettings
 from vector_service.config import VectorSettings
@@ -126,7 +127,8 @@ def _model_info(**overrides: int) -> epb.GetModelInfoResponse:
     values = {
         "max_text_length": vector.max_text_length,
         "max_message_bytes": 4 * 1024 * 1024,
-        "max_metadata_keys": vector.max_metadata_keys,
+        # As GetModelInfo reports it: less the key the service sets itself.
+        "max_metadata_keys": vector.max_metadata_keys - SERVICE_SET_KEYS,
         "max_metadata_string_bytes": vector.max_metadata_string_bytes,
         "max_records_per_call": vector.max_records_per_call,
         "max_filter_conditions": vector.max_filter_conditions,
@@ -162,7 +164,8 @@ def test_the_batched_vector_delete_counts_as_filter_values() -> None:
     [
         (
             {"max_metadata_keys": 20},
-            "VECTOR_MAX_METADATA_KEYS to at least 37",
+            # 32 + 5 keys sent, and the one the vector service sets itself.
+            "VECTOR_MAX_METADATA_KEYS to at least 38",
             "METADATA_MAX_METADATA_KEYS",
         ),
         (

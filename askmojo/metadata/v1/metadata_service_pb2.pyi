@@ -863,12 +863,17 @@ class ReconcileResponse(_message.Message):
     PENDING_RESUMED_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     VECTOR_COLLECTION_MISSING_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_VECTORS_FIELD_NUMBER: _builtins.int
     missing_vectors: _builtins.int
     """INDEXED chunks without a vector, re-indexed."""
     orphan_vectors: _builtins.int
     """Vectors without a live chunk, removed."""
     stale_vectors: _builtins.int
-    """Vectors of an older generation of their document, replaced."""
+    """Vectors of an older text of their chunk, replaced: by the document's
+    content hash they carry, or by the vector service's hash of the text it
+    embedded when that is not the chunk's (a vector forged behind the
+    metadata service's back).
+    """
     pending_resumed: _builtins.int
     """PENDING or FAILED chunks sent again."""
     dry_run: _builtins.bool
@@ -877,6 +882,13 @@ class ReconcileResponse(_message.Message):
     service's back, or a vector store rebuilt from nothing) while chunks say
     INDEXED: all of them are counted in missing_vectors and, unless dry_run,
     re-indexed into a new one.
+    """
+    unverified_vectors: _builtins.int
+    """Vectors of INDEXED chunks without the vector service's hash of the text
+    it embedded, so nothing shows they were made from their chunk's text:
+    written before the vector service recorded that hash, or upserted as a
+    raw vector behind the metadata service's back. Not in stale_vectors;
+    unless dry_run, re-embedded from their chunks' text.
     """
     def __init__(
         self,
@@ -887,10 +899,11 @@ class ReconcileResponse(_message.Message):
         pending_resumed: _builtins.int = ...,
         dry_run: _builtins.bool = ...,
         vector_collection_missing: _builtins.bool = ...,
+        unverified_vectors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "missing_vectors", b"missing_vectors", "orphan_vectors", b"orphan_vectors", "pending_resumed", b"pending_resumed", "stale_vectors", b"stale_vectors", "vector_collection_missing", b"vector_collection_missing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "missing_vectors", b"missing_vectors", "orphan_vectors", b"orphan_vectors", "pending_resumed", b"pending_resumed", "stale_vectors", b"stale_vectors", "unverified_vectors", b"unverified_vectors", "vector_collection_missing", b"vector_collection_missing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -222,7 +222,9 @@ class GetModelInfoResponse(_message.Message):
     """The service's other limits, so a client (the metadata service) can check
     at start-up that what it sends is accepted: metadata keys per record,
     bytes of a metadata string, records per Upsert, and filter width
-    (conditions, IN/NIN values). 0: not reported.
+    (conditions, IN/NIN values). 0: not reported. max_metadata_keys is what
+    a caller may send: the service's MAX_METADATA_KEYS less the key it sets
+    itself (_text_sha256, see VectorRecord.metadata).
     """
     max_metadata_string_bytes: _builtins.int
     max_records_per_call: _builtins.int

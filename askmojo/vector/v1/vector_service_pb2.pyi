@@ -82,7 +82,14 @@ class VectorRecord(_message.Message):
         """Used as is; must have the collection's dimension."""
 
     @_builtins.property
-    def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
+    def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]:
+        """Stored with the record. The service adds "_text_sha256" itself: the
+        first 32 hex digits of the sha256 of the UTF-8 text it embedded (a record
+        sent as a vector gets none, unless it is exactly the vector stored under
+        its id, which keeps its own). A record that sets it is refused
+        (INVALID_ARGUMENT), so a reader can tell what text a vector came from.
+        """
+
     def __init__(
         self,
         *,
