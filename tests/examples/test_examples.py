@@ -149,8 +149,16 @@ def metadata_address(
         yield running.address
 
 
-def _run(argv: list[str], cwd: Path, address: str, collection: str) -> str:
-    env = {**os.environ, "ASKMOJO_API_KEY": API_KEY, "ASKMOJO_COLLECTION": collection}
+def _run(
+    argv: list[str],
+    cwd: Path,
+    address: str,
+    collection: str,
+    *,
+    api_key: str = API_KEY,
+    rc: int = 0,
+) -> str:
+    env = {**os.environ, "ASKMOJO_API_KEY": api_key, "ASKMOJO_COLLECTION": collection}
     done = subprocess.run(
         [*argv, address],
         cwd=cwd,
@@ -162,7 +170,7 @@ def _run(argv: list[str], cwd: Path, address: str, collection: str) -> str:
     )
     output = done.stdout + done.stderr
     print(output)  # shown by pytest -rP, and with a failure
-    assert done.returncode == 0, output
+    assert done.returncode == rc, output
     return output
 
 
@@ -177,6 +185,11 @@ def test_node_example(builds: dict[str, Job], metadata_address: str) -> None:
     builds["node"].wait()
     output = _run(["node", "example.js"], NODE_DIR, metadata_address, "node-example")
     _check(output, "node", "node-example")
+    # The service asks for the key: without it the example stops at once.
+    refused = _run(
+        ["node", "example.js"], NODE_DIR, metadata_address, "node-nokey", api_key="", rc=1
+    )
+    assert "FAILED: UNAUTHENTICATED" in refused, refused
 
 
 def test_go_example(builds: dict[str, Job], metadata_address: str) -> None:
