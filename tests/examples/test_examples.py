@@ -32,6 +32,8 @@ GOCODE = Path("/usr/share/gocode")
 API_KEY = "examples-api-key"
 INSTALL_TIMEOUT = 240
 RUN_TIMEOUT = 120
+# npm's errors when the registry cannot be reached (an offline laptop).
+_OFFLINE = ("ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNREFUSED", "ENETUNREACH")
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Job:
             self.process.kill()
             self.process.communicate()
             pytest.fail(f"{self.what} took over {INSTALL_TIMEOUT} s")
+        if self.process.returncode != 0 and any(e in out for e in _OFFLINE):
+            pytest.skip(f"{self.what}: the package registry is unreachable:\n{out[-1000:]}")
         if self.process.returncode != 0:
             pytest.fail(f"{self.what} failed ({self.process.returncode}):\n{out[-4000:]}")
 
@@ -65,7 +69,9 @@ def _lock_digest() -> str:
 def _start_npm() -> Job:
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        return Job(skip=f"{' and '.join(missing)} not installed: the Node example needs them")
+        return Job(
+            skip=f"{' and '.join(missing)} not installed: the Node example needs node and npm"
+        )
     stamp = NODE_DIR / "node_modules" / ".askmojo-lock-sha256"
     if stamp.exists() and stamp.read_text() == _lock_digest():
         return Job()
