@@ -17,12 +17,14 @@ build their handler once per method and reuse it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import hmac
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -257,6 +259,11 @@ def _refusal(
     )
 
 
+# How long a refused request stream is read (and its messages dropped
+# undecoded) before the status goes out; see _refusing_handler.
+REFUSED_STREAM_DRAIN_SECONDS = 1.0
+
+
 def _refusing_handler(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str, method: str
 ) -> grpc.RpcMethodHandler:
@@ -267,11 +274,27 @@ def _refusing_handler(
         _LOGGER.debug("call refused", extra={"rpc_method": method, "code": code.name})
         await context.abort(code, message)
 
+    async def refuse_stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        # A grpc.aio client still writing its request stream when the status
+        # arrives reports INTERNAL ("Internal error from Core") instead of it
+        # (grpc/grpc#36066): the metadata service would then mark its chunks
+        # FAILED, not PENDING, on a refused UpsertStream. Reading the stream
+        # to its end first (briefly: a client waiting for an answer before
+        # it writes more gets the status after REFUSED_STREAM_DRAIN_SECONDS)
+        # lets the status through intact.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFUSED_STREAM_DRAIN_SECONDS):
+                async for _ in requests:
+                    pass
+        await refuse(None, context)
+
     # No deserializer: the request's bytes are never decoded for a refusal.
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
+        return grpc.stream_unary_rpc_method_handler(refuse_stream)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(refuse)
     return grpc.unary_unary_rpc_method_handler(refuse)
@@ -347,9 +370,11 @@ class _KeyedCall:
         self._call = call
         self._metadata = metadata
 
-    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, *request: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        # `*request`: a stream call may be made without its request iterator
+        # (the caller then writes to the call).
         sent = self._metadata if metadata is None else (*metadata, *self._metadata)
-        return self._call(request, metadata=sent, **kwargs)
+        return self._call(*request, metadata=sent, **kwargs)
 
 
 class _KeyedChannel(grpc.aio.Channel):  # type: ignore[misc]
