@@ -64,6 +64,48 @@ class IndexingReport:
     released: int = 0
 
 
+class _LeaseRenewal:
+    """Keeps the chunks of a pass leased while it runs: every `interval`
+    (INDEX_LEASE_SECONDS / 3) those still held under the current token move
+    to a new one with a later expiry. The lease stays the claim's token: a
+    settle must use the one the renewal ended with (`stop`), and a chunk
+    rewritten or taken over meanwhile (another lease) is never touched."""
+
+    def __init__(
+        self,
+        lease: datetime,
+        renew: Callable[[datetime], Awaitable[datetime]],
+        interval: float,
+    ) -> None:
+        self.lease = lease
+        self._renew = renew
+        self._interval = interval
+        self._stopping = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                return
+            try:
+                # Never cancelled mid-way (stop() waits for it): the new
+                # token is known here once its write commits.
+                self.lease = await self._renew(self.lease)
+            except Exception:
+                _LOGGER.warning("lease renewal failed; retrying", exc_info=True)
+
+    def halt(self) -> None:
+        """Ends the renewals (at their next step) without waiting."""
+        self._stopping.set()
+
+    async def stop(self) -> datetime:
+        """Ends the renewals; returns the token the chunks are held under."""
+        self._stopping.set()
+        await self._task
+        return self.lease
+
+
 class Indexer:
     """Sends leased work to the vector service. Async (it runs on the gRPC
     event loop); database work goes to the service's thread pool."""
@@ -126,10 +168,35 @@ class Indexer:
         chunks, metadata = claimed.chunks, claimed.metadata
         if not chunks:
             return IndexingReport()
+        # The pass may outlast the lease (a slow vector service, a long
+        # batch): kept alive meanwhile, or another indexer would take the
+        # chunks over and send them again.
+        renewal = _LeaseRenewal(lease, self._renew_lease, self._settings.index_lease_seconds / 3)
+        try:
+            return await self._send_held(renewal, chunks, metadata, deadline)
+        finally:
+            renewal.halt()  # whatever ended the pass (settles stopped it already)
+
+    async def _send_held(
+        self,
+        renewal: _LeaseRenewal,
+        chunks: Sequence[ClaimedChunk],
+        metadata: dict[int, dict[str, MetadataScalar]],
+        deadline: float,
+    ) -> IndexingReport:
+        """`index_leased`'s sending, under a lease `renewal` keeps alive;
+        every settle first stops it and uses the token it ended with."""
         indexed: list[int] = []
         failed: dict[int, str] = {}
         released: list[int] = []
         truncated: list[int] = []
+
+        async def settle() -> None:
+            lease = await renewal.stop()
+            await self._db_call(
+                self._outbox.settle_chunks, lease, indexed, failed, released, truncated
+            )
+
         try:
             by_collection: dict[str, list[ClaimedChunk]] = defaultdict(list)
             for chunk in chunks:
@@ -157,9 +224,7 @@ class Indexer:
         except VectorServiceUnavailable:
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await self._db_call(
-                self._outbox.settle_chunks, lease, indexed, failed, released, truncated
-            )
+            await settle()
             raise
         except asyncio.CancelledError:
             # Shutdown or a client that went away: record what was
@@ -167,19 +232,24 @@ class Indexer:
             # leased (untouchable) until INDEX_LEASE_SECONDS pass.
             done = {*indexed, *failed, *released}
             released.extend(c.chunk_id for c in chunks if c.chunk_id not in done)
-            await asyncio.shield(
-                self._db_call(
-                    self._outbox.settle_chunks, lease, indexed, failed, released, truncated
-                )
-            )
+            await asyncio.shield(settle())
             raise
         except VectorServiceError as exc:
             # The vector service refused the whole request (e.g. the collection
             # exists there with another model): a per-chunk failure to report.
             done = {*indexed, *failed, *released}
             failed.update({c.chunk_id: str(exc) for c in chunks if c.chunk_id not in done})
-        await self._db_call(self._outbox.settle_chunks, lease, indexed, failed, released, truncated)
+        await settle()
         return IndexingReport(len(indexed), len(failed), len(released))
+
+    async def _renew_lease(self, lease: datetime) -> datetime:
+        """Moves the chunks still held under `lease` to a new one, a full
+        INDEX_LEASE_SECONDS from now (recorded for a shutdown to give back);
+        returns it."""
+        renewed = self.new_lease()
+        held = await self._db_call(self._outbox.renew_lease, lease, renewed)
+        _LOGGER.debug("lease renewed", extra={"chunks": held})
+        return renewed
 
     async def _records(
         self,

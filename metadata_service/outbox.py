@@ -329,6 +329,11 @@ class Outbox:
         """Gives back every chunk still held under `lease`."""
         self._db.write(lambda s: outbox_queries.release_lease(s, lease))
 
+    def renew_lease(self, lease: datetime, renewed: datetime) -> int:
+        """The chunks still held under `lease` now held under `renewed` (a
+        later expiry, the claim's new token); returns how many."""
+        return self._db.write(lambda s: lease_queries.renew(s, lease, renewed))
+
     def give_back(self, leases: Collection[datetime]) -> tuple[int, int]:
         """At shutdown: every chunk and deletion row still held under one of
         `leases` (all this process took) claimable again at once; returns

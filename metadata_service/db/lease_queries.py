@@ -1,6 +1,7 @@
-"""Giving back, at shutdown, every lease a process still holds: its chunks
-and deletion rows become claimable at once instead of after
-INDEX_LEASE_SECONDS. Functions take the caller's session and never commit."""
+"""Renewing a lease while its pass runs, and giving back, at shutdown, every
+lease a process still holds: its chunks and deletion rows become claimable
+at once instead of after INDEX_LEASE_SECONDS. Functions take the caller's
+session and never commit."""
 
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ def give_back(session: Session, leases: Collection[datetime]) -> tuple[int, int]
             )
         )
     return chunks, deletions
+
+
+def renew(session: Session, lease: datetime, renewed: datetime) -> int:
+    """Moves the PENDING chunks still held under `lease` to `renewed` (a
+    later expiry, and the claim's token from now on); returns how many. A
+    chunk rewritten or taken over meanwhile carries another lease and is
+    left alone, as a settle would leave it."""
+    return _rowcount(
+        session.execute(
+            update(ChunkRow)
+            .where(_IN_OUTBOX, ChunkRow.state == IndexState.PENDING, ChunkRow.lease_until == lease)
+            .values(lease_until=renewed)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def _rowcount(result: object) -> int:
