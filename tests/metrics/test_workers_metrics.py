@@ -77,10 +77,11 @@ def service(tmp_path: Path) -> Iterator[Service]:
     )
     running = Service(proc, metrics_port)
     try:
+        # The supervisor says "listening" as it forks; each worker says when it serves.
         wait_until(
-            lambda: running.logged("metadata service listening") or proc.poll() is not None,
+            lambda: len(running.logged("worker serving")) == 2 or proc.poll() is not None,
             timeout=60,
-            what="the service listening",
+            what="both workers serving",
         )
         assert proc.poll() is None, running.log
         yield running
