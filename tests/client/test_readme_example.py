@@ -41,4 +41,4 @@ def test_readme_example_runs_as_written(paired: RunningServer, tmp_path: Path) -
     lines = done.stdout.splitlines()
     # The filter leaves the 2019 document out; the WAL one is found.
     assert len(lines) == 1, done.stdout
-    assert re.fullmatch(r"0\.\d{3} wal: WAL lets readers work while one writer commits\.", lines[0])
+    assert re.fullmatch(r"0\.\d{3} wal: WAL lets readers read while one writes\.", lines[0])
