@@ -54,6 +54,7 @@ from askmojo.cli_format import (
     stats_table,
 )
 from askmojo.client import AlreadyExists, AskmojoError, Client, Document
+from askmojo.common import tls
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_TIMEOUT = 60.0
@@ -434,6 +435,16 @@ def _run(args: argparse.Namespace) -> int:
     if not address:
         raise UsageError("--address is empty (expected HOST:PORT)")
     timeout, run_timeout = timeouts(args)
+    # Unusable TLS files are a usage error in one line (exit 2), named by
+    # their flag, before any channel exists.
+    refusal = tls.client_refusal(
+        args.ca_file,
+        args.cert_file,
+        args.key_file,
+        names=("--ca-file", "--cert-file", "--key-file"),
+    )
+    if refusal is not None:
+        raise UsageError(refusal)
     out = Console(file=sys.stdout)
     err = Console(file=sys.stderr)
     try:

@@ -580,6 +580,8 @@ def test_search_arguments() -> None:
         (["stats", "--timeout", "-1"], "must not be negative"),
         (["--address", " ", "collections"], "--address is empty"),
         (["frobnicate"], "invalid choice"),
+        (["--ca-file", "/no/such/ca.pem", "stats"], "--ca-file /no/such/ca.pem: cannot read it"),
+        (["stats", "--cert-file", "/etc/hostname"], "--cert-file is set without --key-file"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
