@@ -6,7 +6,8 @@ Reconcile with `dry_run` set. Clients send `authorization: Bearer <key>` or
 `api-key: <key>`. With no key configured every method is open (development);
 production refuses to start that way unless ALLOW_UNAUTHENTICATED=true.
 `grpc.health.v1.Health` is always open (orchestrators probe it without keys);
-reflection, and any method no proto here names, takes either key.
+reflection takes either key; a method no proto here names, the full key only
+(a service registered but forgotten here fails safe).
 
 Which method is a read comes from the proto descriptors, by the method's
 name, once at import: an RPC added later is classified without a list to
@@ -29,8 +30,14 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor, FileDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    FieldDescriptor,
+    FileDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from pydantic import SecretStr
 
 from askmojo.common.settings import ServiceSettings
@@ -56,7 +63,11 @@ PROTECTED_FILES: tuple[FileDescriptor, ...] = (
     vector_service_pb2.DESCRIPTOR,
     embedding_service_pb2.DESCRIPTOR,
 )
-OPEN_SERVICES = frozenset({health_pb2.DESCRIPTOR.services_by_name["Health"].full_name})
+# Services whose methods are ruled by the service, not by their names.
+OPEN_SERVICES: tuple[ServiceDescriptor, ...] = (health_pb2.DESCRIPTOR.services_by_name["Health"],)
+EITHER_KEY_SERVICES: tuple[ServiceDescriptor, ...] = (
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
 
 MISSING_KEY_MESSAGE = (
     "this service requires an API key: send the header "
@@ -98,12 +109,13 @@ def rule_for(method: MethodDescriptor) -> Rule:
     field_name = DRY_RUN_FIELDS.get(method.name)
     if field_name is not None:
         field = method.input_type.fields_by_name.get(field_name)
-        if field is None or field.type != FieldDescriptor.TYPE_BOOL or method.client_streaming:
+        streaming = method.client_streaming or method.server_streaming
+        if field is None or field.type != FieldDescriptor.TYPE_BOOL or streaming:
             # Fail at import rather than let a changed proto turn the
             # read-only key into a writer (or lock it out silently).
             raise RuntimeError(
                 f"{method.full_name}: its request must have a bool `{field_name}` field "
-                "(and be unary) for the read-only key's dry-run rule; update DRY_RUN_FIELDS"
+                "(and be unary-unary) for the read-only key's dry-run rule; update DRY_RUN_FIELDS"
             )
         return Rule.DRY_RUN_READ
     first_word = re.match(r"[A-Z][a-z0-9]*", method.name)
@@ -112,16 +124,16 @@ def rule_for(method: MethodDescriptor) -> Rule:
 
 def method_rules(files: Iterable[FileDescriptor] = PROTECTED_FILES) -> dict[str, Rule]:
     """`/pkg.Service/Method` -> Rule for every method of every service in
-    `files`, and OPEN for the health service's."""
+    `files`, OPEN for the health service's, READ for reflection's."""
     rules: dict[str, Rule] = {}
     for file in files:
         for service in file.services_by_name.values():
             for method in service.methods:
                 rules[method_path(service.full_name, method.name)] = rule_for(method)
-    for service_name in OPEN_SERVICES:
-        service = health_pb2.DESCRIPTOR.services_by_name[service_name.rpartition(".")[2]]
-        for method in service.methods:
-            rules[method_path(service_name, method.name)] = Rule.OPEN
+    for services, rule in ((OPEN_SERVICES, Rule.OPEN), (EITHER_KEY_SERVICES, Rule.READ)):
+        for service in services:
+            for method in service.methods:
+                rules[method_path(service.full_name, method.name)] = rule
     return rules
 
 
@@ -174,9 +186,6 @@ def presented_key(metadata: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
-Behavior = Callable[..., Any]
-
-
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Lets a call through, or answers it UNAUTHENTICATED / PERMISSION_DENIED
     without running its method (nothing is read, stored or changed).
@@ -221,8 +230,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        # Reflection and methods no proto here names: either key.
-        rule = self._rules.get(method, Rule.READ)
+        rule = self._rules.get(method, Rule.WRITE)
         if rule is Rule.OPEN:
             return await continuation(handler_call_details)
         access = self.access(handler_call_details.invocation_metadata)
@@ -253,8 +261,8 @@ def _refusal(
     return _refusing_handler(
         handler,
         grpc.StatusCode.PERMISSION_DENIED,
-        f"the read-only API key may not call {method.lstrip('/')}: it changes data; "
-        "send API_KEY instead",
+        f"the read-only API key may not call {method.lstrip('/')}: only reads are open "
+        "to it; send API_KEY to change data",
         method,
     )
 
@@ -302,41 +310,25 @@ def _refusing_handler(
 
 def _dry_run_only(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """`handler` for the read-only key: runs only when the request's dry-run
-    field is set (rule_for checked it is a unary request with that field)."""
+    field is set (rule_for checked it is a unary-unary method with that field)."""
     field = DRY_RUN_FIELDS[method.rpartition("/")[2]]
     message = (
         f"the read-only API key may call {method.lstrip('/')} only with {field}=true "
         "(it repairs otherwise); send API_KEY to repair"
     )
+    behavior = handler.unary_unary
 
-    def wrap(behavior: Behavior) -> Behavior:
-        async def dry_run_only(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            # The RequestGuard hands undecodable requests on as a stand-in
-            # without the field (None): its behaviour refuses those itself.
-            if getattr(request, field, None) is False:
-                _LOGGER.debug(
-                    "call refused", extra={"rpc_method": method, "code": "PERMISSION_DENIED"}
-                )
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            return await behavior(request, context)
+    async def dry_run_only(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # The RequestGuard hands an undecodable request on as a stand-in
+        # without the field (None): its behaviour refuses that itself.
+        if getattr(request, field, None) is False:
+            _LOGGER.debug("call refused", extra={"rpc_method": method, "code": "PERMISSION_DENIED"})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        return await behavior(request, context)
 
-        return dry_run_only
-
-    def wrap_stream(behavior: Behavior) -> Behavior:
-        async def dry_run_only(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if getattr(request, field, None) is False:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            async for response in behavior(request, context):
-                yield response
-
-        return dry_run_only
-
-    deserializer, serializer = handler.request_deserializer, handler.response_serializer
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(handler.unary_stream), deserializer, serializer
-        )
-    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), deserializer, serializer)
+    return grpc.unary_unary_rpc_method_handler(
+        dry_run_only, handler.request_deserializer, handler.response_serializer
+    )
 
 
 # --- clients --------------------------------------------------------------------

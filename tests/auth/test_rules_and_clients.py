@@ -19,7 +19,7 @@ from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
-from tests.auth.conftest import VECTOR_KEY, VECTOR_READ_KEY, WRONG_KEY
+from tests.auth.conftest import VECTOR_KEY, VECTOR_READ_KEY, WRONG_KEY, bearer
 from tests.conftest import RunningServer
 
 
@@ -62,7 +62,11 @@ def test_a_method_added_later_is_classified_by_its_name() -> None:
             )
         ]
     )
-    reads = {path.rpartition("/")[2] for path, rule in rules.items() if rule is auth.Rule.READ}
+    reads = {
+        path.rpartition("/")[2]
+        for path, rule in rules.items()
+        if rule is auth.Rule.READ and path.startswith("/later.")
+    }
     assert reads == {
         "GetWidget",
         "ListWidgets",
@@ -76,6 +80,8 @@ def test_a_method_added_later_is_classified_by_its_name() -> None:
         assert rules[f"/later.v1.Later/{write}"] is auth.Rule.WRITE
     assert rules["/grpc.health.v1.Health/Check"] is auth.Rule.OPEN
     assert rules["/grpc.health.v1.Health/Watch"] is auth.Rule.OPEN
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert rules[reflection] is auth.Rule.READ
 
 
 def test_a_dry_run_method_whose_request_lost_the_field_fails_loudly() -> None:
@@ -180,3 +186,35 @@ def test_the_blocking_channel_sends_the_key_on_every_kind_of_call(
         assert info.dimension > 0
         stream = stub.EmbedStream(iter([epb.EmbedStreamRequest(texts=["a key"])]), timeout=60)
         assert sum(len(r.embeddings) for r in stream) == 1
+
+
+def test_a_registered_method_no_proto_here_names_takes_the_full_key_only() -> None:
+    """A service added to a server but not to auth.PROTECTED_FILES fails
+    safe: the read-only key cannot call it, whatever its methods' names."""
+
+    async def scenario() -> list[grpc.StatusCode]:
+        async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return request
+
+        handlers = {"GetThing": grpc.unary_unary_rpc_method_handler(echo)}
+        server = grpc.aio.server(
+            interceptors=[auth.ApiKeyInterceptor(SecretStr(VECTOR_KEY), SecretStr(VECTOR_READ_KEY))]
+        )
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("x.v1.X", handlers)])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                get_thing = channel.unary_unary("/x.v1.X/GetThing")
+                for key in (VECTOR_READ_KEY, VECTOR_KEY):
+                    try:
+                        await get_thing(b"", metadata=bearer(key), timeout=30)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as exc:
+                        codes.append(exc.code())
+        finally:
+            await server.stop(None)
+        return codes
+
+    assert asyncio.run(scenario()) == [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK]
