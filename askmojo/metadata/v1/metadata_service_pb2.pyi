@@ -25,6 +25,51 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ChunkUnit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChunkUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkUnit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHUNK_UNIT_UNSPECIFIED: _ChunkUnit.ValueType  # 0
+    """On create: the server default (TOKENS when the service has the model's
+    tokenizer, else CHARACTERS). Never returned.
+    """
+    CHUNK_UNIT_CHARACTERS: _ChunkUnit.ValueType  # 1
+    """Characters, chunks cut at the strongest boundary (paragraph, line,
+    sentence, clause, word). Collections created before units existed.
+    """
+    CHUNK_UNIT_TOKENS: _ChunkUnit.ValueType  # 2
+    """Tokens of the collection's model's own tokenizer (special tokens not
+    counted), so no chunk is longer than the model's window; chunk_size at
+    most the window less the special tokens (254 for all-MiniLM-L6-v2).
+    Structure-aware: a Markdown heading starts a new chunk and a Markdown
+    table is chunked on its own, split between rows when too long.
+    """
+
+class ChunkUnit(_ChunkUnit, metaclass=_ChunkUnitEnumTypeWrapper):
+    """How documents of a collection are cut into chunks. Sizes are in characters;
+    chunks end at paragraph, line, sentence or word boundaries where possible.
+    What chunk_size and chunk_overlap count.
+    """
+
+CHUNK_UNIT_UNSPECIFIED: ChunkUnit.ValueType  # 0
+"""On create: the server default (TOKENS when the service has the model's
+tokenizer, else CHARACTERS). Never returned.
+"""
+CHUNK_UNIT_CHARACTERS: ChunkUnit.ValueType  # 1
+"""Characters, chunks cut at the strongest boundary (paragraph, line,
+sentence, clause, word). Collections created before units existed.
+"""
+CHUNK_UNIT_TOKENS: ChunkUnit.ValueType  # 2
+"""Tokens of the collection's model's own tokenizer (special tokens not
+counted), so no chunk is longer than the model's window; chunk_size at
+most the window less the special tokens (254 for all-MiniLM-L6-v2).
+Structure-aware: a Markdown heading starts a new chunk and a Markdown
+table is chunked on its own, split between rows when too long.
+"""
+Global___ChunkUnit: _TypeAlias = ChunkUnit  # noqa: Y015
+
 class _DocumentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -111,29 +156,29 @@ Global___UpsertState: _TypeAlias = UpsertState  # noqa: Y015
 
 @_typing.final
 class ChunkingConfig(_message.Message):
-    """How documents of a collection are cut into chunks. Sizes are in characters;
-    chunks end at paragraph, line, sentence or word boundaries where possible.
-    """
-
     DESCRIPTOR: _descriptor.Descriptor
 
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     CHUNK_OVERLAP_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
-    """Maximum characters per chunk. 0 means the server default."""
+    """Maximum units (see unit) per chunk. 0 means the server default."""
     chunk_overlap: _builtins.int
-    """Characters repeated from the end of one chunk at the start of the next.
-    0 means the server default; must be smaller than chunk_size.
+    """Units repeated from the end of one chunk at the start of the next.
+    0 means the server default; must be less than half of chunk_size.
     """
+    unit: Global___ChunkUnit.ValueType
+    """Fixed at creation; unspecified on create means the server default."""
     def __init__(
         self,
         *,
         chunk_size: _builtins.int = ...,
         chunk_overlap: _builtins.int = ...,
+        unit: Global___ChunkUnit.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_overlap", b"chunk_overlap", "chunk_size", b"chunk_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_overlap", b"chunk_overlap", "chunk_size", b"chunk_size", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
