@@ -154,6 +154,42 @@ indexing failed (status says which).
 """
 Global___UpsertState: _TypeAlias = UpsertState  # noqa: Y015
 
+class _SearchMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_MODE_UNSPECIFIED: _SearchMode.ValueType  # 0
+    """The default: SEARCH_MODE_HYBRID."""
+    SEARCH_MODE_DENSE: _SearchMode.ValueType  # 1
+    """Dense vectors alone (needs the vector service)."""
+    SEARCH_MODE_KEYWORD: _SearchMode.ValueType  # 2
+    """The keyword index alone (bm25 on SQLite, ts_rank_cd on PostgreSQL);
+    never needs the vector service.
+    """
+    SEARCH_MODE_HYBRID: _SearchMode.ValueType  # 3
+    """Both, fused by reciprocal rank. With the vector service away, answered
+    from the keyword index alone and marked `degraded`.
+    """
+
+class SearchMode(_SearchMode, metaclass=_SearchModeEnumTypeWrapper):
+    """Which retrievers a Search uses."""
+
+SEARCH_MODE_UNSPECIFIED: SearchMode.ValueType  # 0
+"""The default: SEARCH_MODE_HYBRID."""
+SEARCH_MODE_DENSE: SearchMode.ValueType  # 1
+"""Dense vectors alone (needs the vector service)."""
+SEARCH_MODE_KEYWORD: SearchMode.ValueType  # 2
+"""The keyword index alone (bm25 on SQLite, ts_rank_cd on PostgreSQL);
+never needs the vector service.
+"""
+SEARCH_MODE_HYBRID: SearchMode.ValueType  # 3
+"""Both, fused by reciprocal rank. With the vector service away, answered
+from the keyword index alone and marked `degraded`.
+"""
+Global___SearchMode: _TypeAlias = SearchMode  # noqa: Y015
+
 @_typing.final
 class ChunkingConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -774,10 +810,21 @@ class SearchRequest(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    DENSE_WEIGHT_FIELD_NUMBER: _builtins.int
+    KEYWORD_WEIGHT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     query: _builtins.str
     top_k: _builtins.int
     """1 to the server's limit; 0 means 10."""
+    mode: Global___SearchMode.ValueType
+    """Unset: SEARCH_MODE_HYBRID."""
+    dense_weight: _builtins.float
+    """HYBRID: each retriever's weight in the reciprocal rank fusion (a hit's
+    score is the sum over retrievers of weight / (60 + rank)). Unset: 1.
+    Must be >= 0 and not both 0.
+    """
+    keyword_weight: _builtins.float
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
     def __init__(
@@ -787,12 +834,22 @@ class SearchRequest(_message.Message):
         query: _builtins.str = ...,
         top_k: _builtins.int = ...,
         filter: _common_pb2.Filter | None = ...,
+        mode: Global___SearchMode.ValueType = ...,
+        dense_weight: _builtins.float | None = ...,
+        keyword_weight: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "_keyword_weight", b"_keyword_weight", "dense_weight", b"dense_weight", "filter", b"filter", "keyword_weight", b"keyword_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter", b"filter", "query", b"query", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight", "_keyword_weight", b"_keyword_weight", "collection", b"collection", "dense_weight", b"dense_weight", "filter", b"filter", "keyword_weight", b"keyword_weight", "mode", b"mode", "query", b"query", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__dense_weight: _TypeAlias = _typing.Literal["dense_weight"]  # noqa: Y015
+    _WhichOneofArgType__dense_weight: _TypeAlias = _typing.Literal["_dense_weight", b"_dense_weight"]  # noqa: Y015
+    _WhichOneofReturnType__keyword_weight: _TypeAlias = _typing.Literal["keyword_weight"]  # noqa: Y015
+    _WhichOneofArgType__keyword_weight: _TypeAlias = _typing.Literal["_keyword_weight", b"_keyword_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dense_weight) -> _WhichOneofReturnType__dense_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keyword_weight) -> _WhichOneofReturnType__keyword_weight | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
@@ -826,12 +883,29 @@ class SearchHit(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    DENSE_RANK_FIELD_NUMBER: _builtins.int
+    DENSE_SCORE_FIELD_NUMBER: _builtins.int
+    KEYWORD_RANK_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     chunk_id: _builtins.str
     score: _builtins.float
-    """Similarity: higher is better."""
+    """Higher is better. HYBRID: the fused reciprocal-rank score; DENSE: the
+    vector similarity (dense_score); KEYWORD: the keyword score
+    (keyword_score).
+    """
     text: _builtins.str
     """The chunk's text."""
+    dense_rank: _builtins.int
+    """This chunk's rank (1 = best) and score among the dense retriever's
+    results; 0 when that retriever did not return it (or did not run).
+    """
+    dense_score: _builtins.float
+    keyword_rank: _builtins.int
+    """The same for the keyword retriever (score: -bm25 on SQLite, ts_rank_cd on
+    PostgreSQL; higher is better, comparable only within one response).
+    """
+    keyword_score: _builtins.float
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]:
         """The document's metadata."""
@@ -844,10 +918,14 @@ class SearchHit(_message.Message):
         score: _builtins.float = ...,
         text: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
+        dense_rank: _builtins.int = ...,
+        dense_score: _builtins.float = ...,
+        keyword_rank: _builtins.int = ...,
+        keyword_score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "document_id", b"document_id", "metadata", b"metadata", "score", b"score", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "dense_rank", b"dense_rank", "dense_score", b"dense_score", "document_id", b"document_id", "keyword_rank", b"keyword_rank", "keyword_score", b"keyword_score", "metadata", b"metadata", "score", b"score", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -858,6 +936,14 @@ class SearchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HITS_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    DEGRADED_REASON_FIELD_NUMBER: _builtins.int
+    degraded: _builtins.bool
+    """HYBRID answered without the dense retriever (the vector service is
+    unavailable or not configured): keyword results only.
+    """
+    degraded_reason: _builtins.str
+    """Why, when degraded."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """Ordered by score, best first."""
@@ -866,10 +952,12 @@ class SearchResponse(_message.Message):
         self,
         *,
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        degraded: _builtins.bool = ...,
+        degraded_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_reason", b"degraded_reason", "hits", b"hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1085,11 +1173,14 @@ class GetStatsResponse(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     WORKER_PID_FIELD_NUMBER: _builtins.int
     TRUNCATED_CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    KEYWORD_INDEX_BYTES_FIELD_NUMBER: _builtins.int
     chunk_count: _builtins.int
     worker_pid: _builtins.int
     """Process id of the worker that answered (stats are per process)."""
     truncated_chunk_count: _builtins.int
     """Chunks longer than the model's window: only their start was embedded."""
+    keyword_index_bytes: _builtins.int
+    """Bytes of the keyword index (all collections; on PostgreSQL its GIN index)."""
     @_builtins.property
     def pool(self) -> Global___PoolStats: ...
     @_builtins.property
@@ -1105,10 +1196,11 @@ class GetStatsResponse(_message.Message):
         chunk_count: _builtins.int = ...,
         worker_pid: _builtins.int = ...,
         truncated_chunk_count: _builtins.int = ...,
+        keyword_index_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["database", b"database", "pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "database", b"database", "documents_by_state", b"documents_by_state", "pool", b"pool", "truncated_chunk_count", b"truncated_chunk_count", "worker_pid", b"worker_pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "database", b"database", "documents_by_state", b"documents_by_state", "keyword_index_bytes", b"keyword_index_bytes", "pool", b"pool", "truncated_chunk_count", b"truncated_chunk_count", "worker_pid", b"worker_pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
