@@ -233,7 +233,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rule = self._rules.get(method, Rule.WRITE)
         if rule is Rule.OPEN:
             return await continuation(handler_call_details)
-        access = self.access(handler_call_details.invocation_metadata)
+        access = self.access(handler_call_details.invocation_metadata or ())
         if access is Access.FULL or (access is Access.READ_ONLY and rule is Rule.READ):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
