@@ -1,0 +1,147 @@
+"""The keyword index over chunk text: SQLite FTS5 (bm25) or PostgreSQL full
+text search (ts_rank_cd), behind one small interface.
+
+The database keeps the index itself (migration 0005: triggers on `chunks` on
+SQLite, a generated `tsvector` column on PostgreSQL), so every transaction
+that writes or deletes chunks changes it too, and a search reads live chunks
+only: a deleted or rewritten document is never found.
+
+User text never reaches FTS5 or tsquery syntax: `query_terms` splits it into
+Unicode words and each becomes a quoted string (FTS5) or a quoted lexeme
+(tsquery), joined by OR, so quotes, operators, NEAR, `*` or parentheses are
+just characters that separate words. Documents having more of the terms rank
+higher (bm25 sums over terms). Functions take the caller's session and never
+commit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, column, func, literal_column, select, table, text
+from sqlalchemy.orm import Session
+
+from askmojo.common.filters import FilterNode
+from metadata_service.db.filters_sql import filter_clause
+from metadata_service.db.models import ChunkRow, DocumentRow
+
+# Distinct words of a query that are searched for; the rest are ignored (a
+# query is at most MAX_QUERY_BYTES, but a bounded OR keeps every search cheap).
+MAX_TERMS = 64
+# Longer "words" are no words (a base64 blob, a hash run together): cut, so a
+# term never makes a huge token either.
+MAX_TERM_CHARS = 64
+
+_FTS = table("chunks_fts", column("rowid"))
+
+_WORD = re.compile(r"\w+")
+# Matches the tokenizers: FTS5's unicode61 and PostgreSQL's parser split on
+# underscores too; splitting here keeps each term one token.
+_SPLIT = re.compile(r"_+")
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    chunk_pk: int
+    # The chunk's place: its document's external id and its ordinal.
+    document_id: str
+    ordinal: int
+    # 1 for the best match.
+    rank: int
+    # Higher is better: -bm25 on SQLite, ts_rank_cd on PostgreSQL (not
+    # comparable across backends, only within one result list).
+    score: float
+
+
+def query_terms(query: str) -> list[str]:
+    """The distinct lower-cased words of `query`, in order, at most
+    MAX_TERMS of them."""
+    terms: list[str] = []
+    seen: set[str] = set()
+    for word in _WORD.findall(query.lower()):
+        for part in _SPLIT.split(word):
+            term = part[:MAX_TERM_CHARS]
+            if term and term not in seen:
+                seen.add(term)
+                terms.append(term)
+                if len(terms) == MAX_TERMS:
+                    return terms
+    return terms
+
+
+def fts5_query(terms: list[str]) -> str:
+    """An FTS5 MATCH expression finding any of the terms, each an FTS5 string
+    (inner double quotes doubled), so no term is ever read as syntax."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def tsquery_text(terms: list[str]) -> str:
+    """A to_tsquery expression finding any of the terms, each a quoted
+    lexeme (inner quotes and backslashes escaped); to_tsquery stems them
+    and drops stop words as it does the documents' words."""
+    escaped = (term.replace("\\", "\\\\").replace("'", "''") for term in terms)
+    return " | ".join(f"'{term}'" for term in escaped)
+
+
+def search(
+    session: Session,
+    collection_id: int,
+    query: str,
+    where: FilterNode | None,
+    limit: int,
+) -> list[KeywordHit]:
+    """The `limit` chunks of a collection best matching the words of
+    `query`, whose documents match `where`, best first."""
+    terms = query_terms(query)
+    if not terms or limit <= 0:
+        return []
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    score, match = _sqlite_match(terms) if sqlite else _postgresql_match(terms)
+    stmt = select(ChunkRow.id, DocumentRow.external_id, ChunkRow.ordinal, score)
+    if sqlite:
+        # The FTS table drives the scan: bm25() needs it as the MATCH's table.
+        stmt = stmt.select_from(_FTS).join(ChunkRow, ChunkRow.id == _FTS.c.rowid)
+    stmt = (
+        stmt.join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+        .where(match, DocumentRow.collection_id == collection_id)
+        .order_by(score.desc(), ChunkRow.id)
+        .limit(limit)
+    )
+    if where is not None:
+        stmt = stmt.where(filter_clause(where))
+    return [
+        KeywordHit(int(pk), str(doc), int(ordinal), rank, float(value))
+        for rank, (pk, doc, ordinal, value) in enumerate(session.execute(stmt), start=1)
+    ]
+
+
+def _sqlite_match(terms: list[str]) -> tuple[ColumnElement[float], ColumnElement[bool]]:
+    fts: ColumnElement[Any] = literal_column("chunks_fts")
+    # bm25() is lower for better matches: negated, higher is better.
+    score: ColumnElement[float] = (-func.bm25(fts)).label("keyword_score")
+    match: ColumnElement[bool] = fts.op("MATCH")(bindparam("fts_query", fts5_query(terms)))
+    return score, match
+
+
+def _postgresql_match(terms: list[str]) -> tuple[ColumnElement[float], ColumnElement[bool]]:
+    vector: ColumnElement[Any] = literal_column("chunks.text_search")
+    tsquery = func.to_tsquery(
+        literal_column("'english'::regconfig"), bindparam("ts_query", tsquery_text(terms))
+    )
+    score: ColumnElement[float] = func.ts_rank_cd(vector, tsquery).label("keyword_score")
+    match: ColumnElement[bool] = vector.op("@@")(tsquery)
+    return score, match
+
+
+def index_size(session: Session) -> int:
+    """Bytes the keyword index takes on disk (all collections)."""
+    if session.get_bind().dialect.name == "sqlite":
+        stmt = text(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN "
+            "('chunks_fts_data', 'chunks_fts_idx', 'chunks_fts_docsize', 'chunks_fts_config')"
+        )
+    else:
+        stmt = text("SELECT coalesce(pg_relation_size('ix_chunks_text_search'), 0)")
+    return int(session.execute(stmt).scalar_one())
