@@ -32,6 +32,7 @@ from metadata_service.db.models import CollectionRow, DocumentRow, utcnow
 from metadata_service.db.stats_queries import CollectionCounts
 from metadata_service.domain import (
     ChunkingSpec,
+    ChunkUnit,
     CollectionInfo,
     CollectionSpec,
     DeleteCollectionOutcome,
@@ -80,7 +81,6 @@ class Catalog:
         validation.collection_name(spec.name, "name")
         validation.plain_text(spec.description, "description", max_bytes=4096)
         validation.plain_text(spec.model, "model", max_bytes=255, single_line=True)
-        chunking = validation.chunking(spec, self._settings)
         model = spec.model or self._settings.default_embedding_model
         dimension = spec.dimension or (
             self._settings.default_embedding_dimension
@@ -99,6 +99,7 @@ class Catalog:
             raise FailedPrecondition(
                 f"model {quoted(model)} produces {expected}-dimensional vectors, not {dimension}"
             )
+        chunking = validation.chunking(spec, model, self._settings)
 
         def work(session: Session) -> CollectionInfo:
             if collection_queries.get_collection(session, spec.name) is not None:
@@ -112,6 +113,7 @@ class Catalog:
                     embedding_dimension=dimension,
                     chunk_size=chunking.chunk_size,
                     chunk_overlap=chunking.chunk_overlap,
+                    chunk_unit=chunking.unit,
                     vector_collection=_vector_collection_name(spec.name),
                     created_at=utcnow(),
                 ),
@@ -216,7 +218,12 @@ class Catalog:
                         "send each id once per batch",
                     )
                 prepared.append(
-                    (index, validation.prepare_document(doc, ref.chunking, self._settings, field))
+                    (
+                        index,
+                        validation.prepare_document(
+                            doc, ref.chunking, self._settings, field, ref.model
+                        ),
+                    )
                 )
                 first_index[doc.id] = index
             except InvalidArgument as exc:
@@ -581,7 +588,7 @@ def _collection_info(row: CollectionRow, counts: CollectionCounts) -> Collection
         description=row.description,
         model=row.embedding_model,
         dimension=row.embedding_dimension,
-        chunking=ChunkingSpec(row.chunk_size, row.chunk_overlap),
+        chunking=ChunkingSpec(row.chunk_size, row.chunk_overlap, ChunkUnit(row.chunk_unit)),
         document_count=counts.documents,
         chunk_count=counts.chunks,
         created_at=row.created_at,

@@ -13,8 +13,11 @@ settings always give the same chunks, which keeps vector ids stable.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 # Strongest first. A match's end is where the next chunk may begin.
 _END_BOUNDARIES = (
@@ -94,3 +97,160 @@ def _strip_end(text: str, start: int, end: int) -> int:
     while end > start and text[end - 1].isspace():
         end -= 1
     return end
+
+
+# --- token-true, structure-aware chunking ---------------------------------------
+
+
+class TokenOffsets(Protocol):
+    """A model's tokenizer as the chunker needs it (metadata_service/tokenizer.py)."""
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """The character span of every token of `text`, special tokens excluded."""
+        ...
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` alone, special tokens excluded."""
+        ...
+
+
+# A Markdown heading (ATX: `#` to `######` then a space), a table row, a fence.
+_HEADING = re.compile(r"#{1,6}(?:[ \t]|$)")
+_TABLE_ROW = re.compile(r"[ \t]{0,3}\|")
+_TABLE_SEPARATOR = re.compile(r"[ \t]{0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+_FENCE = re.compile(r"[ \t]{0,3}(```|~~~)")
+
+
+def sections(text: str) -> list[tuple[int, int, bool]]:
+    """The spans no chunk crosses: a Markdown heading line starts a new one
+    (with its heading at its head, the section's own title), and a Markdown
+    table (a header row, a `|---|` separator, rows) is one on its own, so a
+    chunk is never half table and half prose. Inside a fenced code block
+    nothing counts (a shell `# comment` is no heading). Text without Markdown
+    structure is one span. Each span: (start, end, whether it is a table)."""
+    cuts = {0}
+    tables: set[int] = set()
+    fence: str | None = None
+    table = False
+    pos = 0
+    lines = text.splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        fenced = _FENCE.match(line)
+        if fence is not None:
+            if fenced is not None and fenced.group(1) == fence:
+                fence = None
+        elif fenced is not None:
+            fence = fenced.group(1)
+            table = False
+        elif table:
+            if not _TABLE_ROW.match(line):
+                table = False
+                cuts.add(pos)
+        elif _HEADING.match(line):
+            cuts.add(pos)
+        elif (
+            _TABLE_ROW.match(line)
+            and index + 1 < len(lines)
+            and _TABLE_SEPARATOR.match(lines[index + 1].rstrip("\n"))
+        ):
+            table = True
+            cuts.add(pos)
+            tables.add(pos)
+        pos += len(line)
+    bounds = [*sorted(cuts), len(text)]
+    return [(a, b, a in tables) for a, b in itertools.pairwise(bounds) if text[a:b].strip()]
+
+
+def chunk_tokens(text: str, size: int, overlap: int, tokenizer: TokenOffsets) -> list[Chunk]:
+    """Cuts `text` into chunks of at most `size` tokens of the model's own
+    tokenizer (special tokens not counted: the caller keeps `size` within the
+    window less them), with `overlap` tokens repeated, inside the spans of
+    `sections`. Boundaries are chosen as `chunk_text` chooses them (blank
+    line, line break, sentence, clause, word), so a table too long for one
+    chunk splits between rows. Each chunk is an exact slice of `text`, and its
+    token count is checked by tokenizing the slice itself: a word cut in two
+    can take more tokens than its pieces did in place, and no chunk may pass
+    the model's window. Pure and deterministic."""
+    if size <= 0 or not 0 <= overlap < size:
+        raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
+    spans = tokenizer.offsets(text)
+    starts = [s for s, _ in spans]
+    chunks: list[Chunk] = []
+    for first, last, table in sections(text):
+        lo = bisect.bisect_left(starts, first)
+        hi = bisect.bisect_left(starts, last)
+        # Table rows are cut whole: no overlap, which would start mid-row.
+        _chunk_section(
+            text,
+            spans[lo:hi],
+            chunks,
+            size=size,
+            overlap=0 if table else overlap,
+            tokenizer=tokenizer,
+        )
+    return chunks
+
+
+def _chunk_section(
+    text: str,
+    spans: list[tuple[int, int]],
+    chunks: list[Chunk],
+    *,
+    size: int,
+    overlap: int,
+    tokenizer: TokenOffsets,
+) -> None:
+    starts = [s for s, _ in spans]
+    i = 0
+    while i < len(spans):
+        start = spans[i][0]
+        if i + size >= len(spans):
+            end = spans[-1][1]
+            last = True
+        else:
+            # Any end up to where the first token past the window starts
+            # holds at most `size` tokens (in place).
+            limit = spans[i + size][0]
+            floor = spans[i + size // 2][0]
+            end = _end_between(text, floor, limit)
+            last = False
+        stop = _strip_end(text, start, end)
+        # In place is not alone: re-tokenize the slice and give back whole
+        # tokens until it fits (rare: a cut inside a word).
+        while tokenizer.count(text[start:stop]) > size:
+            k = bisect.bisect_left(starts, stop) - 1
+            shorter = _strip_end(text, start, spans[k][0]) if k > i else spans[i][1]
+            if shorter >= stop:
+                break
+            stop = shorter
+            last = False
+        chunks.append(Chunk(len(chunks), text[start:stop], start, stop))
+        if last:
+            return
+        # The first token not in this chunk, then back `overlap` tokens to a
+        # sentence (else word) start.
+        k = bisect.bisect_left(starts, stop)
+        if k >= len(spans):
+            return
+        floor_token = max(k - overlap, i + 1)
+        nxt = starts[k]
+        if overlap:
+            floor = starts[floor_token]
+            for pattern in _START_BOUNDARIES:
+                match = pattern.search(text, floor - 1, nxt)
+                if match is not None and floor <= match.end() < nxt:
+                    nxt = match.end()
+                    break
+        i = max(bisect.bisect_left(starts, _skip_space(text, nxt)), i + 1)
+
+
+def _end_between(text: str, floor: int, limit: int) -> int:
+    """The strongest boundary ending in (floor, limit], else `limit`."""
+    for pattern in _END_BOUNDARIES:
+        best = -1
+        for match in pattern.finditer(text, floor, limit + 1):
+            if match.end() <= limit:
+                best = match.end()
+        if best > floor:
+            return best
+    return limit

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from askmojo.common.limits import SentLimits
 from askmojo.common.settings import ServiceSettings, usable_cpus
+from metadata_service.domain import ChunkUnit
 
 _CPUS = usable_cpus()
 # Keys the indexer adds to every vector's metadata beside a document's own
@@ -100,6 +101,12 @@ class MetadataSettings(ServiceSettings):
     # inside MiniLM's 256-token window with context enough for an answer.
     default_chunk_size: int = Field(default=400, ge=50)
     default_chunk_overlap: int = Field(default=50, ge=0)
+    # The unit of new collections whose model's tokenizer this service has
+    # (others count characters), and the sizes in tokens. Chosen from the
+    # known-item evaluation (issue #14, evals/results.md).
+    default_chunk_unit: ChunkUnit = ChunkUnit.TOKENS
+    default_chunk_size_tokens: int = Field(default=128, ge=16)
+    default_chunk_overlap_tokens: int = Field(default=16, ge=0)
 
     # --- limits: each violation is a clear INVALID_ARGUMENT ---
     # The column is VARCHAR(512).
@@ -124,6 +131,10 @@ class MetadataSettings(ServiceSettings):
     def _check(self) -> MetadataSettings:
         if self.default_chunk_overlap * 2 >= self.default_chunk_size:
             raise ValueError("DEFAULT_CHUNK_OVERLAP must be less than half of DEFAULT_CHUNK_SIZE")
+        if self.default_chunk_overlap_tokens * 2 >= self.default_chunk_size_tokens:
+            raise ValueError(
+                "DEFAULT_CHUNK_OVERLAP_TOKENS must be less than half of DEFAULT_CHUNK_SIZE_TOKENS"
+            )
         if self.default_page_size > self.max_page_size:
             raise ValueError("DEFAULT_PAGE_SIZE must not exceed MAX_PAGE_SIZE")
         # A ListDocuments page holds at least one document, so the largest

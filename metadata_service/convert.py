@@ -24,6 +24,7 @@ from askmojo.common.rpc import status_of
 from askmojo.common.v1 import common_pb2
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from metadata_service.domain import (
+    ChunkUnit,
     CollectionInfo,
     CollectionSpec,
     DeleteCollectionOutcome,
@@ -82,7 +83,27 @@ def from_proto_create_collection(request: pb.CreateCollectionRequest) -> Collect
         dimension=request.dimension,
         chunk_size=request.chunking.chunk_size,
         chunk_overlap=request.chunking.chunk_overlap,
+        chunk_unit=from_proto_chunk_unit(request.chunking.unit),
     )
+
+
+_CHUNK_UNITS = {
+    pb.CHUNK_UNIT_CHARACTERS: ChunkUnit.CHARACTERS,
+    pb.CHUNK_UNIT_TOKENS: ChunkUnit.TOKENS,
+}
+
+
+def from_proto_chunk_unit(unit: int) -> ChunkUnit | None:
+    """None for UNSPECIFIED: the server's default."""
+    if unit == pb.CHUNK_UNIT_UNSPECIFIED:
+        return None
+    if unit not in _CHUNK_UNITS:
+        raise InvalidArgument("chunking.unit", f"unknown chunk unit {unit}")
+    return _CHUNK_UNITS[pb.ChunkUnit.ValueType(unit)]
+
+
+def to_proto_chunk_unit(unit: ChunkUnit) -> pb.ChunkUnit.ValueType:
+    return next(k for k, v in _CHUNK_UNITS.items() if v == unit)
 
 
 def to_proto_collection(info: CollectionInfo) -> pb.Collection:
@@ -94,7 +115,9 @@ def to_proto_collection(info: CollectionInfo) -> pb.Collection:
         document_count=info.document_count,
         chunk_count=info.chunk_count,
         chunking=pb.ChunkingConfig(
-            chunk_size=info.chunking.chunk_size, chunk_overlap=info.chunking.chunk_overlap
+            chunk_size=info.chunking.chunk_size,
+            chunk_overlap=info.chunking.chunk_overlap,
+            unit=to_proto_chunk_unit(info.chunking.unit),
         ),
         create_time=to_proto_timestamp(info.created_at),
         vector_collection=info.vector_collection,

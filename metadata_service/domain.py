@@ -48,10 +48,18 @@ class StorageStatus:
     writes: int = 0
 
 
+class ChunkUnit(enum.StrEnum):
+    """What a collection's chunk_size and chunk_overlap count (stored as is)."""
+
+    CHARACTERS = "CHARACTERS"
+    TOKENS = "TOKENS"
+
+
 @dataclass(frozen=True)
 class ChunkingSpec:
     chunk_size: int
     chunk_overlap: int
+    unit: ChunkUnit = ChunkUnit.CHARACTERS
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class CollectionSpec:
     dimension: int = 0
     chunk_size: int = 0
     chunk_overlap: int = 0
+    # None: the server's default unit.
+    chunk_unit: ChunkUnit | None = None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from askmojo.common.echo import quoted
 from askmojo.common.filters import InvalidFilterError, MetadataScalar, check_metadata
 from askmojo.common.names import COLLECTION_NAME_RULE, is_valid_collection_name
-from metadata_service.chunking import Chunk, chunk_text
+from metadata_service.chunking import Chunk, chunk_text, chunk_tokens
 from metadata_service.config import MetadataSettings
-from metadata_service.domain import ChunkingSpec, CollectionSpec, DocumentInput
-from metadata_service.errors import InvalidArgument
+from metadata_service.domain import ChunkingSpec, ChunkUnit, CollectionSpec, DocumentInput
+from metadata_service.errors import FailedPrecondition, InvalidArgument
+from metadata_service.tokenizer import PACKAGED_MODEL, tokenizer_for
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_KEY_PREFIX = "_"
@@ -45,13 +46,46 @@ def plain_text(value: str, field: str, *, max_bytes: int, single_line: bool = Fa
     return value
 
 
-def chunking(spec: CollectionSpec, settings: MetadataSettings) -> ChunkingSpec:
-    size = spec.chunk_size or settings.default_chunk_size
-    if spec.chunk_size < 0 or not 50 <= size <= settings.max_chunk_size:
-        raise InvalidArgument(
-            "chunking.chunk_size", f"must be between 50 and {settings.max_chunk_size} characters"
+def chunking(spec: CollectionSpec, model: str, settings: MetadataSettings) -> ChunkingSpec:
+    """The chunking of a new collection of embedding model `model`: TOKENS
+    counts that model's tokens, so it needs the tokenizer here
+    (metadata_service/tokenizer.py) and a size within the model's window."""
+    tokenizer = tokenizer_for(model)
+    unit = spec.chunk_unit
+    if unit is None:
+        # A size without a unit is in characters, as every client meant it
+        # before units existed; nothing given takes the default unit.
+        sized = spec.chunk_size or spec.chunk_overlap
+        unit = (
+            settings.default_chunk_unit
+            if tokenizer is not None and not sized
+            else ChunkUnit.CHARACTERS
         )
-    overlap = spec.chunk_overlap or min(settings.default_chunk_overlap, size // 4)
+    if unit == ChunkUnit.TOKENS:
+        if tokenizer is None:
+            raise InvalidArgument(
+                "chunking.unit",
+                f"TOKENS needs the tokenizer of model {quoted(model)}, which this service "
+                f"does not have (it has {quoted(PACKAGED_MODEL)}'s); use CHARACTERS",
+            )
+        default_size, default_overlap = (
+            settings.default_chunk_size_tokens,
+            settings.default_chunk_overlap_tokens,
+        )
+        smallest, largest = 16, tokenizer.max_chunk_tokens
+        words = (
+            f"tokens (the window of {quoted(model)} is {tokenizer.window} tokens, "
+            f"{tokenizer.special_tokens} of them special)"
+        )
+    else:
+        default_size, default_overlap = settings.default_chunk_size, settings.default_chunk_overlap
+        smallest, largest, words = 50, settings.max_chunk_size, "characters"
+    size = spec.chunk_size or min(default_size, largest)
+    if spec.chunk_size < 0 or not smallest <= size <= largest:
+        raise InvalidArgument(
+            "chunking.chunk_size", f"must be between {smallest} and {largest} {words}"
+        )
+    overlap = spec.chunk_overlap or min(default_overlap, size // 4)
     # Under half the size, every chunk reaches past the end of the one before;
     # more overlap would make chunks that repeat their neighbour and add nothing.
     if spec.chunk_overlap < 0 or overlap * 2 >= size:
@@ -59,7 +93,7 @@ def chunking(spec: CollectionSpec, settings: MetadataSettings) -> ChunkingSpec:
             "chunking.chunk_overlap",
             f"must be at least 0 and less than half of chunk_size ({size})",
         )
-    return ChunkingSpec(size, overlap)
+    return ChunkingSpec(size, overlap, unit)
 
 
 def document_id(doc_id: str, settings: MetadataSettings, field: str = "id") -> str:
@@ -97,8 +131,14 @@ class PreparedDocument:
 
 
 def prepare_document(
-    doc: DocumentInput, chunking_spec: ChunkingSpec, settings: MetadataSettings, field: str
+    doc: DocumentInput,
+    chunking_spec: ChunkingSpec,
+    settings: MetadataSettings,
+    field: str,
+    model: str = "",
 ) -> PreparedDocument:
+    """`model`: the collection's embedding model, whose tokenizer a TOKENS
+    collection chunks with."""
     document_id(doc.id, settings, f"{field}.id")
     text_bytes = len(doc.text.encode())
     if text_bytes > settings.max_text_bytes:
@@ -117,8 +157,22 @@ def prepare_document(
         metadata=metadata,
         content_hash=hashlib.sha256(doc.text.encode()).hexdigest(),
         metadata_hash=metadata_hash(metadata),
-        chunks=chunk_text(doc.text, chunking_spec.chunk_size, chunking_spec.chunk_overlap),
+        chunks=chunk(doc.text, chunking_spec, model),
     )
+
+
+def chunk(text: str, spec: ChunkingSpec, model: str) -> list[Chunk]:
+    if spec.unit == ChunkUnit.CHARACTERS:
+        return chunk_text(text, spec.chunk_size, spec.chunk_overlap)
+    tokenizer = tokenizer_for(model)
+    if tokenizer is None:
+        # Created with the tokenizer at hand, which this process lacks (a
+        # broken install): refuse rather than chunk differently.
+        raise FailedPrecondition(
+            f"the collection chunks in tokens of model {quoted(model)}, "
+            "whose tokenizer this service cannot load"
+        )
+    return chunk_tokens(text, spec.chunk_size, spec.chunk_overlap, tokenizer)
 
 
 def metadata_hash(metadata: Mapping[str, MetadataScalar]) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from metadata_service.db.models import (
     CollectionRow,
 )
-from metadata_service.domain import ChunkingSpec
+from metadata_service.domain import ChunkingSpec, ChunkUnit
 
 _COLLECTIONS = cast(Table, CollectionRow.__table__)
 
@@ -40,19 +40,28 @@ class CollectionHandle:
     vector_collection: str
     chunk_size: int
     chunk_overlap: int
+    chunk_unit: str = ChunkUnit.CHARACTERS
+    # The collection's embedding model: a TOKENS collection chunks with its tokenizer.
+    model: str = ""
 
     @property
     def chunking(self) -> ChunkingSpec:
-        return ChunkingSpec(self.chunk_size, self.chunk_overlap)
+        return ChunkingSpec(self.chunk_size, self.chunk_overlap, ChunkUnit(self.chunk_unit))
 
 
 def collection_handle(session: Session, name: str) -> CollectionHandle | None:
     """Every upsert looks its collection up twice: as a Core row this costs a
     fifth of loading the ORM entity."""
     c = _COLLECTIONS.c
-    stmt = select(c.id, c.name, c.vector_collection, c.chunk_size, c.chunk_overlap).where(
-        c.name == name
-    )
+    stmt = select(
+        c.id,
+        c.name,
+        c.vector_collection,
+        c.chunk_size,
+        c.chunk_overlap,
+        c.chunk_unit,
+        c.embedding_model,
+    ).where(c.name == name)
     row = session.execute(stmt).one_or_none()
     return None if row is None else CollectionHandle(*row)
 

@@ -78,6 +78,9 @@ class CollectionRow(Base):
     embedding_dimension: Mapped[int] = mapped_column(Integer)
     chunk_size: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
+    # What chunk_size/chunk_overlap count: a ChunkUnit value (migration 0006:
+    # collections made before it count characters).
+    chunk_unit: Mapped[str] = mapped_column(String(16), server_default="CHARACTERS")
     # The vector service's collection: the name plus a random suffix, so a
     # collection deleted and created again never shares vectors (or a pending
     # drop) with its predecessor.

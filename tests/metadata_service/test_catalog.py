@@ -64,7 +64,7 @@ def test_collection_lifecycle(database: Database, backend_settings: MetadataSett
     catalog = Catalog(database, backend_settings)
     created = catalog.create_collection(CollectionSpec(name="papers", description="PDFs"))
     assert (created.model, created.dimension) == ("all-MiniLM-L6-v2", 384)
-    assert created.chunking.chunk_size == backend_settings.default_chunk_size
+    assert created.chunking.chunk_size == backend_settings.default_chunk_size_tokens
     with pytest.raises(AlreadyExists, match="papers"):
         catalog.create_collection(CollectionSpec(name="papers"))
     catalog.upsert_documents("papers", [doc("a", "x " * 500), doc("b")])
