@@ -13,6 +13,7 @@ value, one cheap query, however many workers and scrapers there are.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,16 @@ BACKLOG_MAX_AGE_S = 5.0
 # The partial index ix_chunks_outbox holds only unfinished chunks; SQLite
 # uses a partial index only for this exact literal predicate (no parameter).
 _IN_OUTBOX = text("chunks.state != 'INDEXED'")
+# Held while a scrape queries the database, and across every fork of this
+# process. The supervisor serves scrapes on the endpoint's thread while it
+# forks workers (at start and to replace one that died): a fork in the
+# middle of a query would hand the worker the database driver's internal
+# locks held by a thread that does not exist in it (SQLite's allocator
+# mutex among them), and its first connection would hang for ever.
+_ASKING = threading.Lock()
+os.register_at_fork(
+    before=_ASKING.acquire, after_in_parent=_ASKING.release, after_in_child=_ASKING.release
+)
 
 POOL_CONNECTIONS = metrics.gauge(
     "askmojo_db_pool_connections",
@@ -178,7 +189,7 @@ class OutboxBacklog:
         return self._engine
 
     def _ask(self) -> list[Metric]:
-        with self._connect().connect() as conn:
+        with _ASKING, self._connect().connect() as conn:
             by_state = dict(
                 conn.execute(
                     select(ChunkRow.state, func.count()).where(_IN_OUTBOX).group_by(ChunkRow.state)
