@@ -116,6 +116,7 @@ class Shutdown:
         """`source`'s items until a stop begins; then no further one is read
         and `cut()` is called."""
         draining = asyncio.ensure_future(self.draining.wait())
+        item: asyncio.Future[T] | None = None
         try:
             while not self.draining.is_set():
                 item = asyncio.ensure_future(anext(source))
@@ -133,6 +134,11 @@ class Shutdown:
             cut()
         finally:
             draining.cancel()
+            # Closed or cancelled while waiting for the next item (the call
+            # ended): the read of it must not outlive us, still running
+            # `source` when its owner closes it.
+            if item is not None and not item.done():
+                item.cancel()
 
 
 def _cancelling() -> bool:
