@@ -58,6 +58,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from askmojo.common.rpc import rewrapped_handler
+
 _LOGGER = logging.getLogger(__name__)
 
 PREFIX = "askmojo_"
@@ -430,9 +432,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if not _is_known_method(method):
                 if self._unknown is None:
                     self._unknown = _MethodMetrics("/unknown/unknown")
-                return _wrap_handler(handler, self._unknown)  # never cached: names are unbounded
+                unknown = self._unknown
+                # Never cached: made-up names are unbounded.
+                return rewrapped_handler(handler, lambda b: _measure(b, unknown))
             metrics = self._methods[method] = _MethodMetrics(method)
-        wrapped = _wrap_handler(handler, metrics)
+        wrapped = rewrapped_handler(handler, lambda b: _measure(b, metrics))
         seen = self._handlers.setdefault(method, [])
         if len(seen) >= _HANDLERS_PER_METHOD:
             seen.pop(0)  # bounded, should an inner interceptor make new ones each call
@@ -448,25 +452,6 @@ def _is_known_method(full_method: str) -> bool:
     except KeyError:
         return False
     return method in found.methods_by_name
-
-
-def _wrap_handler(handler: grpc.RpcMethodHandler, metrics: _MethodMetrics) -> grpc.RpcMethodHandler:
-    deserialize, serialize = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _measure(handler.unary_unary, metrics), deserialize, serialize
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _measure(handler.unary_stream, metrics), deserialize, serialize
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _measure(handler.stream_unary, metrics), deserialize, serialize
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        _measure(handler.stream_stream, metrics), deserialize, serialize
-    )
 
 
 def _measure(behavior: Callable[..., Any], metrics: _MethodMetrics) -> Callable[..., Any]:

@@ -237,7 +237,11 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = _guard_handler(handler, self._deserializer(handler.request_deserializer))
+        guarded = rewrapped_handler(
+            handler,
+            _guard_stream if handler.request_streaming else _guard_unary,
+            self._deserializer(handler.request_deserializer),
+        )
         self._handlers[method] = (handler, guarded)
         return guarded
 
@@ -287,24 +291,31 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], status: status_pb
     await context.abort_with_status(rpc_status.to_status(status))
 
 
-def _guard_handler(
-    handler: grpc.RpcMethodHandler, deserializer: Callable[[bytes], Any]
+def rewrapped_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind (unary or streaming each way) running
+    `wrap(its behaviour)` with its serializers; `request_deserializer`, when
+    given, in place of its own. What every server interceptor wrapping a
+    method (the guard, metrics, tracing) builds."""
+    deserializer = request_deserializer or handler.request_deserializer
     serializer = handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _guard_unary(handler.unary_unary), deserializer, serializer
+            wrap(handler.unary_unary), deserializer, serializer
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _guard_unary(handler.unary_stream), deserializer, serializer
+            wrap(handler.unary_stream), deserializer, serializer
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _guard_stream(handler.stream_unary), deserializer, serializer
+            wrap(handler.stream_unary), deserializer, serializer
         )
     return grpc.stream_stream_rpc_method_handler(
-        _guard_stream(handler.stream_stream), deserializer, serializer
+        wrap(handler.stream_stream), deserializer, serializer
     )
 
 

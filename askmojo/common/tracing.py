@@ -58,6 +58,8 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from askmojo.common.rpc import rewrapped_handler
+
 _LOGGER = logging.getLogger(__name__)
 
 EXPORTERS = ("otlp", "console")
@@ -280,30 +282,10 @@ class _ServerTracing(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        traced = _traced_handler(handler, _rpc(method), self._tracer)
+        rpc = _rpc(method)
+        traced = rewrapped_handler(handler, lambda b: _traced(b, rpc, self._tracer))
         self._handlers[method] = (handler, traced)
         return traced
-
-
-def _traced_handler(
-    handler: grpc.RpcMethodHandler, rpc: _Rpc, tracer: trace.Tracer
-) -> grpc.RpcMethodHandler:
-    deserializer, serializer = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _traced(handler.unary_unary, rpc, tracer), deserializer, serializer
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _traced(handler.unary_stream, rpc, tracer), deserializer, serializer
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _traced(handler.stream_unary, rpc, tracer), deserializer, serializer
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        _traced(handler.stream_stream, rpc, tracer), deserializer, serializer
-    )
 
 
 def _start_server_span(
