@@ -22,6 +22,7 @@ from metadata_service.config import MetadataSettings
 from metadata_service.db import (
     collection_queries,
     document_queries,
+    keyword_index,
     secret_queries,
     stats_queries,
 )
@@ -500,6 +501,7 @@ class Catalog:
                 chunk_count=stats_queries.chunk_total(session, collection_id),
                 worker_pid=os.getpid(),
                 truncated_chunk_count=stats_queries.truncated_chunk_total(session, collection_id),
+                keyword_index_bytes=keyword_index.index_size(session),
             )
 
         return self._db.read(work)

@@ -7,6 +7,7 @@ cannot be expressed in the domain at all (a malformed filter tree).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
 
@@ -36,6 +37,9 @@ from metadata_service.domain import (
     Page,
     ReconcileOutcome,
     SearchHit,
+    SearchMode,
+    SearchOptions,
+    SearchResult,
     Stats,
     UpsertOutcome,
     UpsertState,
@@ -258,10 +262,44 @@ def to_proto_stats(stats: Stats) -> pb.GetStatsResponse:
         chunk_count=stats.chunk_count,
         worker_pid=stats.worker_pid,
         truncated_chunk_count=stats.truncated_chunk_count,
+        keyword_index_bytes=stats.keyword_index_bytes,
     )
 
 
-def to_proto_search(hits: list[SearchHit]) -> pb.SearchResponse:
+_SEARCH_MODES = {
+    pb.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
+    pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+    pb.SEARCH_MODE_DENSE: SearchMode.DENSE,
+    pb.SEARCH_MODE_KEYWORD: SearchMode.KEYWORD,
+}
+
+
+def from_proto_search_options(request: pb.SearchRequest) -> SearchOptions:
+    """The mode (unset: HYBRID) and the fusion weights (unset: 1)."""
+    if request.mode not in _SEARCH_MODES:
+        raise InvalidArgument("mode", f"unknown search mode {request.mode}")
+    weights = []
+    for name in ("dense_weight", "keyword_weight"):
+        weight = getattr(request, name) if request.HasField(name) else 1.0
+        if not math.isfinite(weight) or weight < 0:
+            raise InvalidArgument(name, "must be a finite number >= 0")
+        weights.append(weight)
+    if weights == [0.0, 0.0]:
+        raise InvalidArgument("dense_weight", "dense_weight and keyword_weight cannot both be 0")
+    return SearchOptions(
+        _SEARCH_MODES[pb.SearchMode.ValueType(request.mode)], weights[0], weights[1]
+    )
+
+
+def to_proto_search_mode(mode: SearchMode) -> pb.SearchMode.ValueType:
+    return {
+        SearchMode.HYBRID: pb.SEARCH_MODE_HYBRID,
+        SearchMode.DENSE: pb.SEARCH_MODE_DENSE,
+        SearchMode.KEYWORD: pb.SEARCH_MODE_KEYWORD,
+    }[mode]
+
+
+def to_proto_search(result: SearchResult) -> pb.SearchResponse:
     return pb.SearchResponse(
         hits=[
             pb.SearchHit(
@@ -270,9 +308,41 @@ def to_proto_search(hits: list[SearchHit]) -> pb.SearchResponse:
                 score=h.score,
                 text=h.text,
                 metadata=metadata_to_proto(h.metadata),
+                dense_rank=h.dense_rank,
+                dense_score=h.dense_score,
+                keyword_rank=h.keyword_rank,
+                keyword_score=h.keyword_score,
             )
-            for h in hits
-        ]
+            for h in result.hits
+        ],
+        degraded=result.degraded,
+        degraded_reason=result.degraded_reason,
+    )
+
+
+def from_proto_search(response: pb.SearchResponse) -> SearchResult:
+    """The inverse of to_proto_search (round-trip tests; clients)."""
+    return SearchResult(
+        [
+            SearchHit(
+                h.document_id,
+                h.chunk_id,
+                h.score,
+                h.text,
+                {
+                    key: value
+                    for key, proto in h.metadata.items()
+                    if (value := metadata_value_from_proto(proto)) is not None
+                },
+                h.dense_rank,
+                h.dense_score,
+                h.keyword_rank,
+                h.keyword_score,
+            )
+            for h in response.hits
+        ],
+        response.degraded,
+        response.degraded_reason,
     )
 
 

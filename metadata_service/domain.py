@@ -169,15 +169,47 @@ class Stats:
     chunk_count: int = 0
     worker_pid: int = 0
     truncated_chunk_count: int = 0
+    keyword_index_bytes: int = 0
+
+
+class SearchMode(enum.Enum):
+    """Which retrievers a Search uses."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    mode: SearchMode = SearchMode.HYBRID
+    # HYBRID: each retriever's weight in the reciprocal rank fusion.
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class SearchHit:
     document_id: str
     chunk_id: str
+    # HYBRID: the fused score; DENSE: dense_score; KEYWORD: keyword_score.
     score: float
     text: str
     metadata: Mapping[str, MetadataScalar]
+    # Rank (1 = best) and score in each retriever's results; 0 when it did
+    # not return this chunk (or did not run).
+    dense_rank: int = 0
+    dense_score: float = 0.0
+    keyword_rank: int = 0
+    keyword_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    # HYBRID answered without the dense retriever (the vector service away).
+    degraded: bool = False
+    degraded_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,17 @@ from sqlalchemy.orm import Session
 from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar, Op
 from askmojo.common.text_hash import text_hash
 from metadata_service import lookup
-from metadata_service.db import document_queries, lease_queries, outbox_queries, search_queries
+from metadata_service.db import (
+    document_queries,
+    keyword_index,
+    lease_queries,
+    outbox_queries,
+    search_queries,
+)
 from metadata_service.db.collection_queries import CollectionHandle
 from metadata_service.db.document_queries import DeletedDocument, StoredDocument
 from metadata_service.db.engine import Database
+from metadata_service.db.keyword_index import KeywordHit
 from metadata_service.db.models import VectorDeletionRow, utcnow
 from metadata_service.db.outbox_queries import ClaimedChunk
 from metadata_service.db.search_queries import IndexedChunk
@@ -248,6 +255,16 @@ class LiveText:
 
 
 @dataclass(frozen=True)
+class SearchCandidates:
+    """Search's candidates, read in one snapshot: the live vector matches by
+    place, the keyword hits best first, and the keyword hits' text."""
+
+    dense: dict[ChunkPlace, LiveText]
+    keyword: list[KeywordHit]
+    keyword_text: dict[ChunkPlace, LiveText]
+
+
+@dataclass(frozen=True)
 class VectorCheck:
     """Reconcile, one page of vectors: those with no live chunk of their
     incarnation, how many carry another text than their live chunk's, and
@@ -440,6 +457,51 @@ class Outbox:
                 ):
                     joined[match.place] = LiveText(chunk.text, chunk.metadata)
             return joined
+
+        return self._db.read(work)
+
+    def search_candidates(
+        self,
+        collection: CollectionHandle,
+        matches: Sequence[VectorVersion],
+        where: FilterNode | None,
+        keyword_query: str,
+        keyword_limit: int,
+    ) -> SearchCandidates:
+        """Both retrievers' candidates in one snapshot: the vector matches
+        joined as in `search_join` (leftovers of deleted or rewritten
+        documents dropped), and, when `keyword_query` is not empty, the
+        keyword index's best `keyword_limit` chunks matching `where` (live
+        chunks by construction), with their text and metadata."""
+
+        def work(session: Session) -> SearchCandidates:
+            found = (
+                keyword_index.search(session, collection.id, keyword_query, where, keyword_limit)
+                if keyword_query
+                else []
+            )
+            places = {m.place for m in matches if m.place is not None}
+            places.update(ChunkPlace(h.document_id, h.ordinal) for h in found)
+            live = search_queries.live_chunks(
+                session, collection.id, places, where, with_metadata=True
+            )
+            dense = {}
+            for match in matches:
+                if match.place is None or match.place not in live:
+                    continue
+                chunk = live[match.place]
+                if (
+                    chunk.incarnation == match.incarnation
+                    and match.hash_prefix is not None
+                    and chunk.content_hash.startswith(match.hash_prefix)
+                ):
+                    dense[match.place] = LiveText(chunk.text, chunk.metadata)
+            keyword = {}
+            for hit in found:
+                place = ChunkPlace(hit.document_id, hit.ordinal)
+                if place in live:
+                    keyword[place] = LiveText(live[place].text, live[place].metadata)
+            return SearchCandidates(dense, found, keyword)
 
         return self._db.read(work)
 

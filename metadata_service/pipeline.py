@@ -38,6 +38,9 @@ from metadata_service.domain import (
     IndexState,
     ReconcileOutcome,
     SearchHit,
+    SearchMode,
+    SearchOptions,
+    SearchResult,
     UpsertOutcome,
     UpsertState,
 )
@@ -48,19 +51,23 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
 )
+from metadata_service.fusion import reciprocal_rank_fusion
 from metadata_service.indexing import Indexer
 from metadata_service.outbox import (
     DOC_KEY,
     HASH_KEY,
     INCARNATION_KEY,
+    ChunkPlace,
     IndexingState,
     Outbox,
+    SearchCandidates,
     VectorVersion,
     parse_vector_id,
     vector_id,
 )
 from metadata_service.vector_client import (
     VectorCollectionNotFound,
+    VectorMatch,
     VectorServiceClient,
     VectorServiceError,
     VectorServiceUnavailable,
@@ -70,6 +77,9 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TOP_K = 10
+# HYBRID: each retriever returns this many times top_k candidates to fuse.
+_FUSION_DEPTH = 3
+_HYBRID = SearchOptions()
 # Of what is left of a call when its batch is written, indexing leaves this
 # much (at least _ANSWER_MARGIN_MIN seconds) to settle the batch, read its
 # states and send the answer.
@@ -270,7 +280,13 @@ class Pipeline:
         top_k: int,
         where: FilterNode | None,
         deadline: float,
-    ) -> list[SearchHit]:
+        *,
+        options: SearchOptions = _HYBRID,
+    ) -> SearchResult:
+        """The `top_k` best chunks by the mode's retrievers: DENSE (the vector
+        service), KEYWORD (the keyword index, in this database) or HYBRID
+        (both, fused by reciprocal rank). HYBRID without the vector service
+        answers from the keyword index alone, marked degraded."""
         if not query.strip():
             raise InvalidArgument("query", "the query is empty: send some text to search for")
         size = len(query.encode())
@@ -286,12 +302,53 @@ class Pipeline:
         if top_k < 0 or top_k > limit:
             raise InvalidArgument("top_k", f"must be between 1 and {limit} (0 means 10)")
         top_k = top_k or DEFAULT_TOP_K
-        client = self._require_client()
+        mode = options.mode
+        if mode is SearchMode.DENSE:
+            self._require_client()
         target = await self._db(self._outbox.collection, collection)
-        # The filter runs inside the index (no "top k, then filter" loss).
-        # A few extra candidates cover vectors the join drops: leftovers of
-        # deleted or rewritten documents not yet cleaned up.
-        fetch = min(limit, top_k + max(4, top_k // 4))
+        if mode is SearchMode.DENSE:
+            # The filter runs inside the index (no "top k, then filter"
+            # loss). A few extra candidates cover vectors the join drops:
+            # leftovers of deleted or rewritten documents not yet cleaned up.
+            fetch = min(limit, top_k + max(4, top_k // 4))
+        else:
+            # Each retriever's list goes deeper than top_k: a chunk ranked
+            # 20th by both can fuse above one ranked 1st by one alone.
+            fetch = min(limit, max(_FUSION_DEPTH * top_k, top_k + 4))
+        keyed: list[tuple[VectorVersion, VectorMatch]] = []
+        degraded = ""
+        if mode is not SearchMode.KEYWORD and self._client is None:
+            degraded = "keyword results only: no vector service is configured"
+        elif mode is not SearchMode.KEYWORD:
+            try:
+                keyed = await self._dense_matches(target, query, fetch, where, deadline)
+            except VectorServiceUnavailable as exc:
+                if mode is SearchMode.DENSE:
+                    raise
+                degraded = "keyword results only: the vector service is unavailable"
+                _LOGGER.warning("search degraded to keyword only: %s", exc.detail)
+        candidates = await self._db(
+            self._outbox.search_candidates,
+            target,
+            [version for version, _ in keyed],
+            where,
+            query if mode is not SearchMode.DENSE else "",
+            fetch,
+        )
+        hits = _fuse(keyed, candidates, options, top_k)
+        return SearchResult(hits, degraded=bool(degraded), degraded_reason=degraded)
+
+    async def _dense_matches(
+        self,
+        target: CollectionHandle,
+        query: str,
+        fetch: int,
+        where: FilterNode | None,
+        deadline: float,
+    ) -> list[tuple[VectorVersion, VectorMatch]]:
+        """The vector service's matches, best first, with the chunk version
+        each claims to be (those not ours dropped)."""
+        client = self._require_client()
         try:
             matches = await client.query(target.vector_collection, query, fetch, where, deadline)
         except VectorCollectionNotFound:
@@ -311,21 +368,7 @@ class Pipeline:
             hash_prefix = match.metadata.get(HASH_KEY)
             if parsed and isinstance(incarnation, int) and isinstance(hash_prefix, str):
                 keyed.append((VectorVersion(match.id, parsed, incarnation, hash_prefix), match))
-        joined = await self._db(
-            self._outbox.search_join, target, [version for version, _ in keyed], where
-        )
-        hits = [
-            SearchHit(
-                place.document_id,
-                vector_id(*place),
-                match.score,
-                joined[place].text,
-                joined[place].metadata,
-            )
-            for version, match in keyed
-            if (place := version.place) is not None and place in joined
-        ]
-        return hits[:top_k]
+        return keyed
 
     # --- reconcile -------------------------------------------------------------------
 
@@ -519,3 +562,54 @@ def _with_state(outcome: UpsertOutcome, state: IndexingState | None) -> UpsertOu
             error=IndexingFailed(f"stored, but not indexed: {state.error or 'unknown error'}"),
         )
     return outcome
+
+
+def _fuse(
+    keyed: Sequence[tuple[VectorVersion, VectorMatch]],
+    candidates: SearchCandidates,
+    options: SearchOptions,
+    top_k: int,
+) -> list[SearchHit]:
+    """The top_k chunks by the mode's ordering, each with both retrievers'
+    ranks and scores. Ranks count live chunks only: a leftover vector the
+    join dropped takes no rank."""
+    dense: dict[ChunkPlace, tuple[int, float]] = {}
+    for version, match in keyed:
+        place = version.place
+        if place is not None and place in candidates.dense and place not in dense:
+            dense[place] = (len(dense) + 1, match.score)
+    keyword: dict[ChunkPlace, tuple[int, float]] = {}
+    for hit in candidates.keyword:
+        place = ChunkPlace(hit.document_id, hit.ordinal)
+        if place in candidates.keyword_text and place not in keyword:
+            keyword[place] = (len(keyword) + 1, hit.score)
+    if options.mode is SearchMode.DENSE:
+        ordered = [(place, score) for place, (_, score) in dense.items()]
+    elif options.mode is SearchMode.KEYWORD:
+        ordered = [(place, score) for place, (_, score) in keyword.items()]
+    else:
+        lists = [
+            (list(found), weight)
+            for found, weight in ((dense, options.dense_weight), (keyword, options.keyword_weight))
+            if weight > 0
+        ]
+        ordered = reciprocal_rank_fusion(lists)
+    hits = []
+    for place, score in ordered[:top_k]:
+        live = candidates.dense.get(place) or candidates.keyword_text[place]
+        dense_rank, dense_score = dense.get(place, (0, 0.0))
+        keyword_rank, keyword_score = keyword.get(place, (0, 0.0))
+        hits.append(
+            SearchHit(
+                place.document_id,
+                vector_id(*place),
+                score,
+                live.text,
+                live.metadata,
+                dense_rank=dense_rank,
+                dense_score=dense_score,
+                keyword_rank=keyword_rank,
+                keyword_score=keyword_score,
+            )
+        )
+    return hits

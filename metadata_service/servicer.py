@@ -153,10 +153,16 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     @grpc_method
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         where = convert.from_proto_filter(request.filter, request.HasField("filter"))
-        hits = await self._pipeline.search(
-            request.collection, request.query, request.top_k, where, self._deadline(context)
+        options = convert.from_proto_search_options(request)
+        result = await self._pipeline.search(
+            request.collection,
+            request.query,
+            request.top_k,
+            where,
+            self._deadline(context),
+            options=options,
         )
-        return convert.to_proto_search(hits)
+        return convert.to_proto_search(result)
 
     @grpc_method
     async def Reconcile(

@@ -212,8 +212,13 @@ def test_work_stored_while_the_vector_service_is_away_is_indexed_on_start(
         assert states == [("new", pb.UPSERT_STATE_PENDING)]
         stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection="outage", ids=["gone"]))
         with pytest.raises(grpc.RpcError) as info:
-            stub.Search(pb.SearchRequest(collection="outage", query="q"))
+            stub.Search(pb.SearchRequest(collection="outage", query="q", mode=pb.SEARCH_MODE_DENSE))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        # HYBRID answers from the keyword index, which already has the new
+        # document and no longer the deleted one.
+        answer = stub.Search(pb.SearchRequest(collection="outage", query="gRPC streams cats"))
+        assert answer.degraded and "unavailable" in answer.degraded_reason
+        assert [h.document_id for h in answer.hits] == ["new"]
     assert vector_count(vectors, name) == 2  # nothing reached the index
     with RunningServer.metadata(paired_settings) as back, grpc.insecure_channel(back.address) as ch:
         stub = Stub(ch)
