@@ -241,10 +241,11 @@ class MetricsEndpoint:
 
     def worker_exited(self, pid: int) -> None:
         """A worker process is gone (and replaced): its live gauges must stop
-        counting."""
-        WORKER_RESTARTS().inc()
+        counting. They go first: a scrape that sees the restart counted
+        never sees the dead worker's gauges still in the sums."""
         if self.directory is not None:
             prometheus_multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+        WORKER_RESTARTS().inc()
 
     def stop(self) -> None:
         if self._stopped or os.getpid() != self._owner:

@@ -124,3 +124,27 @@ def test_made_up_method_names_never_become_labels() -> None:
     assert ("askmojo.metadata.v1.MetadataService", "Search") in labelled
     assert ("unknown", "unknown") in labelled
     assert not [pair for pair in labelled if "Up" in pair[0] or pair[1] in ("Name", "Nope")]
+
+
+def test_a_dead_workers_gauges_are_gone_before_its_restart_is_counted() -> None:
+    result = run_python(
+        """
+        import os
+        from askmojo.common.metrics import RPC_IN_FLIGHT, WORKER_RESTARTS, MetricsEndpoint
+        endpoint = MetricsEndpoint.listen("127.0.0.1", 0, multiprocess=True)
+        RPC_IN_FLIGHT.labels("svc", "Method").inc()  # as a worker would (this pid's file)
+        dead = os.path.join(endpoint.directory, f"gauge_livesum_{os.getpid()}.db")
+        assert os.path.exists(dead)
+        counter = WORKER_RESTARTS()
+        counted = counter.inc
+        def inc(*args):
+            assert not os.path.exists(dead), "restart counted while the gauges still count"
+            counted(*args)
+        counter.inc = inc
+        endpoint.worker_exited(os.getpid())
+        endpoint.stop()
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
