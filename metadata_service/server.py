@@ -99,9 +99,7 @@ class MetadataServer:
         the indexer stops; every lease this process holds is given back;
         the pools and the database close."""
         shutdown = self.shutdown
-        if grace is not None:
-            shutdown.grace = grace
-            shutdown.margin = min(shutdown.margin, grace / 2)
+        shutdown.set_grace(grace)
         started = time.monotonic()
         with step("health NOT_SERVING", _LOGGER):
             await self.readiness.stop()

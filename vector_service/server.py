@@ -106,9 +106,7 @@ class VectorServer:
         cancelled; the batcher, the store threads and the embedding worker
         processes stop; the store closes and releases its directory."""
         shutdown = self.shutdown
-        if grace is not None:
-            shutdown.grace = grace
-            shutdown.margin = min(shutdown.margin, grace / 2)
+        shutdown.set_grace(grace)
         started = time.monotonic()
         with step("health NOT_SERVING", _LOGGER):
             await self.readiness.stop()

@@ -34,9 +34,10 @@ _MAX_MARGIN_S = 1.0
 
 
 class Shutdown:
+    """One process's stop: its signals, its grace and the events above."""
+
     def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self.margin = min(_MAX_MARGIN_S, grace / 2)
+        self.grace, self.margin = grace, _margin(grace)
         self.requested = asyncio.Event()
         self.draining = asyncio.Event()
         self.hurry = asyncio.Event()
@@ -61,6 +62,12 @@ class Shutdown:
                 extra={"signal": name},
             )
             self.hurry.set()
+
+    def set_grace(self, grace: float | None) -> None:
+        """A stop's own grace (a test's, a caller's); None keeps
+        SHUTDOWN_GRACE_SECONDS. Call before `begin`."""
+        if grace is not None:
+            self.grace, self.margin = grace, _margin(grace)
 
     def begin(self) -> asyncio.TimerHandle:
         """Marks the stop as begun; `hurry` follows `margin` before the grace
@@ -139,6 +146,10 @@ class Shutdown:
             # `source` when its owner closes it.
             if item is not None and not item.done():
                 item.cancel()
+
+
+def _margin(grace: float) -> float:
+    return min(_MAX_MARGIN_S, grace / 2)
 
 
 def _cancelling() -> bool:

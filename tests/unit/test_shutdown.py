@@ -53,3 +53,12 @@ def test_a_stop_ends_the_stream_and_cuts_it() -> None:
         return got
 
     assert asyncio.run(scenario()) == [1]
+
+
+def test_a_stop_of_its_own_grace_keeps_the_margin_within_it() -> None:
+    shutdown = Shutdown(10)
+    assert (shutdown.grace, shutdown.margin) == (10, 1.0)
+    shutdown.set_grace(None)
+    assert (shutdown.grace, shutdown.margin) == (10, 1.0)
+    shutdown.set_grace(0.5)
+    assert (shutdown.grace, shutdown.margin) == (0.5, 0.25)
