@@ -1,6 +1,6 @@
-"""Settings every service has: environment, reflection, logging. Each
-service's settings class adds its own; values come from the environment,
-then `.env`.
+"""Settings every service has: environment, reflection, logging, API keys,
+TLS files and the shutdown grace. Each service's settings class adds its
+own; values come from the environment, then `.env`.
 
 One `.env` configures the pair, so each service also reads its names with
 its own prefix (`METADATA_MAX_PAGE_SIZE`, `VECTOR_MAX_PAGE_SIZE`), which wins
