@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,11 +236,12 @@ def test_ctrl_c_exits_130_quietly(silent_listener: socket.socket) -> None:
         text=True,
     )
     try:
-        # Once it connects, the CLI is past its imports and inside the call:
-        # where a person would press Ctrl-C.
+        # Once it has sent its HTTP/2 preface, the CLI is past its imports and
+        # inside the call: where a person would press Ctrl-C.
         connection, _ = silent_listener.accept()
         with connection:
-            time.sleep(0.3)
+            connection.settimeout(30)
+            assert connection.recv(1)
             assert proc.poll() is None
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
