@@ -161,7 +161,9 @@ def sections(text: str) -> list[tuple[int, int, bool]]:
     return [(a, b, a in tables) for a, b in itertools.pairwise(bounds) if text[a:b].strip()]
 
 
-def chunk_tokens(text: str, size: int, overlap: int, tokenizer: TokenOffsets) -> list[Chunk]:
+def chunk_tokens(
+    text: str, size: int, overlap: int, tokenizer: TokenOffsets, *, structure: bool = True
+) -> list[Chunk]:
     """Cuts `text` into chunks of at most `size` tokens of the model's own
     tokenizer (special tokens not counted: the caller keeps `size` within the
     window less them), with `overlap` tokens repeated, inside the spans of
@@ -170,13 +172,14 @@ def chunk_tokens(text: str, size: int, overlap: int, tokenizer: TokenOffsets) ->
     chunk splits between rows. Each chunk is an exact slice of `text`, and its
     token count is checked by tokenizing the slice itself: a word cut in two
     can take more tokens than its pieces did in place, and no chunk may pass
-    the model's window. Pure and deterministic."""
+    the model's window. Pure and deterministic. `structure=False` (for the
+    evaluation only) chunks the whole text as one span."""
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
     spans = tokenizer.offsets(text)
     starts = [s for s, _ in spans]
     chunks: list[Chunk] = []
-    for first, last, table in sections(text):
+    for first, last, table in sections(text) if structure else [(0, len(text), False)]:
         lo = bisect.bisect_left(starts, first)
         hi = bisect.bisect_left(starts, last)
         # Table rows are cut whole: no overlap, which would start mid-row.
