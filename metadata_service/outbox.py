@@ -429,37 +429,6 @@ class Outbox:
 
     # --- Search's join and Reconcile's checks ---------------------------------
 
-    def search_join(
-        self,
-        collection: CollectionHandle,
-        matches: Sequence[VectorVersion],
-        where: FilterNode | None,
-    ) -> dict[ChunkPlace, LiveText]:
-        """For vector matches: the chunk text and document metadata of those
-        still live in that very version (a deleted or rewritten document's
-        leftover vectors are never returned), and matching `where` as stored
-        now."""
-
-        def work(session: Session) -> dict[ChunkPlace, LiveText]:
-            places = [m.place for m in matches if m.place is not None]
-            live = search_queries.live_chunks(
-                session, collection.id, places, where, with_metadata=True
-            )
-            joined = {}
-            for match in matches:
-                if match.place is None or match.place not in live:
-                    continue
-                chunk = live[match.place]
-                if (
-                    chunk.incarnation == match.incarnation
-                    and match.hash_prefix is not None
-                    and chunk.content_hash.startswith(match.hash_prefix)
-                ):
-                    joined[match.place] = LiveText(chunk.text, chunk.metadata)
-            return joined
-
-        return self._db.read(work)
-
     def search_candidates(
         self,
         collection: CollectionHandle,
@@ -468,11 +437,12 @@ class Outbox:
         keyword_query: str,
         keyword_limit: int,
     ) -> SearchCandidates:
-        """Both retrievers' candidates in one snapshot: the vector matches
-        joined as in `search_join` (leftovers of deleted or rewritten
-        documents dropped), and, when `keyword_query` is not empty, the
-        keyword index's best `keyword_limit` chunks matching `where` (live
-        chunks by construction), with their text and metadata."""
+        """Both retrievers' candidates in one snapshot, with their chunks'
+        text and documents' metadata: the vector matches whose chunks are
+        still live in that very version (a deleted or rewritten document's
+        leftover vectors are never returned) and match `where` as stored
+        now; and, when `keyword_query` is not empty, the keyword index's best
+        `keyword_limit` chunks matching `where` (live chunks by construction)."""
 
         def work(session: Session) -> SearchCandidates:
             found = (
