@@ -47,6 +47,7 @@ from askmojo.cli_format import (
     UsageError,
     build_filter,
     collections_table,
+    degraded_note,
     describe_rpc_error,
     ingest_summary,
     reconcile_line,
@@ -168,10 +169,24 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help=f"documents per stream message (default {DEFAULT_BATCH})",
     )
 
-    search = commands.add_parser("search", parents=[common], help="semantic search in a collection")
+    search = commands.add_parser(
+        "search", parents=[common], help="keyword + semantic search in a collection"
+    )
     search.add_argument("query", metavar="QUERY")
     search.add_argument("--collection", "-c", required=True)
     search.add_argument("-k", "--top-k", type=_positive_int, default=10, dest="top_k")
+    search.add_argument(
+        "--mode",
+        choices=("hybrid", "dense", "keyword"),
+        default="hybrid",
+        help="hybrid (default): keyword index and dense vectors fused by rank; "
+        "dense: vectors alone; keyword: the keyword index alone",
+    )
+    search.add_argument(
+        "--ranks",
+        action="store_true",
+        help="show each hit's rank by the dense and the keyword retriever ('-': not found)",
+    )
     search.add_argument(
         "--where",
         action="append",
@@ -353,12 +368,19 @@ def _print_lines(app: App, lines: Sequence[str]) -> None:
 def run_search(app: App, args: argparse.Namespace) -> int:
     where = build_filter(args.where)  # a usage error before any call
     hits = app.client.search(
-        args.collection, args.query, top_k=args.top_k, where=where, timeout=app.timeout
+        args.collection,
+        args.query,
+        top_k=args.top_k,
+        where=where,
+        mode=args.mode,
+        timeout=app.timeout,
     )
+    if hits.degraded:
+        print(degraded_note(hits.degraded_reason), file=app.out.file)
     if not hits:
         print(f"no results for {args.query!r} in {args.collection}", file=app.out.file)
         return 0
-    app.out.print(search_table(hits, args.query, args.collection))
+    app.out.print(search_table(hits, args.query, args.collection, ranks=args.ranks))
     return 0
 
 

@@ -203,15 +203,33 @@ def truncation_warning(chunks: int) -> str:
 # Markdown snippet or a file name as markup, and drop it or fail on it.
 
 
-def search_table(hits: Sequence[SearchHit], query: str, collection: str) -> Table:
+def search_table(
+    hits: Sequence[SearchHit], query: str, collection: str, *, ranks: bool = False
+) -> Table:
+    """With `ranks`, a last column shows each retriever's rank of the hit
+    ("-": that retriever did not find it, or did not run)."""
     table = Table(title=Text(f"{len(hits)} results for {query!r} in {collection}"))
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("document")
     table.add_column("snippet", overflow="fold")
+    if ranks:
+        table.add_column("dense/keyword #", justify="right")
     for rank, hit in enumerate(hits, start=1):
-        table.add_row(str(rank), f"{hit.score:.3f}", Text(hit.document_id), Text(snippet(hit.text)))
+        cells: list[str | Text] = [
+            str(rank),
+            f"{hit.score:.3f}",
+            Text(hit.document_id),
+            Text(snippet(hit.text)),
+        ]
+        if ranks:
+            cells.append(f"{hit.dense_rank or '-'}/{hit.keyword_rank or '-'}")
+        table.add_row(*cells)
     return table
+
+
+def degraded_note(reason: str) -> str:
+    return f"degraded: keyword only ({reason or 'the vector service is unavailable'})"
 
 
 def collections_table(collections: Sequence[Collection]) -> Table:
@@ -254,6 +272,7 @@ def stats_rows(stats: Stats) -> list[tuple[str, str]]:
     rows = [
         ("documents", f"{total} ({states})"),
         ("chunks", str(stats.chunk_count)),
+        ("keyword index", human_bytes(stats.keyword_index_bytes)),
         (
             "truncated chunks",
             f"{stats.truncated_chunk_count} (longer than the model's window; "

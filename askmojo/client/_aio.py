@@ -347,12 +347,23 @@ class AsyncClient(_AsyncBase):
         *,
         top_k: int = 10,
         where: Where | None = None,
+        mode: t.SearchMode | str | None = None,
+        dense_weight: float | None = None,
+        keyword_weight: float | None = None,
         timeout: Timeout = DEFAULT,
-    ) -> builtins.list[t.SearchHit]:
+    ) -> t.SearchResults:
         """See `Client.search`."""
-        request = _search_request(collection, query, top_k, where)
+        request = _search_request(
+            collection,
+            query,
+            top_k,
+            where,
+            mode=mode,
+            dense_weight=dense_weight,
+            keyword_weight=keyword_weight,
+        )
         reply = await self._call(lambda: self._stub.Search, request, timeout)
-        return [convert.search_hit(h) for h in reply.hits]
+        return convert.search_results(reply)
 
     async def reconcile(
         self, collection: str, *, dry_run: bool = False, timeout: Timeout = DEFAULT

@@ -324,7 +324,38 @@ def search_hit(proto: pb.SearchHit) -> t.SearchHit:
         score=proto.score,
         text=proto.text,
         metadata=metadata_from_proto(proto.metadata),
+        dense_rank=proto.dense_rank,
+        dense_score=proto.dense_score,
+        keyword_rank=proto.keyword_rank,
+        keyword_score=proto.keyword_score,
     )
+
+
+def search_results(proto: pb.SearchResponse) -> t.SearchResults:
+    return t.SearchResults(
+        (search_hit(h) for h in proto.hits),
+        degraded=proto.degraded,
+        degraded_reason=proto.degraded_reason,
+    )
+
+
+_SEARCH_MODES = {
+    t.SearchMode.HYBRID: pb.SEARCH_MODE_HYBRID,
+    t.SearchMode.DENSE: pb.SEARCH_MODE_DENSE,
+    t.SearchMode.KEYWORD: pb.SEARCH_MODE_KEYWORD,
+}
+
+
+def search_mode(mode: t.SearchMode | str | None) -> pb.SearchMode.ValueType:
+    """None: the server's default (HYBRID)."""
+    if mode is None:
+        return pb.SEARCH_MODE_UNSPECIFIED
+    try:
+        return _SEARCH_MODES[t.SearchMode(mode.lower() if isinstance(mode, str) else mode)]
+    except ValueError:
+        raise ValueError(
+            f"unknown search mode {mode!r}: use one of {', '.join(m.value for m in t.SearchMode)}"
+        ) from None
 
 
 def reconcile_report(proto: pb.ReconcileResponse) -> t.ReconcileReport:
@@ -348,6 +379,7 @@ def stats(proto: pb.GetStatsResponse) -> t.Stats:
         documents_by_state=by_state,
         chunk_count=proto.chunk_count,
         truncated_chunk_count=proto.truncated_chunk_count,
+        keyword_index_bytes=proto.keyword_index_bytes,
         database=t.DatabaseStats(
             dialect=db.dialect,
             database_bytes=db.database_bytes,

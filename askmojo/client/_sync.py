@@ -370,12 +370,27 @@ class Client(_Base):
         *,
         top_k: int = 10,
         where: Where | None = None,
+        mode: t.SearchMode | str | None = None,
+        dense_weight: float | None = None,
+        keyword_weight: float | None = None,
         timeout: Timeout = DEFAULT,
-    ) -> builtins.list[t.SearchHit]:
-        """The `top_k` chunks most similar to `query`, best first, among the
-        documents `where` matches."""
-        request = _search_request(collection, query, top_k, where)
-        return [convert.search_hit(h) for h in self._call(self._stub.Search, request, timeout).hits]
+    ) -> t.SearchResults:
+        """The `top_k` chunks best matching `query`, best first, among the
+        documents `where` matches. `mode`: "hybrid" (the default: keyword
+        index and dense vectors fused by reciprocal rank, each list weighted
+        by `dense_weight` / `keyword_weight`, 1 unless given), "dense" or
+        "keyword". The result is a list with `degraded` set when HYBRID
+        answered from the keyword index alone (vector service unavailable)."""
+        request = _search_request(
+            collection,
+            query,
+            top_k,
+            where,
+            mode=mode,
+            dense_weight=dense_weight,
+            keyword_weight=keyword_weight,
+        )
+        return convert.search_results(self._call(self._stub.Search, request, timeout))
 
     def reconcile(
         self, collection: str, *, dry_run: bool = False, timeout: Timeout = DEFAULT
@@ -419,9 +434,22 @@ def _list_request(
 
 
 def _search_request(
-    collection: str, query: str, top_k: int, where: Where | None
+    collection: str,
+    query: str,
+    top_k: int,
+    where: Where | None,
+    *,
+    mode: t.SearchMode | str | None = None,
+    dense_weight: float | None = None,
+    keyword_weight: float | None = None,
 ) -> pb.SearchRequest:
-    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k)
+    request = pb.SearchRequest(
+        collection=collection, query=query, top_k=top_k, mode=convert.search_mode(mode)
+    )
+    if dense_weight is not None:
+        request.dense_weight = dense_weight
+    if keyword_weight is not None:
+        request.keyword_weight = keyword_weight
     proto = compile_where(where)
     if proto is not None:
         request.filter.CopyFrom(proto)

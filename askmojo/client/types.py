@@ -6,7 +6,7 @@ Metadata is a plain `dict[str, str | int | float | bool]` everywhere.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -147,16 +147,47 @@ class DeleteResult:
     not_found_ids: list[str]
 
 
+class SearchMode(enum.StrEnum):
+    """`search(mode=...)`: which retrievers answer."""
+
+    # Keyword index and dense vectors fused by reciprocal rank (the default).
+    HYBRID = "hybrid"
+    # Dense vectors alone (needs the vector service).
+    DENSE = "dense"
+    # The keyword index alone (never needs the vector service).
+    KEYWORD = "keyword"
+
+
 @dataclass(frozen=True)
 class SearchHit:
-    """One matching chunk: `score` is a similarity (higher is better), `text`
-    the chunk's text, `metadata` its document's."""
+    """One matching chunk: `score` is higher for better matches (HYBRID: the
+    fused reciprocal-rank score; DENSE: the similarity; KEYWORD: the keyword
+    score), `text` the chunk's text, `metadata` its document's. Each
+    retriever's rank (1 = best; 0 = it did not return this chunk) and score
+    come with it."""
 
     document_id: str
     chunk_id: str
     score: float
     text: str
     metadata: Metadata
+    dense_rank: int = 0
+    dense_score: float = 0.0
+    keyword_rank: int = 0
+    keyword_score: float = 0.0
+
+
+class SearchResults(list[SearchHit]):
+    """`search()`: the hits, best first (a list), and whether HYBRID had to
+    answer from the keyword index alone (`degraded`, with the reason) because
+    the vector service was unavailable."""
+
+    def __init__(
+        self, hits: Iterable[SearchHit] = (), *, degraded: bool = False, degraded_reason: str = ""
+    ) -> None:
+        super().__init__(hits)
+        self.degraded = degraded
+        self.degraded_reason = degraded_reason
 
 
 @dataclass(frozen=True)
@@ -210,6 +241,8 @@ class Stats:
     database: DatabaseStats
     pool: PoolStats
     worker_pid: int
+    # Bytes of the keyword index (SQLite FTS5 tables; PostgreSQL GIN index).
+    keyword_index_bytes: int = 0
 
     @property
     def document_count(self) -> int:

@@ -159,7 +159,9 @@ def test_unknown_collection_is_one_line(run_cli: Runner, server: RunningServer) 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["search", "readers and writers", "-c", "docs", "--where", "extension=md"],
+        # No vector service here: DENSE is refused (HYBRID would answer
+        # degraded, from the keyword index).
+        ["search", "readers", "-c", "docs", "--mode", "dense", "--where", "extension=md"],
         ["reconcile", "-c", "docs", "--dry-run"],
     ],
 )
