@@ -6,9 +6,10 @@ script that chunks, encodes, adds to Chroma and writes SQLite rows itself.
   vector service), over the in-process script's chunks/s: the corpus is
   ingested in `repeat` shares, each by both sides back to back, and the
   ratio is the median of the shares' pairs;
-* `search_ratio`: `Search` QPS from 8 concurrent clients over the in-process
-  loop (encode the query, Chroma query, SQLite join of chunks and documents),
-  the median of back-to-back pairs;
+* `search_ratio`: `Search` QPS (HYBRID, the default) from 8 concurrent
+  clients over the in-process loop doing the same work (encode the query,
+  Chroma query, FTS5 bm25 query, reciprocal rank fusion, SQLite join of
+  chunks and documents), the median of back-to-back pairs;
 * latency: p50/p99 of one client's `Search` calls, idle and while a bulk
   ingest runs beside it;
 * `scale_ingest_ratio`: chunks/s of the last `scale_small` chunks of a
@@ -38,9 +39,12 @@ from bench.corpora import metadata_for, passages, short_texts
 from bench.timing import median_pair, percentile
 from evals.known_item import Document, corpus
 from metadata_service.chunking import chunk_text
+from metadata_service.db import keyword_index
+from metadata_service.fusion import reciprocal_rank_fusion
 
 CHUNK_SIZE, CHUNK_OVERLAP = 400, 50  # the service's defaults
 TOP_K = 10
+FUSION_DEPTH = 3  # metadata_service/pipeline.py's _FUSION_DEPTH
 SEARCH_CLIENTS = 8
 STREAM_DOCS = 16  # documents per IngestDocuments message
 # Short documents go 64 to a message (~5 KB): each message costs the service
@@ -74,6 +78,13 @@ class InProcessStore:
             CREATE INDEX metadata_document ON metadata (document_id);
             CREATE TABLE chunks (id INTEGER PRIMARY KEY, document_id INTEGER,
                                  ordinal INTEGER, text TEXT, vector_id TEXT UNIQUE);
+            -- The keyword index as the service keeps it (migration 0005).
+            CREATE VIRTUAL TABLE chunks_fts USING fts5(
+                text, content='chunks', content_rowid='id',
+                tokenize='porter unicode61 remove_diacritics 2');
+            CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+                INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+            END;
             """
         )
 
@@ -108,9 +119,28 @@ class InProcessStore:
         return len(rows)
 
     def search(self, query: str) -> list[tuple[Any, ...]]:
+        """HYBRID as the service does it: dense and keyword candidates
+        (FUSION_DEPTH x top_k each), reciprocal rank fusion, then the join of
+        the fused top_k."""
         vector = self.model.encode([query], normalize_embeddings=True)
-        found = self.chroma.query(query_embeddings=vector, n_results=TOP_K)
-        ids = found["ids"][0]
+        found = self.chroma.query(query_embeddings=vector, n_results=FUSION_DEPTH * TOP_K)
+        dense = found["ids"][0]
+        terms = keyword_index.query_terms(query)
+        keyword = (
+            [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT c.vector_id, bm25(chunks_fts) AS s FROM chunks_fts "
+                    "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? "
+                    "ORDER BY s, c.id LIMIT ?",
+                    (keyword_index.fts5_query(terms), FUSION_DEPTH * TOP_K),
+                )
+            ]
+            if terms
+            else []
+        )
+        fused = reciprocal_rank_fusion([(dense, 1.0), (keyword, 1.0)])
+        ids = [vector_id for vector_id, _ in fused[:TOP_K]]
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
             "SELECT c.vector_id, d.external_id, c.text, m.key, m.value FROM chunks c "
