@@ -274,9 +274,10 @@ def run(ctx: Context) -> None:
             Ratio(
                 "search_ratio",
                 qps,
-                f"Search, {SEARCH_CLIENTS} concurrent clients, top_k={TOP_K}",
+                f"Search (HYBRID), {SEARCH_CLIENTS} concurrent clients, top_k={TOP_K}",
                 baseline_qps,
-                "in-process encode + Chroma query + SQLite join, one loop",
+                "in-process encode + Chroma query + FTS5 bm25 + rank fusion + SQLite join, "
+                "one loop",
                 "queries/s",
                 0.80,
             )

@@ -318,7 +318,10 @@ class Pipeline:
         keyed: list[tuple[VectorVersion, VectorMatch]] = []
         degraded = ""
         if mode is not SearchMode.KEYWORD and self._client is None:
-            degraded = "keyword results only: no vector service is configured"
+            degraded = (
+                "keyword results only: no vector service is configured "
+                "(VECTOR_SERVICE_ADDRESS is empty)"
+            )
         elif mode is not SearchMode.KEYWORD:
             try:
                 keyed = await self._dense_matches(target, query, fetch, where, deadline)
@@ -326,7 +329,9 @@ class Pipeline:
                 if mode is SearchMode.DENSE:
                     raise
                 degraded = "keyword results only: the vector service is unavailable"
-                _LOGGER.warning("search degraded to keyword only: %s", exc.detail)
+                # Info, not warning: every search says it while the outage lasts
+                # (the indexer warns about the outage itself).
+                _LOGGER.info("search degraded to keyword only: %s", exc.detail)
         candidates = await self._db(
             self._outbox.search_candidates,
             target,

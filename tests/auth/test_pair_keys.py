@@ -129,7 +129,12 @@ def test_a_refused_vector_service_key_leaves_documents_pending_until_the_keys_ag
             assert states(stub, "waiting") == {pb.DOCUMENT_STATE_PENDING}
             if code == "UNAUTHENTICATED":  # the read key may search (nothing is indexed)
                 with pytest.raises(grpc.RpcError) as searched:
-                    stub.Search(pb.SearchRequest(collection="waiting", query="cats"), timeout=30)
+                    stub.Search(
+                        pb.SearchRequest(
+                            collection="waiting", query="cats", mode=pb.SEARCH_MODE_DENSE
+                        ),
+                        timeout=30,
+                    )
                 assert searched.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         assert vector_key not in caplog.text
     with keyed_pair(database, keyed_vector, VECTOR_KEY) as stub:

@@ -322,9 +322,14 @@ def test_ingest_stream_survives_bad_batches(docs_stub: Stub) -> None:
 
 def test_search_without_a_vector_service_says_so(docs_stub: Stub) -> None:
     code, message, _ = rpc_error(
-        lambda: docs_stub.Search(pb.SearchRequest(collection="docs", query="q"))
+        lambda: docs_stub.Search(
+            pb.SearchRequest(collection="docs", query="q", mode=pb.SEARCH_MODE_DENSE)
+        )
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "VECTOR_SERVICE_ADDRESS" in message
+    # HYBRID (the default) answers from the keyword index and says so.
+    answer = docs_stub.Search(pb.SearchRequest(collection="docs", query="q"))
+    assert answer.degraded and "VECTOR_SERVICE_ADDRESS" in answer.degraded_reason
 
 
 def test_server_refuses_work_whose_deadline_passed() -> None:

@@ -40,10 +40,17 @@ def test_unavailable_says_what_to_do_and_logs_the_detail(
     caplog.set_level(logging.WARNING, logger="metadata_service")
     assert upsert(away_stub, "docs", doc("a", TEXTS["cats"])) == [("a", pb.UPSERT_STATE_PENDING)]
     code, message, _ = rpc_error(
-        lambda: away_stub.Search(pb.SearchRequest(collection="docs", query="cats"), timeout=60)
+        lambda: away_stub.Search(
+            pb.SearchRequest(collection="docs", query="cats", mode=pb.SEARCH_MODE_DENSE),
+            timeout=60,
+        )
     )
     assert code == grpc.StatusCode.UNAVAILABLE
     assert message == "search needs the vector service, which is unavailable; try again"
+    # HYBRID (the default) answers from the keyword index instead, and says so.
+    answer = away_stub.Search(pb.SearchRequest(collection="docs", query="cats"), timeout=60)
+    assert [h.document_id for h in answer.hits] == ["a"]
+    assert answer.degraded and "unavailable" in answer.degraded_reason
     code, message, _ = rpc_error(
         lambda: away_stub.Reconcile(pb.ReconcileRequest(collection="docs"), timeout=60)
     )
