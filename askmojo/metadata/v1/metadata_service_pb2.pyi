@@ -32,8 +32,10 @@ class _ChunkUnit:
 class _ChunkUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkUnit.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHUNK_UNIT_UNSPECIFIED: _ChunkUnit.ValueType  # 0
-    """On create: the server default (TOKENS when the service has the model's
-    tokenizer, else CHARACTERS). Never returned.
+    """On create: CHARACTERS when chunk_size or chunk_overlap is given (as
+    clients meant sizes before units existed), else the server default
+    (TOKENS when the service has the model's tokenizer, else CHARACTERS).
+    Never returned.
     """
     CHUNK_UNIT_CHARACTERS: _ChunkUnit.ValueType  # 1
     """Characters, chunks cut at the strongest boundary (paragraph, line,
@@ -54,8 +56,10 @@ class ChunkUnit(_ChunkUnit, metaclass=_ChunkUnitEnumTypeWrapper):
     """
 
 CHUNK_UNIT_UNSPECIFIED: ChunkUnit.ValueType  # 0
-"""On create: the server default (TOKENS when the service has the model's
-tokenizer, else CHARACTERS). Never returned.
+"""On create: CHARACTERS when chunk_size or chunk_overlap is given (as
+clients meant sizes before units existed), else the server default
+(TOKENS when the service has the model's tokenizer, else CHARACTERS).
+Never returned.
 """
 CHUNK_UNIT_CHARACTERS: ChunkUnit.ValueType  # 1
 """Characters, chunks cut at the strongest boundary (paragraph, line,
