@@ -46,7 +46,9 @@ from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
-from metadata_service.chunking import chunk_text
+from metadata_service.domain import ChunkingSpec, ChunkUnit
+from metadata_service.tokenizer import PACKAGED_MODEL
+from metadata_service.validation import chunk as chunk_document
 
 T_ = TypeVar("T_")
 
@@ -303,6 +305,10 @@ class QueryOutcome:
     # The service's first documents when the Search carries EVERYTHING, a
     # filter every document matches (None: not measured).
     filtered_docs: list[str] | None = None
+    # The service's first documents in KEYWORD and HYBRID mode (issue #14;
+    # service_docs are DENSE).
+    keyword_docs: list[str] | None = None
+    hybrid_docs: list[str] | None = None
 
     @property
     def exact_full_rank(self) -> int:
@@ -353,6 +359,15 @@ class QueryOutcome:
         )
 
 
+def _mode_docs(outcome: QueryOutcome, mode: str) -> list[str]:
+    return {
+        "DENSE": outcome.service_docs,
+        "KEYWORD": outcome.keyword_docs or [],
+        "HYBRID": outcome.hybrid_docs or [],
+        "exact": outcome.exact_docs,
+    }[mode]
+
+
 def _rank(docs: Sequence[str], document_id: str) -> int | None:
     return docs.index(document_id) + 1 if document_id in docs else None
 
@@ -363,6 +378,7 @@ class Report:
     chunks: int
     chunk_size: int
     chunk_overlap: int
+    chunk_unit: int
     ingest_seconds: float
     search_seconds: float
     outcomes: list[QueryOutcome]
@@ -377,6 +393,13 @@ class Report:
     def rate(self, rank: Callable[[QueryOutcome], int | None], within: int) -> float:
         hits = sum(1 for o in self.outcomes if (r := rank(o)) is not None and r <= within)
         return hits / len(self.outcomes) if self.outcomes else 0.0
+
+    def mode_hit(self, mode: str, within: int) -> float:
+        return self.rate(lambda o: _rank(_mode_docs(o, mode), o.item.document_id), within)
+
+    def mode_mrr(self, mode: str) -> float:
+        ranks = [_rank(_mode_docs(o, mode), o.item.document_id) for o in self.outcomes]
+        return sum(1 / r for r in ranks if r is not None) / len(ranks) if ranks else 0.0
 
     def service_hit(self, within: int) -> float:
         return self.rate(lambda o: o.service_rank, within)
@@ -406,7 +429,11 @@ class Report:
     def markdown(self) -> str:
         rows = [
             ("documents", str(self.documents)),
-            ("chunks", f"{self.chunks} (size {self.chunk_size}, overlap {self.chunk_overlap})"),
+            (
+                "chunks",
+                f"{self.chunks} (size {self.chunk_size}, overlap {self.chunk_overlap}, "
+                f"{pb.ChunkUnit.Name(pb.ChunkUnit.ValueType(self.chunk_unit))})",
+            ),
             ("queries", str(self.queries)),
             ("service hit@1", _pct(self.service_hit(1))),
             ("service hit@5", _pct(self.service_hit(TOP_DOCS))),
@@ -420,6 +447,19 @@ class Report:
                 ("service hit@5, filter `chars >= 0` (every document)", _pct(self.filtered_hit(5))),
                 ("queries the filtered service lost to brute force", str(len(self.lost_filtered))),
             ]
+        for mode in ("DENSE", "KEYWORD", "HYBRID", "exact"):
+            if mode in ("KEYWORD", "HYBRID") and all(
+                _mode_docs(o, mode) == [] for o in self.outcomes
+            ):
+                continue
+            name = "exact brute-force dense" if mode == "exact" else f"service {mode}"
+            rows.append(
+                (
+                    f"{name} hit@1 / hit@5 / MRR",
+                    f"{_pct(self.mode_hit(mode, 1))} / {_pct(self.mode_hit(mode, TOP_DOCS))}"
+                    f" / {_pct(self.mode_mrr(mode))}",
+                )
+            )
         rows += [
             ("ingest seconds", f"{self.ingest_seconds:.1f}"),
             ("search seconds (all queries)", f"{self.search_seconds:.1f}"),
@@ -478,9 +518,13 @@ def service_documents(
     query: str,
     top_k: int,
     where: common_pb2.Filter | None = None,
+    *,
+    mode: pb.SearchMode.ValueType = pb.SEARCH_MODE_DENSE,
 ) -> list[str]:
     """The first TOP_DOCS distinct documents of a Search, best first."""
-    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, filter=where)
+    request = pb.SearchRequest(
+        collection=collection, query=query, top_k=top_k, filter=where, mode=mode
+    )
     hits = stub.Search(request, timeout=60).hits
     return _distinct(h.document_id for h in hits)[:TOP_DOCS]
 
@@ -560,17 +604,21 @@ def evaluate(
     top_k: int = 50,
     chunk_size: int = 0,
     chunk_overlap: int = 0,
+    chunk_unit: pb.ChunkUnit.ValueType = pb.CHUNK_UNIT_UNSPECIFIED,
     filtered: bool = True,
+    modes: bool = True,
 ) -> Report:
     """Creates `collection` (chunking 0: the service's defaults), ingests,
     then answers every item through Search (and, if `filtered`, again with
     EVERYTHING as its filter) and by exact search."""
-    chunking = pb.ChunkingConfig(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunking = pb.ChunkingConfig(
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap, unit=chunk_unit
+    )
     created = stub.CreateCollection(
         pb.CreateCollectionRequest(
             name=collection,
             description="known-item evaluation: Python standard library documentation",
-            chunking=chunking if chunk_size else None,
+            chunking=chunking if chunk_size or chunk_unit else None,
         ),
         timeout=30,
     )
@@ -581,10 +629,22 @@ def evaluate(
     service = [service_documents(stub, collection, i.query, top_k) for i in items]
     search_seconds = time.perf_counter() - started
     with_filter: list[list[str] | None] = [
-        service_documents(stub, collection, i.query, top_k, EVERYTHING) if filtered else None
+        service_documents(stub, collection, i.query, top_k, where=EVERYTHING) if filtered else None
         for i in items
     ]
 
+    keyword: list[list[str] | None] = [
+        service_documents(stub, collection, i.query, top_k, mode=pb.SEARCH_MODE_KEYWORD)
+        if modes
+        else None
+        for i in items
+    ]
+    hybrid: list[list[str] | None] = [
+        service_documents(stub, collection, i.query, top_k, mode=pb.SEARCH_MODE_HYBRID)
+        if modes
+        else None
+        for i in items
+    ]
     ids, matrix = chunk_vectors(vpb_grpc.VectorServiceStub(vector_channel), info.vector_collection)
     if len(ids) != info.chunk_count:
         raise AssertionError(f"{len(ids)} vectors for {info.chunk_count} chunks")
@@ -593,14 +653,19 @@ def evaluate(
     scores = cosine(queries, matrix)
     best = exact_best(scores, chunk_docs)
     outcomes = []
-    for item, found, found_filtered, by_doc in zip(items, service, with_filter, best, strict=True):
+    for item, found, found_filtered, by_doc, kw, hy in zip(
+        items, service, with_filter, best, keyword, hybrid, strict=True
+    ):
         ranked = sorted(by_doc, key=lambda d: (-by_doc[d], d))
-        outcomes.append(QueryOutcome(item, found, ranked[:TOP_DOCS], by_doc, found_filtered))
+        outcomes.append(
+            QueryOutcome(item, found, ranked[:TOP_DOCS], by_doc, found_filtered, kw, hy)
+        )
     return Report(
         documents=len(documents),
         chunks=len(ids),
         chunk_size=created.chunking.chunk_size,
         chunk_overlap=created.chunking.chunk_overlap,
+        chunk_unit=created.chunking.unit,
         ingest_seconds=ingest_seconds,
         search_seconds=search_seconds,
         outcomes=outcomes,
@@ -627,7 +692,10 @@ def diagnose(
     rows = []
     for index, outcome in enumerate(report.outcomes):
         item = outcome.item
-        chunks = chunk_text(text_of[item.document_id], report.chunk_size, report.chunk_overlap)
+        tokens = report.chunk_unit == pb.CHUNK_UNIT_TOKENS
+        unit = ChunkUnit.TOKENS if tokens else ChunkUnit.CHARACTERS
+        spec = ChunkingSpec(report.chunk_size, report.chunk_overlap, unit)
+        chunks = chunk_document(text_of[item.document_id], spec, PACKAGED_MODEL)
         if len(chunks) != sum(1 for v in column if v.rpartition("#")[0] == item.document_id):
             raise AssertionError(f"{item.document_id}: chunk count differs from the service's")
         holding = [c for c in chunks if item.query in c.text]

@@ -218,9 +218,13 @@ def _chunk_section(
             end = _end_between(text, floor, limit)
             last = False
         stop = _strip_end(text, start, end)
-        # In place is not alone: re-tokenize the slice and give back whole
-        # tokens until it fits (rare: a cut inside a word).
-        while tokenizer.count(text[start:stop]) > size:
+        # A slice from a word start to whitespace (or the end) is split into
+        # the words it had in place, so it has the tokens counted in place
+        # (at most `size`). Cut elsewhere (inside a word), in place is not
+        # alone: re-tokenize the slice and give back whole tokens until it
+        # fits.
+        clean = stop == len(text) or text[stop].isspace()
+        while not clean and tokenizer.count(text[start:stop]) > size:
             k = bisect.bisect_left(starts, stop) - 1
             shorter = _strip_end(text, start, spans[k][0]) if k > i else spans[i][1]
             if shorter >= stop:

@@ -8,6 +8,14 @@ the service beside exact brute-force cosine search over the same chunk vectors.
     .venv/bin/python scripts/eval_known_item.py --modules 200
 
 The evaluation itself lives in evals/known_item.py (the slow test runs it too).
+
+With --offline (issue #14), no services: two corpora (stdlib docs, installed
+distributions' READMEs), each with sentence and independent (summary) queries,
+chunked by each --chunking given, scored by exact dense, FTS5 bm25 and their
+reciprocal-rank fusion (evals/hybrid.py):
+
+    .venv/bin/python scripts/eval_known_item.py --offline --modules 150 \
+        --chunking tokens:128:16 --chunking characters:400:50
 """
 
 from __future__ import annotations
@@ -43,6 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=0, help="0: the service's default")
     parser.add_argument("--chunk-overlap", type=int, default=0)
     parser.add_argument(
+        "--chunk-unit",
+        choices=["default", "characters", "tokens"],
+        default="default",
+        help="unit of --chunk-size/--chunk-overlap (default: the service's)",
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="the offline chunking/mode evaluation"
+    )
+    parser.add_argument(
+        "--chunking",
+        action="append",
+        default=[],
+        help="with --offline: UNIT:SIZE:OVERLAP (characters, tokens, tokens-flat); repeatable",
+    )
+    parser.add_argument(
         "--no-filter",
         action="store_true",
         help="skip the second pass of searches with a filter every document matches",
@@ -51,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         "--misses", action="store_true", help="diagnose the queries the service missed"
     )
     args = parser.parse_args(argv)
+    if args.offline:
+        return offline(args.modules, args.max_chars, args.chunking or ["tokens:128:16"])
+    unit = {
+        "default": pb.CHUNK_UNIT_UNSPECIFIED,
+        "characters": pb.CHUNK_UNIT_CHARACTERS,
+        "tokens": pb.CHUNK_UNIT_TOKENS,
+    }[args.chunk_unit]
 
     documents, items = known_item.corpus(args.modules, args.max_chars, seed=args.seed)
     if args.modules is not None and len(documents) < args.modules:
@@ -76,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 top_k=args.top_k,
                 chunk_size=args.chunk_size,
                 chunk_overlap=args.chunk_overlap,
+                chunk_unit=unit,
                 filtered=not args.no_filter,
             )
         except grpc.RpcError as exc:
@@ -88,6 +119,36 @@ def main(argv: list[str] | None = None) -> int:
             embedder = epb_grpc.EmbeddingServiceStub(vector_channel)
             print()
             print(known_item.diagnose(report, documents, embedder))
+    return 0
+
+
+def offline(documents: int | None, max_chars: int, chunkings: list[str]) -> int:
+    from evals import hybrid
+    from metadata_service.tokenizer import PACKAGED_MODEL, tokenizer_for
+
+    tokenizer = tokenizer_for(PACKAGED_MODEL)
+    assert tokenizer is not None
+    encode = hybrid.sentence_transformer_encoder()
+    configs = []
+    for spec in chunkings:
+        unit, size, overlap = spec.split(":")
+        configs.append(hybrid.Chunking(unit, int(size), int(overlap)))
+    print(
+        "| query set | chunking | chunks | DENSE (exact) hit@1 / hit@5 / MRR "
+        "| KEYWORD (FTS5) | HYBRID (RRF 60) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for query_set in hybrid.stdlib_sets(documents, max_chars) + hybrid.package_sets(
+        documents, max_chars
+    ):
+        name = f"{query_set.name} ({len(query_set.documents)} docs, {len(query_set.items)} q)"
+        for config in configs:
+            scores = hybrid.evaluate(query_set, config, tokenizer, encode)
+            cells = [scores[m].row().replace(" | ", " / ") for m in ("DENSE", "KEYWORD", "HYBRID")]
+            print(
+                f"| {name} | {config} | {int(scores['chunks'].hit1)} | " + " | ".join(cells) + " |",
+                flush=True,
+            )
     return 0
 
 

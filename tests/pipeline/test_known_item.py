@@ -11,6 +11,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from evals import known_item
 from tests.conftest import RunningServer
@@ -64,3 +65,9 @@ def test_known_item_search_finds_the_document_and_loses_nothing_to_exact_search(
     assert not lost_filtered, f"with a filter, the service lost documents: {lost_filtered}"
     misses = [(o.item.document_id, o.exact_full_rank, o.item.query) for o in report.misses()]
     assert report.service_hit(known_item.TOP_DOCS) >= 0.90, f"{table}\nmisses: {misses}"
+    # Issue #14: the default chunking is in tokens; fused search finds what
+    # dense search does (at most 0.01 fewer) and what keywords find.
+    assert report.chunk_unit == pb.CHUNK_UNIT_TOKENS
+    dense, hybrid = (report.mode_hit(m, known_item.TOP_DOCS) for m in ("DENSE", "HYBRID"))
+    assert hybrid >= dense - 0.01, table
+    assert hybrid >= 0.97, table
