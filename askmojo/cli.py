@@ -280,7 +280,7 @@ def ensure_collection(app: App, name: str) -> None:
         return
     print(
         f"created collection {created.name} ({created.model}, {created.dimension} dimensions, "
-        f"chunks of {created.chunk_size} characters)",
+        f"chunks of {created.chunk_size} {created.chunk_unit})",
         file=app.out.file,
     )
 

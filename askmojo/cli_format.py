@@ -239,7 +239,7 @@ def collections_table(collections: Sequence[Collection]) -> Table:
     table.add_column("chunks", justify="right")
     table.add_column("model")
     table.add_column("dim", justify="right")
-    table.add_column("chunk size/overlap", justify="right")
+    table.add_column("chunking", justify="right")
     for c in collections:
         table.add_row(
             Text(c.name),
@@ -247,7 +247,7 @@ def collections_table(collections: Sequence[Collection]) -> Table:
             str(c.chunk_count),
             c.model,
             str(c.dimension),
-            f"{c.chunk_size}/{c.chunk_overlap}",
+            f"{c.chunk_size}/{c.chunk_overlap} {c.chunk_unit}",
         )
     return table
 

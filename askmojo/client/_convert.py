@@ -299,6 +299,7 @@ def collection(proto: pb.Collection) -> t.Collection:
         chunk_overlap=proto.chunking.chunk_overlap,
         create_time=_time(proto.create_time, proto.HasField("create_time")),
         vector_collection=proto.vector_collection,
+        chunk_unit="tokens" if proto.chunking.unit == pb.CHUNK_UNIT_TOKENS else "characters",
     )
 
 

@@ -128,6 +128,9 @@ class Collection:
     create_time: datetime | None
     #: The vector service collection holding its vectors.
     vector_collection: str
+    #: What chunk_size and chunk_overlap count: "tokens" (of the model's own
+    #: tokenizer) or "characters".
+    chunk_unit: str = "characters"
 
 
 @dataclass(frozen=True)

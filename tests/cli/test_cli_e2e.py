@@ -61,7 +61,7 @@ def test_ingest_a_folder(
     code, lines = ingest(run_cli, server, str(corpus), "--collection", "docs", "--batch", "2")
     assert code == 1  # one file failed
     assert lines[0] == (
-        "created collection docs (all-MiniLM-L6-v2, 384 dimensions, chunks of 400 characters)"
+        "created collection docs (all-MiniLM-L6-v2, 384 dimensions, chunks of 128 tokens)"
     )
     assert lines[1].startswith("5 documents into docs in ")
     assert summary_counts(lines[1]) == {"indexed": 0, "unchanged": 0, "pending": 4, "failed": 1}
@@ -137,7 +137,8 @@ def test_collections_and_stats(run_cli: Runner, server: RunningServer, corpus: P
     assert (listed.code, listed.err) == (0, "")
     rows = {line.split()[1]: line for line in listed.out.splitlines() if "all-MiniLM" in line}
     assert set(rows) == {"docs", "more-docs"}
-    assert re.search(r"│\s+4\s+│\s+4\s+│ all-MiniLM-L6-v2\s+│\s+384\s+│\s+400/50", rows["docs"])
+    docs_row = r"│\s+4\s+│\s+4\s+│ all-MiniLM-L6-v2\s+│\s+384\s+│\s+128/16 tokens"
+    assert re.search(docs_row, rows["docs"])
     assert re.search(r"│\s+2\s+│", rows["more-docs"])
 
     stats = run_cli("stats", "--address", server.address)

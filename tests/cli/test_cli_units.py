@@ -435,7 +435,7 @@ def test_collections_table() -> None:
         )
     )
     row = next(line for line in text.splitlines() if "notes" in line)
-    for cell in ("12", "30", "all-MiniLM-L6-v2", "384", "800/100"):
+    for cell in ("12", "30", "all-MiniLM-L6-v2", "384", "800/100 characters"):
         assert cell in row
 
 
