@@ -69,7 +69,10 @@ def stdlib_sets(modules: int | None, max_chars: int) -> list[QuerySet]:
             continue
         text = "\n".join([lines[0], *lines[2:]])
         stripped.append(known_item.Document(document.id, text, document.metadata))
-        summaries.append(known_item.KnownItem(document.id, summary))
+        # A summary the body repeats (a class docstring saying it again) is
+        # no independent query.
+        if " ".join(summary.lower().split()) not in " ".join(text.lower().split()):
+            summaries.append(known_item.KnownItem(document.id, summary))
     return [sentence, QuerySet("stdlib / summaries (removed from text)", stripped, summaries)]
 
 

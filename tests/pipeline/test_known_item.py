@@ -71,3 +71,26 @@ def test_known_item_search_finds_the_document_and_loses_nothing_to_exact_search(
     dense, hybrid = (report.mode_hit(m, known_item.TOP_DOCS) for m in ("DENSE", "HYBRID"))
     assert hybrid >= dense - 0.01, table
     assert hybrid >= 0.97, table
+
+
+def test_second_corpus_and_independent_queries_are_deterministic() -> None:
+    """The installed distributions' READMEs (issue #14): sorted, capped, the
+    same on every call; their summary queries are not copied from the text;
+    the stdlib summaries are removed from the text they query."""
+    from evals import hybrid
+
+    sets = hybrid.package_sets(40, MAX_CHARS)
+    assert sets == hybrid.package_sets(40, MAX_CHARS)
+    sentences, summaries = sets
+    assert [d.id for d in sentences.documents] == sorted(d.id for d in sentences.documents)
+    assert len(sentences.documents) == 40 and len(summaries.items) >= 20
+    texts = {d.id: " ".join(d.text.lower().split()) for d in summaries.documents}
+    for item in summaries.items:
+        assert " ".join(item.query.lower().split()) not in texts[item.document_id]
+    stdlib = hybrid.stdlib_sets(MODULES, MAX_CHARS)[1]
+    stdlib_texts = {d.id: d.text for d in stdlib.documents}
+    assert len(stdlib.items) >= 80
+    for item in stdlib.items:
+        assert " ".join(item.query.lower().split()) not in " ".join(
+            stdlib_texts[item.document_id].lower().split()
+        )
