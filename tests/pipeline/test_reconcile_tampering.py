@@ -43,7 +43,9 @@ def test_a_dropped_vector_collection_is_reported_and_rebuilt(
     assert {r.state for r in written.results} == {pb.UPSERT_STATE_INDEXED}
     name = stub.GetCollection(pb.GetCollectionRequest(name=collection)).vector_collection
     vectors.DropCollection(vpb.DropCollectionRequest(name=name))
-    assert not stub.Search(pb.SearchRequest(collection=collection, query="ships")).hits
+    # DENSE: the vectors are gone (the keyword index, in the database, is not).
+    dense = pb.SEARCH_MODE_DENSE
+    assert not stub.Search(pb.SearchRequest(collection=collection, query="ships", mode=dense)).hits
 
     check = stub.Reconcile(pb.ReconcileRequest(collection=collection, dry_run=True), timeout=60)
     assert check.vector_collection_missing
@@ -52,7 +54,9 @@ def test_a_dropped_vector_collection_is_reported_and_rebuilt(
     repair = stub.Reconcile(pb.ReconcileRequest(collection=collection), timeout=120)
     assert repair.vector_collection_missing
     assert repair.missing_vectors == len(TEXTS)
-    hits = stub.Search(pb.SearchRequest(collection=collection, query="ships entering a port"))
+    hits = stub.Search(
+        pb.SearchRequest(collection=collection, query="ships entering a port", mode=dense)
+    )
     assert hits.hits[0].document_id == "harbor"
     assert hits.hits[0].text == TEXTS["harbor"]
     after = stub.Reconcile(pb.ReconcileRequest(collection=collection, dry_run=True), timeout=60)
@@ -101,7 +105,11 @@ def reconcile(
 
 
 def top(stub: pb_grpc.MetadataServiceStub, collection: str, query: str) -> pb.SearchHit:
-    hits = stub.Search(pb.SearchRequest(collection=collection, query=query, top_k=3)).hits
+    # DENSE: these tests are about what the vectors say.
+    request = pb.SearchRequest(
+        collection=collection, query=query, top_k=3, mode=pb.SEARCH_MODE_DENSE
+    )
+    hits = stub.Search(request).hits
     return hits[0]
 
 

@@ -155,7 +155,10 @@ def test_mtls_vector_service_refuses_a_metadata_service_without_a_client_certifi
         )
         assert [result.state for result in response.results] == [pb.UPSERT_STATE_PENDING]
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Search(pb.SearchRequest(collection="docs", query="cats"), timeout=60)
+            stub.Search(
+                pb.SearchRequest(collection="docs", query="cats", mode=pb.SEARCH_MODE_DENSE),
+                timeout=60,
+            )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
