@@ -55,9 +55,25 @@ class KeywordHit:
     score: float
 
 
+# PostgreSQL's English stop words (its 'english' configuration drops them
+# from documents and queries alike). Dropped from SQLite queries too: they
+# add next to nothing to bm25 (a word in most chunks has an idf near zero),
+# but an OR of "the" matches nearly every chunk, and each match is scored.
+_STOP_WORDS_TEXT = """
+    i me my myself we our ours ourselves you your yours yourself yourselves he him his
+    himself she her hers herself it its itself they them their theirs themselves what which
+    who whom this that these those am is are was were be been being have has had having do
+    does did doing a an the and but if or because as until while of at by for with about
+    against between into through during before after above below to from up down in out on
+    off over under again further then once here there when where why how all any both each
+    few more most other some such no nor not only own same so than too very s t can will
+    just don should now"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+
+
 def query_terms(query: str) -> list[str]:
-    """The distinct lower-cased words of `query`, in order, at most
-    MAX_TERMS of them."""
+    """The distinct lower-cased words of `query`, in order, without stop
+    words (unless there is nothing else), at most MAX_TERMS of them."""
     terms: list[str] = []
     seen: set[str] = set()
     for word in _WORD.findall(query.lower()):
@@ -66,9 +82,8 @@ def query_terms(query: str) -> list[str]:
             if term and term not in seen:
                 seen.add(term)
                 terms.append(term)
-                if len(terms) == MAX_TERMS:
-                    return terms
-    return terms
+    content = [term for term in terms if term not in STOP_WORDS]
+    return (content or terms)[:MAX_TERMS]
 
 
 def fts5_query(terms: list[str]) -> str:

@@ -173,7 +173,10 @@ def test_hostile_queries_never_reach_the_syntax(
 def test_terms_are_bounded() -> None:
     terms = keyword_index.query_terms(" ".join(f"w{i}" for i in range(1000)) + " " + "y" * 500)
     assert len(terms) == keyword_index.MAX_TERMS
-    assert keyword_index.query_terms('A a A_b "B" c\'d') == ["a", "b", "c", "d"]
+    assert keyword_index.query_terms('X x X_b "B" c\'d') == ["x", "b", "c", "d"]
+    # Stop words go, unless nothing else is left.
+    assert keyword_index.query_terms("What is the WAL for?") == ["wal"]
+    assert keyword_index.query_terms("to be or not to be") == ["to", "be", "or", "not"]
     assert all(len(t) <= keyword_index.MAX_TERM_CHARS for t in keyword_index.query_terms("z" * 500))
 
 
