@@ -38,11 +38,18 @@ from bench.context import Context, Ratio, baseline_model
 from bench.corpora import metadata_for, passages, short_texts
 from bench.timing import median_pair, percentile
 from evals.known_item import Document, corpus
-from metadata_service.chunking import chunk_text
+from metadata_service.chunking import chunk_tokens
+from metadata_service.config import MetadataSettings
 from metadata_service.db import keyword_index
 from metadata_service.fusion import reciprocal_rank_fusion
+from metadata_service.tokenizer import PACKAGED_MODEL, tokenizer_for
 
-CHUNK_SIZE, CHUNK_OVERLAP = 400, 50  # the service's defaults
+# The service's defaults for a new collection: tokens of the model's own
+# tokenizer, Markdown structure respected. The baseline chunks the same way,
+# so both sides embed the same chunks.
+_DEFAULTS = MetadataSettings.model_fields
+CHUNK_SIZE = int(_DEFAULTS["default_chunk_size_tokens"].default)
+CHUNK_OVERLAP = int(_DEFAULTS["default_chunk_overlap_tokens"].default)
 TOP_K = 10
 FUSION_DEPTH = 3  # metadata_service/pipeline.py's _FUSION_DEPTH
 SEARCH_CLIENTS = 8
@@ -89,7 +96,13 @@ class InProcessStore:
         )
 
     def ingest(self, documents: Sequence[Document], batch_chunks: int = 256) -> int:
-        rows = [(d, c) for d in documents for c in chunk_text(d.text, CHUNK_SIZE, CHUNK_OVERLAP)]
+        tokenizer = tokenizer_for(PACKAGED_MODEL)
+        assert tokenizer is not None, "the packaged model's tokenizer is missing"
+        rows = [
+            (d, c)
+            for d in documents
+            for c in chunk_tokens(d.text, CHUNK_SIZE, CHUNK_OVERLAP, tokenizer)
+        ]
         for start in range(0, len(rows), batch_chunks):
             part = rows[start : start + batch_chunks]
             texts = [c.text for _, c in part]
