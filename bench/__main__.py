@@ -38,7 +38,7 @@ USES = {
     "embedding": ("embed_texts", "concurrent_texts"),
     "pipeline": ("ingest_docs", "search_queries", "latency_queries", "scale_small", "scale_large"),
     "metadata": ("metadata_docs",),
-    "security": ("ingest_docs", "search_queries", "concurrent_texts"),
+    "security": ("secured_docs", "secured_queries", "secured_texts"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -36,14 +36,19 @@ class Sizes:
     scale_small: int  # chunks
     scale_large: int
     metadata_repeat: int
+    # The security section's own counts: documents in each pair, Search
+    # queries and single-text Embed calls per timed run.
+    secured_docs: int
+    secured_queries: int
+    secured_texts: int
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(3, 1024, 512, 96, 240, 200, 10000, 4000, 20000, 3)
+        return cls(3, 1024, 512, 96, 240, 200, 10000, 4000, 20000, 3, 32, 240, 512)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000, 1)
+        return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000, 1, 10, 80, 128)
 
     def scaled(self, speed: float) -> Sizes:
         """These sizes for a machine at `speed` (1.0: the one `full` was

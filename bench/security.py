@@ -42,11 +42,11 @@ SCRAPE_SECONDS = 2.0
 
 
 def run(ctx: Context) -> None:
-    # A third of the pipeline section's corpus: varied hits, a short ingest.
-    documents, items = corpus(modules=max(8, ctx.sizes.ingest_docs // 3))
+    documents, items = corpus(modules=ctx.sizes.secured_docs)
     queries = [i.query for i in items]
-    queries = (queries * (ctx.sizes.search_queries // len(queries) + 1))[: ctx.sizes.search_queries]
-    texts = short_texts(ctx.sizes.concurrent_texts, seed=31)
+    wanted = ctx.sizes.secured_queries
+    queries = (queries * (wanted // len(queries) + 1))[:wanted]
+    texts = short_texts(ctx.sizes.secured_texts, seed=31)
     plain_vector = ctx.vector_service()
     vector_metrics, metadata_metrics = free_port(), free_port()
     secured_vector = ServiceProcess(

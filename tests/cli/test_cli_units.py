@@ -469,12 +469,14 @@ def test_stats_rows() -> None:
         chunk_count=40,
         worker_pid=123,
         truncated_chunk_count=3,
+        keyword_index_bytes=3 * 1024**2,
     )
     assert dict(stats_rows(stats)) == {
         "documents": "11 (9 indexed, 2 pending, 0 failed)",
         "chunks": "40",
         "truncated chunks": "3 (longer than the model's window; only their start is searchable)",
         "database": "sqlite, 2.0 MiB, journal wal (4.0 KiB WAL)",
+        "keyword index": "3.0 MiB",
         "pool": "QueuePool: size 5, 1 checked out, 4 idle, overflow 0/20",
         "worker pid": "123",
         "writes": "10 in 4 transactions (2.50 per commit, this worker)",
