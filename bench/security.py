@@ -121,10 +121,12 @@ def _pairs(
     ctx: Context, secured: Callable[[], object], plain: Callable[[], object], items: int
 ) -> list[tuple[float, float]]:
     """(secured rate, plain rate) per repetition, both warmed up first; the
-    side timed first alternates."""
+    side timed first alternates. A full run takes 2 x REPEAT - 1 pairs (5):
+    the cost sought is a few percent, so more pairs than a ratio against a
+    baseline needs; a quick run, one."""
     secured(), plain()
     pairs = []
-    for repetition in range(max(3, ctx.sizes.repeat + 2)):
+    for repetition in range(2 * ctx.sizes.repeat - 1):
         if repetition % 2:
             plain_rate = median_rate(plain, items, 1, warm_up=False)
             secured_rate = median_rate(secured, items, 1, warm_up=False)

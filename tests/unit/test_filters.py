@@ -4,7 +4,6 @@ MetadataValue <-> Python mapping both services share."""
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 
@@ -527,11 +526,10 @@ def test_the_ceilings_apply_without_explicit_limits() -> None:
     assert "MAX_FILTER_VALUES" in parse_error(huge_in).description
 
 
-def test_a_huge_filter_is_counted_cheaply() -> None:
-    proto = _wide_any(200_000)
-    started = time.perf_counter()
-    error = parse_error(proto, limits=FilterLimits(max_conditions=10))
-    assert time.perf_counter() - started < 1.0
+def test_a_huge_filter_is_refused_before_it_is_all_counted() -> None:
+    # "more than": counting stopped past the limit instead of walking all
+    # 200,000 conditions (how fast that is, is the benchmark's business).
+    error = parse_error(_wide_any(200_000), limits=FilterLimits(max_conditions=10))
     assert error.description.startswith("filter has more than ")
 
 
