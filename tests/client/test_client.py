@@ -137,9 +137,13 @@ def test_errors_carry_code_and_violations(client: Client) -> None:
 
 def test_every_method_asyncio(paired: RunningServer, name: str) -> None:
     async def documents() -> AsyncIterator[Document]:
+        # An async source, as a crawler feeding a queue would be.
+        queue: asyncio.Queue[Document | None] = asyncio.Queue()
         for doc in DOCS:
-            await asyncio.sleep(0)  # an async source: a queue, a crawler...
-            yield Document(doc["id"], doc["text"], doc["metadata"])
+            queue.put_nowait(Document(doc["id"], doc["text"], doc["metadata"]))
+        queue.put_nowait(None)
+        while (item := await queue.get()) is not None:
+            yield item
 
     async def main() -> None:
         async with AsyncClient(paired.address) as client:
