@@ -1,0 +1,155 @@
+"""After the run: wait for the services to settle, read back what they
+hold, and compare it with the ledger (soak.ledger.check)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from askmojo.client import Client, VectorClient
+from askmojo.client.errors import AskmojoError, NotFound
+from soak.cluster import API_KEY, Cluster
+from soak.ledger import CollectionView, StoredDoc, StoredVector, Version, freeze
+
+CONVERGE_TIMEOUT = 240.0
+READ_TIMEOUT = 60.0
+
+
+@dataclass
+class Backlog:
+    pending: int
+    failed: int
+    expired_leases: int
+    deletions: int
+
+    @property
+    def settled(self) -> bool:
+        return self.pending == 0 and self.deletions == 0
+
+
+def backlog(cluster: Cluster) -> Backlog:
+    """The outbox as the database holds it (the database's own clock
+    decides which leases have run out)."""
+    engine = cluster.engine()
+    now = "CURRENT_TIMESTAMP" if cluster.pg_database else "strftime('%Y-%m-%d %H:%M:%f','now')"
+    try:
+        with engine.connect() as conn:
+
+            def one(sql: str) -> int:
+                return int(conn.execute(text(sql)).scalar_one())
+
+            return Backlog(
+                pending=one("SELECT count(*) FROM chunks WHERE state = 'PENDING'"),
+                failed=one("SELECT count(*) FROM chunks WHERE state = 'FAILED'"),
+                expired_leases=one(
+                    "SELECT count(*) FROM chunks WHERE state = 'PENDING'"
+                    f" AND lease_until IS NOT NULL AND lease_until < {now}"
+                ),
+                deletions=one("SELECT count(*) FROM vector_deletions"),
+            )
+    finally:
+        engine.dispose()
+
+
+def converge(cluster: Cluster, timeout: float = CONVERGE_TIMEOUT) -> tuple[float, Backlog]:
+    """Polls until nothing waits in the outbox (no PENDING chunk, no vector
+    deletion) or `timeout`; returns the seconds it took and the backlog."""
+    begun = time.monotonic()
+    while True:
+        try:
+            seen = backlog(cluster)
+        except Exception:  # the database coming back
+            seen = Backlog(-1, -1, -1, -1)
+        if seen.settled or time.monotonic() - begun > timeout:
+            return time.monotonic() - begun, seen
+        time.sleep(0.5)  # polling the outbox, not ordering events
+
+
+def observe(
+    cluster: Cluster, collections: Iterable[str], vector_names: dict[str, set[str]]
+) -> tuple[dict[str, CollectionView], dict[str, int]]:
+    """Every collection's documents, vectors and exact-search results, and
+    the vector collections of deleted collections still there (with their
+    vector counts)."""
+    views: dict[str, CollectionView] = {}
+    leftovers: dict[str, int] = {}
+    with (
+        Client(cluster.metadata_address, api_key=API_KEY, timeout=READ_TIMEOUT) as client,
+        VectorClient(cluster.vector_address, api_key=API_KEY, timeout=READ_TIMEOUT) as vectors,
+    ):
+        current: set[str] = set()
+        for name in sorted(collections):
+            try:
+                info = client.collection(name)
+            except NotFound:
+                views[name] = CollectionView(docs=None)
+                continue
+            current.add(info.vector_collection)
+            views[name] = _view(client, vectors, name, info.vector_collection)
+        for name in sorted(set().union(*vector_names.values()) - current):
+            try:
+                leftovers[name] = vectors.count(name)
+            except NotFound:
+                continue
+    return views, leftovers
+
+
+def _view(client: Client, vectors: VectorClient, name: str, vector_name: str) -> CollectionView:
+    docs = {
+        d.id: StoredDoc(
+            text=d.text or "",
+            metadata=freeze(d.metadata),
+            generation=d.generation,
+            content_hash=d.content_hash,
+            chunk_count=d.chunk_count,
+            state=str(d.state),
+        )
+        for d in client.list(name, include_text=True, page_size=500)
+    }
+    view = CollectionView(docs=docs)
+    try:
+        ids = list(vectors.list_ids(vector_name, page_size=500))
+    except NotFound:
+        ids = []
+    for start in range(0, len(ids), 500):
+        for record in vectors.get(vector_name, ids[start : start + 500]):
+            view.vectors[record.id] = StoredVector(record.id, freeze(record.metadata))
+    for doc_id, doc in docs.items():
+        version = Version(doc.text, doc.metadata)
+        if version.token is not None:
+            hits = client.search(name, version.token, top_k=10, mode="keyword")
+            if any(h.document_id == doc_id for h in hits):
+                view.keyword_found.add(doc_id)
+        if doc.chunk_count == 1:
+            # Its own text is its chunk: the nearest vector (similarity 1).
+            view.dense_asked.add(doc_id)
+            hits = client.search(name, doc.text, top_k=3, mode="dense")
+            if any(h.document_id == doc_id for h in hits):
+                view.dense_found.add(doc_id)
+    return view
+
+
+def reconcile(cluster: Cluster, collections: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Reconcile every collection, as a user would; what each repaired."""
+    done: dict[str, dict[str, int]] = {}
+    with Client(cluster.metadata_address, api_key=API_KEY, timeout=300) as client:
+        for name in sorted(collections):
+            try:
+                report = client.reconcile(name)
+            except NotFound:
+                continue
+            except AskmojoError as exc:
+                done[name] = {"error": 1}
+                print(f"reconcile {name}: {exc}")
+                continue
+            done[name] = {
+                "missing_vectors": report.missing_vectors,
+                "orphan_vectors": report.orphan_vectors,
+                "stale_vectors": report.stale_vectors,
+                "pending_resumed": report.pending_resumed,
+                "unverified_vectors": report.unverified_vectors,
+            }
+    return done

@@ -1,0 +1,185 @@
+"""The crasher: on a seeded schedule, SIGKILLs a random target of the shape
+and brings it back.
+
+Every `kill_every` seconds it draws (from its own seeded generator, whatever
+happened before) whether to strike (probability `p`) and which target, so a
+seed always gives the same sequence of kills. Their moments relative to the
+drivers' operations vary from run to run: the machine's speed decides how
+far the drivers got. A target still coming back from an earlier kill is
+waited for (the kill is late, not skipped), so the sequence holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from soak.cluster import Cluster, Process, embedding_workers, wait_for
+
+RECOVERY_TIMEOUT = 240.0
+
+
+@dataclass
+class Target:
+    name: str
+    kill: Callable[[], str]  # returns what was killed
+    back: Callable[[], None]  # restarts it (if needed) and waits until it serves
+
+
+def _whole(process: Process) -> Target:
+    def kill() -> str:
+        process.kill()
+        return f"{process.name} (pid group {process.proc.pid if process.proc else '?'})"
+
+    def back() -> None:
+        process.start()
+
+    return Target(process.name, kill, back)
+
+
+def _metadata_worker(process: Process, workers: int) -> Target:
+    def kill() -> str:
+        children = sorted(process.children())
+        if not children:
+            return "no metadata worker found"
+        pid = children[0]
+        os.kill(pid, signal.SIGKILL)
+        return f"{process.name} worker pid {pid}"
+
+    def back() -> None:
+        # The supervisor replaces it; the service is back when it serves with
+        # all its workers again.
+        wait_for(
+            lambda: len(process.children()) >= workers and process.ready(),
+            RECOVERY_TIMEOUT,
+            f"{process.name}'s workers replaced",
+        )
+
+    return Target(f"{process.name}-worker", kill, back)
+
+
+def _embedding_worker(processes: list[Process], rng: random.Random) -> Target:
+    chosen: list[Process] = []
+
+    def kill() -> str:
+        process = processes[rng.randrange(len(processes))]
+        chosen[:] = [process]
+        pids = embedding_workers(process)
+        if not pids:
+            return f"no embedding worker of {process.name} found"
+        os.kill(pids[0], signal.SIGKILL)
+        return f"{process.name} embedding worker pid {pids[0]}"
+
+    def back() -> None:
+        process = chosen[0]
+        wait_for(
+            lambda: bool(embedding_workers(process)) and process.ready(),
+            RECOVERY_TIMEOUT,
+            f"{process.name}'s embedding pool restarted",
+        )
+
+    return Target("embedding-worker", kill, back)
+
+
+def _postgres(cluster: Cluster) -> Target:
+    def kill() -> str:
+        engine = cluster.engine()
+        try:
+            with engine.connect() as conn:
+                killed = conn.execute(
+                    text(
+                        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM"
+                        " pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()) t"
+                    ),
+                    {"db": cluster.pg_database},
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        return f"{killed} PostgreSQL backends terminated"
+
+    def back() -> None:
+        wait_for(lambda: all(p.ready() for p in cluster.metadata), RECOVERY_TIMEOUT, "metadata")
+
+    return Target("postgres-connections", kill, back)
+
+
+def targets(cluster: Cluster, rng: random.Random) -> list[Target]:
+    found = [_whole(p) for p in cluster.metadata]
+    if cluster.metadata_workers > 1:
+        found += [_metadata_worker(p, cluster.metadata_workers) for p in cluster.metadata]
+    found += [_whole(p) for p in cluster.vector]
+    found.append(_embedding_worker(cluster.vector, rng))
+    if cluster.chroma is not None:
+        found.append(_whole(cluster.chroma))
+    if cluster.pg_database is not None:
+        found.append(_postgres(cluster))
+    return found
+
+
+def draws(seed: int, p: float, targets: int) -> Iterator[int | None]:
+    """The schedule: per tick, the index of the target to kill, or None
+    (no kill this tick). Drawn from the seed alone."""
+    rng = random.Random(f"crasher-{seed}")
+    while True:
+        strike = rng.random() < p
+        index = rng.randrange(targets)
+        yield index if strike else None
+
+
+@dataclass
+class Crasher:
+    cluster: Cluster
+    seed: int
+    kill_every: float
+    p: float
+    log: Callable[[str], None] = print
+    kills: dict[str, int] = field(default_factory=dict)
+    schedule: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    recovery_seconds: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="crasher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(RECOVERY_TIMEOUT + 60)
+
+    def _run(self) -> None:
+        chosen = targets(self.cluster, random.Random(f"crasher-pick-{self.seed}"))
+        started = time.monotonic()
+        for tick, index in enumerate(draws(self.seed, self.p, len(chosen)), start=1):
+            # The schedule, not an ordering of events: the crasher's cadence.
+            wake = started + tick * self.kill_every
+            if self._stop.wait(max(0.0, wake - time.monotonic())):
+                return
+            if index is None:
+                continue
+            target = chosen[index]
+            self.schedule.append(target.name)
+            try:
+                what = target.kill()
+                self.kills[target.name] = self.kills.get(target.name, 0) + 1
+                elapsed = time.monotonic() - started
+                self.log(f"[{elapsed:7.1f}s] kill #{len(self.schedule)}: {what}")
+                begun = time.monotonic()
+                target.back()
+                self.recovery_seconds.append(time.monotonic() - begun)
+            except Exception as exc:  # reported, and the soak fails on it
+                self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
+                self.log(f"crasher: {target.name}: {exc}")
+                return
+
+    def total(self) -> int:
+        return sum(self.kills.values())
