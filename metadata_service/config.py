@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from askmojo.common.limits import SentLimits
 from askmojo.common.settings import ServiceSettings, usable_cpus
+from askmojo.common.targets import check_address
 from metadata_service.domain import ChunkUnit
 
 _CPUS = usable_cpus()
@@ -35,6 +37,8 @@ class MetadataSettings(ServiceSettings):
     # one per CPU in production.
     workers: int | None = Field(default=None, ge=1, le=256)
     # Empty: no vector service; chunks stay PENDING until one is configured.
+    # Several replicas: `vector-1:50052,vector-2:50052` or a gRPC target
+    # (`dns:///vector:50052`); calls go round robin to the healthy ones.
     vector_service_address: str = "localhost:50052"
     # How this service calls the vector service: its key (unset: API_KEY, so
     # one key in `.env` opens the pair), the CA that signed its certificate
@@ -126,6 +130,22 @@ class MetadataSettings(ServiceSettings):
     page_token_secret: SecretStr | None = Field(default=None, min_length=16)
     # Seconds between readiness probes of the database (health service).
     health_probe_interval: float = Field(default=5.0, gt=0)
+
+    @field_validator("vector_service_address")
+    @classmethod
+    def _vector_address(cls, address: str) -> str:
+        # Refused at start-up, naming the setting, rather than at the first
+        # call to the vector service.
+        if address.strip():
+            try:
+                check_address(address)
+            except ValueError as exc:
+                raise PydanticCustomError(
+                    "vector_service_address",
+                    "VECTOR_SERVICE_ADDRESS {problem}",
+                    {"problem": str(exc)},
+                ) from None
+        return address.strip()
 
     @model_validator(mode="after")
     def _check(self) -> MetadataSettings:

@@ -5,10 +5,21 @@ takes an absolute deadline (time.monotonic()): the caller passes its own
 call's, so no downstream call outlives the call that caused it.
 Transport failures become `VectorServiceUnavailable`; the pipeline then
 leaves its work PENDING and retries with backoff.
+
+`VECTOR_SERVICE_ADDRESS` may name several replicas (a comma-separated list,
+or a gRPC target such as `dns:///vector:50052`): calls are spread over those
+whose health service reports `askmojo.vector.v1.VectorService` SERVING
+(round_robin with client-side health checking), so a replica that is
+starting, draining or has lost Chroma gets none. A replica dying mid-call
+costs a retry, not a failure: gRPC retries the idempotent unary calls on
+another replica (askmojo.common.targets), and `upsert_stream` resends the
+batches a broken stream left unanswered (upserts by deterministic ids are
+idempotent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,6 +34,13 @@ from askmojo.common.channels import NO_SECURITY, ClientSecurity, open_aio_channe
 from askmojo.common.filters import FilterNode, MetadataScalar, filter_to_proto, metadata_to_proto
 from askmojo.common.filters import metadata_value_from_proto as from_value
 from askmojo.common.limits import SentLimits, limit_problems
+from askmojo.common.targets import (
+    EMBEDDING_SERVICE,
+    VECTOR_SERVICE,
+    RetryPolicy,
+    resolve_target,
+    target_options,
+)
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from askmojo.vector.v1 import vector_service_pb2 as vpb
@@ -46,6 +64,14 @@ _TRANSIENT_CODES = frozenset(c.value[0] for c in _TRANSIENT)
 # a configuration of the pair to fix, not a fault of the documents, so their
 # work stays PENDING (as in an outage) and is indexed once the keys agree.
 _KEY_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# gRPC's own retries of the idempotent unary calls (a replica that died or
+# refused for a moment): quick, as the indexer's own backoff follows anyway.
+_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=1.0)
+# An UpsertStream broken by UNAVAILABLE (its replica died, or drains) is
+# opened again, on whichever replica is healthy, this many times in a row
+# without an answer in between, waiting _STREAM_BACKOFF * 2^n seconds first.
+_STREAM_ATTEMPTS = 5
+_STREAM_BACKOFF = 0.1
 
 
 class VectorServiceUnavailable(Exception):
@@ -162,12 +188,16 @@ class VectorClient:
         security: ClientSecurity = NO_SECURITY,
     ) -> None:
         self.address = address
+        # Batches resent after an UpsertStream broke (a replica died):
+        # operators read it in the log, tests here.
+        self.resent_batches = 0
         # Checked against the vector service's limits before the first
         # collection is ensured (so before anything is sent to index).
         self._sent_limits = sent_limits
         self._limits_agree = sent_limits is None
+        target = resolve_target(address)
         self._channel = open_aio_channel(
-            address,
+            target[0],
             security,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -175,6 +205,15 @@ class VectorClient:
                 # Reconnect quickly after the vector service restarts.
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 5000),
+                # round_robin even over one name: it may resolve to several
+                # replicas, and health checking needs a balancing policy.
+                *target_options(
+                    target,
+                    _RETRY,
+                    [VECTOR_SERVICE, EMBEDDING_SERVICE],
+                    balanced=True,
+                    health_service=VECTOR_SERVICE,
+                ),
             ],
         )
         self._stub = vpb_grpc.VectorServiceStub(self._channel)
@@ -222,34 +261,59 @@ class VectorClient:
     ) -> AsyncIterator[list[RecordAck]]:
         """Sends the batches over one `UpsertStream` and yields each batch's
         acknowledgements as they come. The vector service reads a batch only
-        after storing the one before, so this side never runs ahead of it."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise VectorServiceUnavailable("no time left for the vector service call")
-        requests = (
-            vpb.UpsertStreamRequest(
-                collection=collection, records=[_to_proto_record(r) for r in batch]
+        after storing the one before, so this side never runs ahead of it.
+        A stream broken by UNAVAILABLE (its replica died) is opened again
+        with the batches not yet answered: the round robin hands it to a
+        healthy replica, and upserting the same ids twice stores them once."""
+        answered = 0
+        failures = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VectorServiceUnavailable("no time left for the vector service call")
+            requests = (
+                vpb.UpsertStreamRequest(
+                    collection=collection, records=[_to_proto_record(r) for r in batch]
+                )
+                for batch in batches[answered:]
             )
-            for batch in batches
-        )
-        call = self._stub.UpsertStream(requests, timeout=remaining)
-        try:
-            async for response in call:
-                # A refused batch (e.g. its collection was dropped meanwhile)
-                # carries that status on each of its records too.
-                yield [
-                    RecordAck(
-                        r.id,
-                        r.status.code == code_pb2.OK,
-                        r.status.code in _TRANSIENT_CODES,
-                        r.status.message,
-                        r.status.code == code_pb2.NOT_FOUND,
-                        r.truncated,
-                    )
-                    for r in response.results
-                ]
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+            call = self._stub.UpsertStream(requests, timeout=remaining)
+            try:
+                async for response in call:
+                    answered += 1
+                    failures = 0
+                    # A refused batch (e.g. its collection was dropped
+                    # meanwhile) carries that status on each of its records too.
+                    yield [
+                        RecordAck(
+                            r.id,
+                            r.status.code == code_pb2.OK,
+                            r.status.code in _TRANSIENT_CODES,
+                            r.status.message,
+                            r.status.code == code_pb2.NOT_FOUND,
+                            r.truncated,
+                        )
+                        for r in response.results
+                    ]
+                return
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                wait = _STREAM_BACKOFF * 2 ** (failures - 1)
+                if (
+                    exc.code() is not grpc.StatusCode.UNAVAILABLE
+                    or failures >= _STREAM_ATTEMPTS
+                    or time.monotonic() + wait >= deadline
+                ):
+                    raise self._error(exc) from None
+                self.resent_batches += len(batches) - answered
+                _LOGGER.warning(
+                    "vector UpsertStream broke (%s: %s); resending its %d unanswered "
+                    "batches to a healthy replica",
+                    exc.code().name,
+                    exc.details(),
+                    len(batches) - answered,
+                )
+            await asyncio.sleep(wait)
 
     async def delete(self, collection: str, where: FilterNode, deadline: float) -> int:
         """Deletes the matching vectors; a missing collection has none."""

@@ -1,0 +1,215 @@
+"""The metadata service's client of the vector service over several replicas:
+round robin, client-side health checking and retries, over real sockets.
+
+Each replica is a small grpc.aio stand-in of the vector service (Query and
+UpsertStream, plus the real grpc.health.v1 servicer) that counts what it
+serves, so where every call landed is observed, not assumed. The real pair
+is in tests/pipeline/test_replicas.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from askmojo.common.targets import VECTOR_SERVICE
+from askmojo.vector.v1 import vector_service_pb2 as vpb
+from metadata_service.config import MetadataSettings
+from metadata_service.vector_client import VectorClient, VectorRecord, VectorServiceUnavailable
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Replica:
+    """A vector-service stand-in on 127.0.0.1:<free port>. While
+    `calls["die in stream"]` (shared by the replicas) is set, the next
+    UpsertStream to reach its second batch takes its server down (every
+    connection closed), as a SIGKILL would, and clears it."""
+
+    def __init__(self, name: str, calls: Counter[str]) -> None:
+        self.name = name
+        self.calls = calls
+        self.health = HealthServicer()
+        self.server = grpc.aio.server()
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.stopped = False
+        self._stopping: asyncio.Future[None] | None = None
+        handlers = {
+            "Query": grpc.unary_unary_rpc_method_handler(
+                self._query,
+                request_deserializer=vpb.QueryRequest.FromString,
+                response_serializer=vpb.QueryResponse.SerializeToString,
+            ),
+            "UpsertStream": grpc.stream_stream_rpc_method_handler(
+                self._upsert_stream,
+                request_deserializer=vpb.UpsertStreamRequest.FromString,
+                response_serializer=vpb.UpsertStreamResponse.SerializeToString,
+            ),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(VECTOR_SERVICE, handlers),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        await self.health.set(VECTOR_SERVICE, SERVING)
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self._stopping is None:
+            self.stopped = True
+            self._stopping = asyncio.ensure_future(self.server.stop(None))
+        await asyncio.shield(self._stopping)
+
+    async def _query(self, request: vpb.QueryRequest, context: object) -> vpb.QueryResponse:
+        self.calls[self.name] += 1
+        return vpb.QueryResponse(matches=[vpb.Match(id=self.name, score=1.0)])
+
+    async def _upsert_stream(
+        self, requests: AsyncIterator[vpb.UpsertStreamRequest], context: object
+    ) -> AsyncIterator[vpb.UpsertStreamResponse]:
+        seen = 0
+        async for request in requests:
+            seen += 1
+            if seen == 2 and self.calls["die in stream"]:
+                self.calls["die in stream"] = 0
+                # Not awaited here: stopping cancels this very handler.
+                self.stopped = True
+                self._stopping = asyncio.ensure_future(self.server.stop(None))
+                await asyncio.Event().wait()
+            self.calls[f"{self.name}:batches"] += 1
+            ok = status_pb2.Status(code=code_pb2.OK)
+            yield vpb.UpsertStreamResponse(
+                results=[vpb.RecordResult(id=r.id, status=ok) for r in request.records]
+            )
+
+
+def client_for(*replicas: Replica) -> VectorClient:
+    settings = MetadataSettings.model_validate(
+        {"vector_service_address": ",".join(r.address for r in replicas)}
+    )
+    return VectorClient(settings.vector_service_address, 4 * 1024 * 1024)
+
+
+async def query_many(client: VectorClient, n: int) -> list[str]:
+    landed = []
+    for _ in range(n):
+        (match,) = await client.query("c", "q", 1, None, time.monotonic() + 10)
+        landed.append(match.id)
+    return landed
+
+
+def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
+    async def scenario() -> None:
+        calls: Counter[str] = Counter()
+        a, b = Replica("a", calls), Replica("b", calls)
+        await a.start()
+        await b.start()
+        client = client_for(a, b)
+        try:
+            landed = Counter(await query_many(client, 40))
+            # Round robin once both connections are up (the first calls may
+            # all reach the first replica ready).
+            assert landed["a"] > 0 and landed["b"] > 0, landed
+            assert landed["a"] + landed["b"] == 40
+
+            # b says NOT_SERVING (draining, Chroma lost): it gets no calls,
+            # though its port still answers.
+            await b.health.set(VECTOR_SERVICE, NOT_SERVING)
+
+            async def only_a() -> bool:
+                return set(await query_many(client, 6)) == {"a"}
+
+            await _until_async(only_a, "calls avoid the NOT_SERVING replica")
+            assert set(await query_many(client, 20)) == {"a"}
+
+            # SERVING again: back in the rotation.
+            await b.health.set(VECTOR_SERVICE, SERVING)
+
+            async def both() -> bool:
+                return set(await query_many(client, 6)) == {"a", "b"}
+
+            await _until_async(both, "the replica back in the rotation")
+        finally:
+            await client.close()
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_dies_costs_a_retry_not_a_failed_call() -> None:
+    async def scenario() -> None:
+        calls: Counter[str] = Counter()
+        a, b = Replica("a", calls), Replica("b", calls)
+        await a.start()
+        await b.start()
+        client = client_for(a, b)
+        try:
+            assert set(await query_many(client, 20)) == {"a", "b"}
+            await a.stop()
+            # Every call answers (gRPC's retry policy picks b), none fails.
+            assert set(await query_many(client, 40)) == {"b"}
+
+            # A stream whose replica dies at its second batch: the batches
+            # it left unanswered are resent to the other, every record acked.
+            c = Replica("c", calls)
+            await c.start()
+            client_c = client_for(b, c)
+            calls["die in stream"] = 1
+            batches = [[VectorRecord(f"{n}#{i}", "text", {}) for i in range(3)] for n in range(5)]
+            acks = [
+                ack
+                async for answer in client_c.upsert_stream("c", batches, time.monotonic() + 20)
+                for ack in answer
+            ]
+            assert [a.id for a in acks] == [r.id for batch in batches for r in batch]
+            assert all(a.ok for a in acks)
+            assert client_c.resent_batches == 4  # batches 2..5 of the broken stream
+            assert b.stopped != c.stopped  # exactly one replica died
+            await client_c.close()
+            await c.stop()
+
+            # With no replica left the call fails as an outage (the work
+            # stays PENDING), once the retries are spent.
+            await b.stop()
+            with pytest.raises(VectorServiceUnavailable):
+                await query_many(client, 1)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_addresses_are_refused_naming_the_setting() -> None:
+    for bad, problem in [
+        ("127.0.0.1:1,,127.0.0.1:2", "entry 2 of 3 is empty"),
+        ("10.0.0.1:1,[::1]:2", "mixes IPv4 and IPv6"),
+        ("vector:0", "port 0 is not between 1 and 65535"),
+        ("vector:50052,vector", "expected HOST:PORT"),
+        ("dns:///", "names nothing"),
+    ]:
+        with pytest.raises(ValueError, match="VECTOR_SERVICE_ADDRESS") as raised:
+            MetadataSettings.model_validate({"vector_service_address": bad})
+        assert problem in str(raised.value), (bad, str(raised.value))
+    for good in ("vector:50052", "a:1,b:2", "[::1]:1,[::2]:2", "dns:///vector:50052", ""):
+        MetadataSettings.model_validate({"vector_service_address": good})
+
+
+async def _until_async(check: object, what: str, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not await check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {within} s")
