@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test soak lint format protos clean bench bench-quick
+.PHONY: install run test soak fuzz lint format protos clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The crash soak (issue #13, soak/): both shapes (SQLite + embedded Chroma;
+# PostgreSQL + a Chroma server with two replicas of each service), drivers
+# keeping a ledger of acknowledged operations while a seeded crasher SIGKILLs
+# a random process every 2.5 s, 40 kills per shape (3 minutes at most); then nothing lost,
+# nothing orphaned. Report on stdout and in soak/results/latest.json.
+SOAK_SEED ?= 13
+soak: $(STAMP)
+	$(BIN)/python -m soak --shape both --seed $(SOAK_SEED) --kill-every 2.5 --p 1 --kills 40 --minutes 3
+
 # The fuzz test of both live services (tests/fuzz), far longer than in
 # `make test`: 20x the examples per method, fresh ones each run, and at most
 # 20 minutes of fuzzing. Distinct findings also go to data/fuzz-findings.jsonl.
-soak: $(STAMP)
+fuzz: $(STAMP)
 	FUZZ_EXAMPLES=400 FUZZ_SECONDS=1200 FUZZ_RANDOM=1 FUZZ_REPORT=data/fuzz-findings.jsonl \
 		$(BIN)/python -m pytest tests/fuzz
 

@@ -201,7 +201,7 @@ def _metadata_env(
         "INDEX_LEASE_SECONDS": "8",
         "INDEX_POLL_SECONDS": "0.5",
         "INDEX_MAX_BACKOFF": "2",
-        "INDEX_ON_WRITE_TIMEOUT": "10",
+        "INDEX_ON_WRITE_TIMEOUT": "3",
         "HEALTH_PROBE_INTERVAL": "0.5",
         "SHUTDOWN_GRACE_SECONDS": "2",
     }

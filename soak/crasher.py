@@ -31,6 +31,12 @@ class Target:
     name: str
     kill: Callable[[], str]  # returns what was killed
     back: Callable[[], None]  # restarts it (if needed) and waits until it serves
+    # The processes (or engines) the next kill hits: it waits until they are
+    # back from an earlier kill.
+    hits: Callable[[], set[str]] | None = None
+
+    def resources(self) -> set[str]:
+        return self.hits() if self.hits is not None else {self.name}
 
 
 def _whole(process: Process) -> Target:
@@ -62,15 +68,18 @@ def _metadata_worker(process: Process, workers: int) -> Target:
             f"{process.name}'s workers replaced",
         )
 
-    return Target(f"{process.name}-worker", kill, back)
+    return Target(f"{process.name}-worker", kill, back, lambda: {process.name})
 
 
 def _embedding_worker(processes: list[Process], rng: random.Random) -> Target:
     chosen: list[Process] = []
 
+    def hits() -> set[str]:
+        chosen[:] = [processes[rng.randrange(len(processes))]]
+        return {chosen[0].name}
+
     def kill() -> str:
-        process = processes[rng.randrange(len(processes))]
-        chosen[:] = [process]
+        process = chosen[0]
         pids = embedding_workers(process)
         if not pids:
             return f"no embedding worker of {process.name} found"
@@ -85,7 +94,7 @@ def _embedding_worker(processes: list[Process], rng: random.Random) -> Target:
             f"{process.name}'s embedding pool restarted",
         )
 
-    return Target("embedding-worker", kill, back)
+    return Target("embedding-worker", kill, back, hits)
 
 
 def _postgres(cluster: Cluster) -> Target:
@@ -107,7 +116,7 @@ def _postgres(cluster: Cluster) -> Target:
     def back() -> None:
         wait_for(lambda: all(p.ready() for p in cluster.metadata), RECOVERY_TIMEOUT, "metadata")
 
-    return Target("postgres-connections", kill, back)
+    return Target("postgres-connections", kill, back, lambda: {"postgres"})
 
 
 def targets(cluster: Cluster, rng: random.Random) -> list[Target]:
@@ -146,15 +155,25 @@ class Crasher:
     recovery_seconds: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _recovering: set[str] = field(default_factory=set)
+    _recoveries: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="crasher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """No more kills; returns once every killed target is back."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(RECOVERY_TIMEOUT + 60)
+        for thread in self._recoveries:
+            thread.join(RECOVERY_TIMEOUT + 60)
+
+    def _busy(self, names: set[str]) -> bool:
+        with self._lock:
+            return bool(names & self._recovering)
 
     def _run(self) -> None:
         chosen = targets(self.cluster, random.Random(f"crasher-pick-{self.seed}"))
@@ -167,19 +186,39 @@ class Crasher:
             if index is None:
                 continue
             target = chosen[index]
+            names = target.resources()
+            # A target still coming back is killed once it is back: late, not
+            # skipped, so the sequence of kills stays the seed's.
+            while self._busy(names):
+                if self._stop.wait(0.1):
+                    return
+            if self.errors:
+                return
             self.schedule.append(target.name)
             try:
                 what = target.kill()
-                self.kills[target.name] = self.kills.get(target.name, 0) + 1
-                elapsed = time.monotonic() - started
-                self.log(f"[{elapsed:7.1f}s] kill #{len(self.schedule)}: {what}")
-                begun = time.monotonic()
-                target.back()
-                self.recovery_seconds.append(time.monotonic() - begun)
             except Exception as exc:  # reported, and the soak fails on it
                 self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
-                self.log(f"crasher: {target.name}: {exc}")
                 return
+            self.kills[target.name] = self.kills.get(target.name, 0) + 1
+            self.log(f"[{time.monotonic() - started:7.1f}s] kill #{len(self.schedule)}: {what}")
+            with self._lock:
+                self._recovering |= names
+            thread = threading.Thread(target=self._recover, args=(target, names), daemon=True)
+            self._recoveries.append(thread)
+            thread.start()
+
+    def _recover(self, target: Target, names: set[str]) -> None:
+        begun = time.monotonic()
+        try:
+            target.back()
+        except Exception as exc:  # reported, and the soak fails on it
+            self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
+            self.log(f"crasher: {target.name} did not come back: {exc}")
+            return
+        self.recovery_seconds.append(time.monotonic() - begun)
+        with self._lock:
+            self._recovering -= names
 
     def total(self) -> int:
         return sum(self.kills.values())
