@@ -14,7 +14,7 @@ from askmojo.common import auth, tls, tracing
 from askmojo.common.logs import configure_logging
 from vector_service.config import VectorSettings
 from vector_service.server import serve, start_dependencies
-from vector_service.store import StoreLocked
+from vector_service.store import DirectoryLock, StoreLocked
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +30,15 @@ def main() -> int:
     if refusal is not None:
         print(f"vector_service: {refusal}", file=sys.stderr)
         return 2
+    # Before anything is logged or loaded: a second service on an embedded
+    # store's directory says so in one line (which owns it, and that replicas
+    # share a Chroma server instead) and exits 2, as other refusals do.
+    if not settings.chroma_host:
+        try:
+            DirectoryLock.check(settings.chromadb_persist_directory)
+        except StoreLocked as exc:
+            print(f"vector_service: {exc}", file=sys.stderr)
+            return 2
     configure_logging(settings.log_level, settings.effective_log_format)
     tracing.configure("askmojo-vector")
     _LOGGER.info(
@@ -41,9 +50,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         dependencies = start_dependencies(settings)
-    except StoreLocked as exc:
+    except StoreLocked as exc:  # taken since the check above
         _LOGGER.error("cannot start: %s", exc)
-        return 3
+        return 2
     except KeyboardInterrupt:
         _LOGGER.info("stopped during start-up")
         return 0

@@ -103,22 +103,49 @@ class DirectoryLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            owner = _owner(self._fd)
             os.close(self._fd)
-            raise StoreLocked(
-                f"{os.path.abspath(directory)} is already used by another vector service "
-                f"(pid {owner}). Embedded Chroma must have exactly one owner: stop that "
-                "process, choose another CHROMADB_PERSIST_DIRECTORY, or run replicas against "
-                "a Chroma server (CHROMA_HOST)."
-            ) from None
+            raise StoreLocked(_owned_message(directory, owner)) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    @staticmethod
+    def check(directory: str) -> None:
+        """Raises StoreLocked if another process holds the directory, without
+        taking it: start-up asks before it loads anything, so a second
+        service says so in one line and exits. (A process taking it between
+        this check and the real claim is still refused there.)"""
+        path = os.path.join(directory, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # never used: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLocked(_owned_message(directory, _owner(fd))) from None
+        finally:
+            os.close(fd)  # also drops the shared lock, if taken
 
     def release(self) -> None:
         if self._fd >= 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def _owner(fd: int) -> str:
+    """The pid the owner wrote into the lock file."""
+    return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+
+
+def _owned_message(directory: str, owner: str) -> str:
+    # One line: what a second service prints before it exits.
+    return (
+        f"another vector service (pid {owner}) owns {os.path.abspath(directory)}: embedded "
+        "Chroma has exactly one owner; stop it or choose another CHROMADB_PERSIST_DIRECTORY, "
+        "and to run replicas point them all at one Chroma server (CHROMA_HOST)"
+    )
 
 
 class VectorStore:

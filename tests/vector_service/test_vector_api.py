@@ -528,10 +528,16 @@ def test_second_service_on_the_same_directory_exits(
         timeout=60,
         check=False,
     )
-    assert result.returncode != 0
+    # Refused before the model loads, in one line that names the owner and
+    # the directory and says what replicas use instead; exit 2, as every
+    # other start-up refusal.
+    assert result.returncode == 2, result.stderr
     assert time.monotonic() - started < 30
-    assert "already used by another vector service" in result.stderr
-    assert f"pid {os.getpid()}" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    directory = os.path.abspath(vector_server.settings.chromadb_persist_directory)
+    assert f"another vector service (pid {os.getpid()}) owns {directory}" in lines[0]
+    assert "Chroma server (CHROMA_HOST)" in lines[0]
     # The owner is unharmed.
     embed = epb_grpc.EmbeddingServiceStub(vector_channel)
     assert len(embed.Embed(epb.EmbedRequest(texts=["still here"])).embeddings) == 1
