@@ -109,6 +109,7 @@ def run_shape(
             "errors": _merge_counts(d.errors for d in drivers),
             "kills": dict(sorted(crasher.kills.items())),
             "kills_total": crasher.total(),
+            "kills_missed": crasher.missed,
             "kill_schedule": crasher.schedule,
             "recovery_seconds_max": round(max(crasher.recovery_seconds, default=0.0), 1),
             "crasher_errors": crasher.errors,

@@ -89,12 +89,26 @@ def observe(
                 continue
             current.add(info.vector_collection)
             views[name] = _view(client, vectors, name, info.vector_collection)
-        for name in sorted(set().union(*vector_names.values()) - current):
+        known = set().union(*vector_names.values())
+        # The Chroma server (scaled shape) lists every collection: also those
+        # of creations whose reply was lost (names no driver saw).
+        for name in sorted((known | set(chroma_collections(cluster))) - current):
             try:
                 leftovers[name] = vectors.count(name)
             except NotFound:
                 continue
     return views, leftovers
+
+
+def chroma_collections(cluster: Cluster) -> list[str]:
+    """Every collection of the Chroma server (none in the single shape: its
+    embedded store belongs to the vector service while it runs)."""
+    if cluster.chroma is None:
+        return []
+    import chromadb
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=cluster.chroma.port)
+    return [c.name for c in client.list_collections()]
 
 
 def _view(client: Client, vectors: VectorClient, name: str, vector_name: str) -> CollectionView:

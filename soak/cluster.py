@@ -134,10 +134,23 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def living_children(process: Process) -> list[int]:
+    return [pid for pid in process.children() if alive(pid)]
+
+
 def embedding_workers(vector: Process) -> list[int]:
     """The vector service's embedding worker processes (spawned by
     multiprocessing; not its resource tracker)."""
-    return [pid for pid in vector.children() if "spawn_main" in cmdline(pid)]
+    return [pid for pid in living_children(vector) if "spawn_main" in cmdline(pid)]
 
 
 @dataclass

@@ -16,12 +16,12 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from soak.cluster import Cluster, Process, embedding_workers, wait_for
+from soak.cluster import Cluster, Process, embedding_workers, living_children, wait_for
 
 RECOVERY_TIMEOUT = 240.0
 
@@ -29,17 +29,19 @@ RECOVERY_TIMEOUT = 240.0
 @dataclass
 class Target:
     name: str
-    kill: Callable[[], str]  # returns what was killed
+    kill: Callable[[], str | None]  # what was killed (None: nothing to kill)
     back: Callable[[], None]  # restarts it (if needed) and waits until it serves
     # The processes (or engines) the next kill hits: it waits until they are
     # back from an earlier kill.
     hits: Callable[[], set[str]] | None = None
+    # How often it is drawn relative to the others.
+    weight: int = 1
 
     def resources(self) -> set[str]:
         return self.hits() if self.hits is not None else {self.name}
 
 
-def _whole(process: Process) -> Target:
+def _whole(process: Process, weight: int = 1) -> Target:
     def kill() -> str:
         process.kill()
         return f"{process.name} (pid group {process.proc.pid if process.proc else '?'})"
@@ -47,28 +49,34 @@ def _whole(process: Process) -> Target:
     def back() -> None:
         process.start()
 
-    return Target(process.name, kill, back)
+    return Target(process.name, kill, back, weight=weight)
 
 
 def _metadata_worker(process: Process, workers: int) -> Target:
-    def kill() -> str:
-        children = sorted(process.children())
+    killed: list[int] = []
+
+    def kill() -> str | None:
+        children = sorted(living_children(process))
         if not children:
-            return "no metadata worker found"
-        pid = children[0]
-        os.kill(pid, signal.SIGKILL)
-        return f"{process.name} worker pid {pid}"
+            return None
+        killed[:] = [children[0]]
+        os.kill(children[0], signal.SIGKILL)
+        return f"{process.name} worker pid {children[0]}"
+
+    def replaced() -> bool:
+        children = living_children(process)
+        return killed[0] not in children and len(children) >= workers and process.ready()
 
     def back() -> None:
         # The supervisor replaces it; the service is back when it serves with
         # all its workers again.
         wait_for(
-            lambda: len(process.children()) >= workers and process.ready(),
+            replaced,
             RECOVERY_TIMEOUT,
             f"{process.name}'s workers replaced",
         )
 
-    return Target(f"{process.name}-worker", kill, back, lambda: {process.name})
+    return Target(f"{process.name}-worker", kill, back, lambda: {process.name}, weight=2)
 
 
 def _embedding_worker(processes: list[Process], rng: random.Random) -> Target:
@@ -78,18 +86,25 @@ def _embedding_worker(processes: list[Process], rng: random.Random) -> Target:
         chosen[:] = [processes[rng.randrange(len(processes))]]
         return {chosen[0].name}
 
-    def kill() -> str:
+    killed: list[int] = []
+
+    def kill() -> str | None:
         process = chosen[0]
         pids = embedding_workers(process)
         if not pids:
-            return f"no embedding worker of {process.name} found"
+            return None
+        killed[:] = [pids[0]]
         os.kill(pids[0], signal.SIGKILL)
         return f"{process.name} embedding worker pid {pids[0]}"
+
+    def restarted() -> bool:
+        pids = embedding_workers(chosen[0])
+        return bool(pids) and killed[0] not in pids and chosen[0].ready()
 
     def back() -> None:
         process = chosen[0]
         wait_for(
-            lambda: bool(embedding_workers(process)) and process.ready(),
+            restarted,
             RECOVERY_TIMEOUT,
             f"{process.name}'s embedding pool restarted",
         )
@@ -116,11 +131,15 @@ def _postgres(cluster: Cluster) -> Target:
     def back() -> None:
         wait_for(lambda: all(p.ready() for p in cluster.metadata), RECOVERY_TIMEOUT, "metadata")
 
-    return Target("postgres-connections", kill, back, lambda: {"postgres"})
+    return Target("postgres-connections", kill, back, lambda: {"postgres"}, weight=2)
 
 
 def targets(cluster: Cluster, rng: random.Random) -> list[Target]:
-    found = [_whole(p) for p in cluster.metadata]
+    """Every kind of kill of the shape. The vector side's are drawn half as
+    often as the metadata side's: a vector service or an embedding worker
+    loads the model again (tens of seconds on a busy machine), and a kill
+    waits for its target to be back."""
+    found = [_whole(p, weight=2) for p in cluster.metadata]
     if cluster.metadata_workers > 1:
         found += [_metadata_worker(p, cluster.metadata_workers) for p in cluster.metadata]
     found += [_whole(p) for p in cluster.vector]
@@ -132,13 +151,14 @@ def targets(cluster: Cluster, rng: random.Random) -> list[Target]:
     return found
 
 
-def draws(seed: int, p: float, targets: int) -> Iterator[int | None]:
-    """The schedule: per tick, the index of the target to kill, or None
-    (no kill this tick). Drawn from the seed alone."""
+def draws(seed: int, p: float, weights: Sequence[int]) -> Iterator[int | None]:
+    """The schedule: per tick, the index of the target to kill (drawn by
+    `weights`), or None (no kill this tick). Drawn from the seed alone."""
     rng = random.Random(f"crasher-{seed}")
+    indexes = range(len(weights))
     while True:
         strike = rng.random() < p
-        index = rng.randrange(targets)
+        index = rng.choices(indexes, weights)[0]
         yield index if strike else None
 
 
@@ -150,6 +170,7 @@ class Crasher:
     p: float
     log: Callable[[str], None] = print
     kills: dict[str, int] = field(default_factory=dict)
+    missed: dict[str, int] = field(default_factory=dict)
     schedule: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     recovery_seconds: list[float] = field(default_factory=list)
@@ -178,7 +199,7 @@ class Crasher:
     def _run(self) -> None:
         chosen = targets(self.cluster, random.Random(f"crasher-pick-{self.seed}"))
         started = time.monotonic()
-        for tick, index in enumerate(draws(self.seed, self.p, len(chosen)), start=1):
+        for tick, index in enumerate(draws(self.seed, self.p, [t.weight for t in chosen]), start=1):
             # The schedule, not an ordering of events: the crasher's cadence.
             wake = started + tick * self.kill_every
             if self._stop.wait(max(0.0, wake - time.monotonic())):
@@ -200,6 +221,10 @@ class Crasher:
             except Exception as exc:  # reported, and the soak fails on it
                 self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
                 return
+            if what is None:  # e.g. the embedding pool between workers
+                self.log(f"crasher: no process of {target.name} to kill right now")
+                self.missed[target.name] = self.missed.get(target.name, 0) + 1
+                continue
             self.kills[target.name] = self.kills.get(target.name, 0) + 1
             self.log(f"[{time.monotonic() - started:7.1f}s] kill #{len(self.schedule)}: {what}")
             with self._lock:

@@ -94,9 +94,11 @@ def test_failed_calls_are_sent_again_and_recorded_as_unknown(monkeypatch: Any) -
 
 
 def test_the_same_seed_gives_the_same_kill_schedule() -> None:
-    first = list(itertools.islice(draws(5, 0.5, 7), 200))
-    assert first == list(itertools.islice(draws(5, 0.5, 7), 200))
-    assert first != list(itertools.islice(draws(6, 0.5, 7), 200))
+    weights = [2, 2, 1, 1, 1, 1, 2]
+    first = list(itertools.islice(draws(5, 0.5, weights), 400))
+    assert first == list(itertools.islice(draws(5, 0.5, weights), 400))
+    assert first != list(itertools.islice(draws(6, 0.5, weights), 400))
     kills = [i for i in first if i is not None]
-    assert 60 < len(kills) < 140 and set(kills) == set(range(7))
-    assert all(i is not None for i in itertools.islice(draws(5, 1.0, 3), 50))
+    assert 140 < len(kills) < 260 and set(kills) == set(range(7))
+    assert kills.count(0) > kills.count(2)  # drawn by weight
+    assert all(i is not None for i in itertools.islice(draws(5, 1.0, [1, 1, 1]), 50))
