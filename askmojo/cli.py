@@ -113,7 +113,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         p.add_argument(
             "--address",
             default=default_address if defaults else argparse.SUPPRESS,
-            help=f"metadata service HOST:PORT (env METADATA_ADDRESS; default {DEFAULT_ADDRESS})",
+            help="metadata service HOST:PORT, several comma-separated (calls go round robin "
+            "to the healthy ones) or a gRPC target such as dns:///metadata:50051 "
+            f"(env METADATA_ADDRESS; default {DEFAULT_ADDRESS})",
         )
         # None: not given (60 s per call; ingest's whole run unbounded).
         p.add_argument(
@@ -480,7 +482,7 @@ def _run(args: argparse.Namespace) -> int:
             timeout=timeout,
         )
     except ValueError as exc:  # an address that is no address
-        raise UsageError(f"--address {address!r}: {exc}") from None
+        raise UsageError(f"--address (or METADATA_ADDRESS) {exc}") from None
     with client:
         app = App(address, timeout, client, out, err, run_timeout)
         try:

@@ -1,6 +1,13 @@
 """`python -m askmojo.healthcheck HOST:PORT [SERVICE]`: a container health
 probe through grpc.health.v1.
 
+HOST:PORT is parsed as METADATA_ADDRESS and VECTOR_SERVICE_ADDRESS are
+(askmojo.common.targets): several comma-separated addresses are each
+checked, and the probe passes only if every one is SERVING (one line, each
+address's answer separated by "; "); a gRPC target (`dns:///...`) is asked
+once, through whichever backend answers. A malformed address is a usage
+error: one line, exit 2.
+
 Exit 0 if and only if the server reports SERVING for SERVICE (default "",
 the whole server), 1 otherwise: NOT_SERVING, an unknown service, no answer
 within the deadline, or nothing listening. One line of output either way, so
@@ -20,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from askmojo.common import tls
 from askmojo.common.channels import NO_SECURITY, ClientSecurity, open_channel
+from askmojo.common.targets import replica_addresses
 
 DEFAULT_TIMEOUT = 3.0
 
@@ -52,7 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m askmojo.healthcheck",
         description="Exit 0 if the gRPC server at HOST:PORT reports SERVING, else 1.",
     )
-    parser.add_argument("address", metavar="HOST:PORT")
+    parser.add_argument(
+        "address",
+        metavar="HOST:PORT",
+        help="one address, several comma-separated (each must be SERVING) or a gRPC target",
+    )
     parser.add_argument("service", nargs="?", default="", help='default "": the whole server')
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default 3)"
@@ -61,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cert-file", help="PEM client certificate (mTLS)")
     parser.add_argument("--key-file", help="PEM private key of --cert-file")
     args = parser.parse_args(argv)
+    try:
+        addresses = replica_addresses(args.address)
+    except ValueError as exc:
+        print(f"{parser.prog}: HOST:PORT {exc}", file=sys.stderr)
+        return 2
     refusal = tls.client_refusal(
         args.ca_file,
         args.cert_file,
@@ -74,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
     )
     try:
-        serving, line = check(args.address, args.service, args.timeout, security)
+        answers = [check(a, args.service, args.timeout, security) for a in addresses]
     except KeyboardInterrupt:
         return 130
-    print(line)
-    return 0 if serving else 1
+    print("; ".join(line for _, line in answers))
+    return 0 if all(serving for serving, _ in answers) else 1
 
 
 if __name__ == "__main__":

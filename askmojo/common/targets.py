@@ -163,6 +163,16 @@ def check_address(address: str) -> None:
         raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses; use one family")
 
 
+def replica_addresses(address: str) -> list[str]:
+    """The entries of a comma-separated list, or [address] for one HOST:PORT
+    or a gRPC target; ValueError as `check_address`."""
+    check_address(address)
+    address = address.strip()
+    if is_grpc_target(address):
+        return [address]
+    return [part.strip() for part in address.split(",")]
+
+
 def resolve_target(address: str) -> Target:
     """(gRPC target, authority to present or None, several backends?).
 
@@ -173,11 +183,10 @@ def resolve_target(address: str) -> Target:
     with the first host's name as the authority so TLS checks the name you
     wrote. ValueError for anything else (`check_address`) or a host name that
     does not resolve."""
-    check_address(address)
+    parts = replica_addresses(address)
     address = address.strip()
     if is_grpc_target(address):
         return address, None, address.startswith(("dns:", "xds:")) or "," in address
-    parts = [p.strip() for p in address.split(",")]
     if len(parts) == 1:
         return parts[0], None, False
     v4: list[str] = []
