@@ -32,7 +32,7 @@ from askmojo.common.filters import MetadataScalar
 from askmojo.common.text_hash import TEXT_HASH_KEY, text_hash
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
-from metadata_service.db.models import VectorDeletionRow, utcnow
+from metadata_service.db.models import VectorDeletionRow
 from metadata_service.db.outbox_queries import ClaimedChunk
 from metadata_service.outbox import (
     HASH_KEY,
@@ -118,6 +118,9 @@ class Indexer:
         settings: MetadataSettings,
     ) -> None:
         self._outbox = Outbox(db)
+        # Leases are timed by the database's clock, which every replica
+        # shares, never by this host's (db/clock.py).
+        self._clock = db.clock
         self._client = client
         self._executor = executor
         self._settings = settings
@@ -133,8 +136,10 @@ class Indexer:
 
     def new_lease(self) -> datetime:
         """A lease expiry that doubles as the claim's token: the random
-        microseconds keep two claims in the same instant apart."""
-        now = utcnow()
+        microseconds keep two claims in the same instant apart. In the
+        database's time (no query: the offset measured last), so replicas on
+        hosts whose clocks disagree judge it alike."""
+        now = self._clock.now()
         lease = now + timedelta(
             seconds=self._settings.index_lease_seconds,
             microseconds=random.randrange(1_000_000),
@@ -354,6 +359,9 @@ class Indexer:
     async def drain_once(self, deadline: float) -> IndexingReport:
         """One pass of the background loop: deletions first, then one leased
         batch of PENDING chunks."""
+        # Off the loop, on the passes' schedule: keeps the database clock's
+        # offset fresh in every process that hands out leases.
+        await self._db_call(self._clock.refresh_if_due)
         await self.delete_pending(deadline)
         lease = self.new_lease()
         claimed = await self._claim(

@@ -279,6 +279,13 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    def now(self) -> datetime:
+        """What a lease is judged against: the database's time (db/clock.py),
+        the same for every replica whatever its host's clock says. Read as
+        the claim's transaction runs (a write may wait its turn or be
+        retried: an earlier reading would judge leases too early)."""
+        return self._db.clock.now()
+
     def collection(self, name: str) -> CollectionHandle:
         """The collection a Search or Reconcile names."""
 
@@ -301,7 +308,7 @@ class Outbox:
         return len(
             self._db.write(
                 lambda s: outbox_queries.claim_chunks(
-                    s, now=utcnow(), lease_until=lease, limit=limit, collection_id=collection_id
+                    s, now=self.now(), lease_until=lease, limit=limit, collection_id=collection_id
                 )
             )
         )
@@ -362,7 +369,7 @@ class Outbox:
     def chunks_held_by_others(self, collection: CollectionHandle) -> int:
         return self._db.read(
             lambda s: outbox_queries.chunks_held_by_others(
-                s, now=utcnow(), collection_id=collection.id
+                s, now=self.now(), collection_id=collection.id
             )
         )
 
@@ -406,7 +413,7 @@ class Outbox:
     def claim_deletions(self, lease: datetime, limit: int) -> list[VectorDeletionRow]:
         return self._db.write(
             lambda s: outbox_queries.claim_deletions(
-                s, now=utcnow(), lease_until=lease, limit=limit
+                s, now=self.now(), lease_until=lease, limit=limit
             )
         )
 

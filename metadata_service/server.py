@@ -33,6 +33,7 @@ from askmojo.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from metadata_service import migrations
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
+from metadata_service.db.clock import HostClock
 from metadata_service.db.engine import Database, build_engine
 from metadata_service.indexing import Indexer
 from metadata_service.metrics import OutboxBacklog
@@ -86,6 +87,12 @@ class MetadataServer:
         self._executor = executor
 
     async def start(self) -> None:
+        # Leases are timed by the database's clock (db/clock.py): measured
+        # here, off the loop, so handing one out never queries on it.
+        try:
+            await asyncio.to_thread(self.database.clock.refresh_if_due)
+        except Exception as exc:  # the database is down: measured on first use
+            _LOGGER.warning("database clock not measured at start-up: %s", exc)
         await self.readiness.start()
         await self.grpc_server.start()
         if self.indexer is not None:
@@ -145,13 +152,19 @@ def _database_readiness(database: Database) -> dict[str, bool]:
 
 
 def create_server(
-    settings: MetadataSettings, *, port: int | None = None, shutdown: Shutdown | None = None
+    settings: MetadataSettings,
+    *,
+    port: int | None = None,
+    shutdown: Shutdown | None = None,
+    host_clock: HostClock | None = None,
 ) -> tuple[MetadataServer, int]:
     """Builds the server bound to `port` (default: METADATA_PORT; 0 picks a
     free one) without starting it. Call inside the event loop that will run it.
-    `shutdown`: the stop signals' state (serve_worker's), else one of its own."""
+    `shutdown`: the stop signals' state (serve_worker's), else one of its own.
+    `host_clock`: stands in for this host's clock (tests skew it); leases
+    follow the database's clock whatever it says."""
     shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
-    database = Database.from_settings(settings)
+    database = Database.from_settings(settings, host_clock=host_clock)
     executor = ThreadPoolExecutor(
         max_workers=settings.effective_db_threads, thread_name_prefix="metadata-db"
     )

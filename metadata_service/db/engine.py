@@ -36,6 +36,7 @@ from askmojo.common import metrics
 from askmojo.common.logs import exception_summary
 from metadata_service import metrics as service_metrics
 from metadata_service.config import MetadataSettings
+from metadata_service.db.clock import DatabaseClock, HostClock
 from metadata_service.db.sqlite_writers import SQLiteWriters
 from metadata_service.domain import PoolStatus, StorageStatus
 
@@ -137,8 +138,13 @@ class Database:
     across threads. Repository functions take the session; this class owns
     begin/commit/rollback."""
 
-    def __init__(self, engine: Engine, *, lock_timeout: float = 20.0) -> None:
+    def __init__(
+        self, engine: Engine, *, lock_timeout: float = 20.0, host_clock: HostClock | None = None
+    ) -> None:
         self.engine = engine
+        # What leases are timed by (clock.py); `host_clock` stands in for
+        # this host's clock (tests skew it).
+        self.clock = DatabaseClock.of(engine, host_clock)
         self._sqlite = is_sqlite(engine)
         # PostgreSQL reads see one snapshot for the whole unit of work (a
         # document and its metadata, loaded by two statements, always agree);
@@ -158,8 +164,12 @@ class Database:
         self._writers = SQLiteWriters(lock_path, lock_timeout) if self._sqlite else None
 
     @classmethod
-    def from_settings(cls, settings: MetadataSettings) -> Database:
-        return cls(build_engine(settings), lock_timeout=settings.sqlite_timeout)
+    def from_settings(
+        cls, settings: MetadataSettings, *, host_clock: HostClock | None = None
+    ) -> Database:
+        return cls(
+            build_engine(settings), lock_timeout=settings.sqlite_timeout, host_clock=host_clock
+        )
 
     def dispose(self) -> None:
         self.engine.dispose()
