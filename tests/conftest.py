@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -21,7 +21,9 @@ from askmojo.metadata.v1 import metadata_service_pb2_grpc
 from metadata_service.config import MetadataSettings
 from metadata_service.server import create_server, prepare_database
 from vector_service.config import VectorSettings
+from vector_service.embedding.pool import EmbeddingPool
 from vector_service.server import create_server as create_vector_server
+from vector_service.store import VectorStore
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "POSTGRES_TEST_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -176,3 +178,59 @@ def vector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     settings = vector_settings(tmp_path_factory.mktemp("vector") / "chroma")
     with RunningServer(lambda: create_vector_server(settings), settings) as running:
         yield running
+
+
+# Settings a lent pool cannot honour: they shape the pool's worker processes.
+_POOL_SETTINGS = frozenset(
+    {
+        "max_workers",
+        "express_workers",
+        "torch_threads",
+        "bulk_nice",
+        "embedding_model",
+        "embedding_backend",
+        "model_cache_dir",
+    }
+)
+
+
+class _LentPool:
+    """The session vector service's warm embedding pool, lent to another
+    server: stopping that server leaves the pool to its owner."""
+
+    def __init__(self, pool: EmbeddingPool) -> None:
+        self._pool = pool
+
+    def shutdown(self) -> None:
+        """Nothing: the session's vector service stops the pool."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+def on_lent_pool(owner: RunningServer, settings: VectorSettings) -> Callable[[], tuple[Any, int]]:
+    """What creates a vector service of its own (its own Chroma directory,
+    server, keys, TLS files, metrics interceptor...) on `owner`'s warm
+    embedding pool: the real server and model, without loading the model
+    again (10-25 s a load). The embedding settings stay the owner's."""
+    assert all(
+        getattr(settings, name) == getattr(owner.settings, name) for name in _POOL_SETTINGS
+    ), "a lent pool keeps the owner's workers"
+    pool = cast("EmbeddingPool", _LentPool(owner.server.pool))
+
+    def create() -> tuple[Any, int]:
+        store = VectorStore(settings)
+        store.claim_directory()
+        store.open()
+        return create_vector_server(settings, (pool, store))
+
+    return create
+
+
+def vector_server_on_pool(
+    owner: RunningServer, persist: Path, **overrides: object
+) -> RunningServer:
+    """vector_settings(persist, **overrides) served on `owner`'s warm pool
+    (on_lent_pool)."""
+    settings = vector_settings(persist, **overrides)
+    return RunningServer(on_lent_pool(owner, settings), settings)

@@ -14,8 +14,7 @@ import pytest
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.config import MetadataSettings
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer, metadata_settings, vector_settings
-from vector_service.server import create_server as create_vector_server
+from tests.conftest import RunningServer, metadata_settings, vector_server_on_pool
 
 # Distinct keys for each service and access, so a key sent to the wrong
 # service, or the read key sent as the full one, is refused by the tests.
@@ -35,15 +34,17 @@ def api_key_header(key: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture(scope="package")
-def keyed_vector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The vector service with VECTOR_KEY / VECTOR_READ_KEY (one model load
-    for the package)."""
-    settings = vector_settings(
+def keyed_vector(
+    tmp_path_factory: pytest.TempPathFactory, vector_server: RunningServer
+) -> Iterator[RunningServer]:
+    """The vector service with VECTOR_KEY / VECTOR_READ_KEY, on the session's
+    warm embedding pool (no model load of its own)."""
+    with vector_server_on_pool(
+        vector_server,
         tmp_path_factory.mktemp("keyed-vector") / "chroma",
         api_key=VECTOR_KEY,
         read_only_api_key=VECTOR_READ_KEY,
-    )
-    with RunningServer(lambda: create_vector_server(settings), settings) as running:
+    ) as running:
         yield running
 
 

@@ -24,10 +24,9 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from metadata_service.metrics import OutboxBacklog
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer, metadata_settings, vector_settings
+from tests.conftest import RunningServer, metadata_settings, vector_server_on_pool
 from tests.metrics.scrape import Scrape, delta, prefixed, scrape
 from tests.waiting import wait_until
-from vector_service.server import create_server as create_vector_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "askmojo.json"
@@ -54,14 +53,14 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def pair(tmp_path_factory: pytest.TempPathFactory, vector_server: RunningServer) -> Iterator[Pair]:
     """Metrics on (the endpoint first: servers built while it runs get the
-    RPC interceptor), then the vector service, then the metadata service."""
+    RPC interceptor), then the vector service (on the session's warm
+    embedding pool), then the metadata service."""
     directory = tmp_path_factory.mktemp("metrics-pair")
     endpoint = MetricsEndpoint.listen("127.0.0.1", 0)
     try:
-        settings = vector_settings(directory / "chroma")
-        with RunningServer(lambda: create_vector_server(settings), settings) as vector:
+        with vector_server_on_pool(vector_server, directory / "chroma") as vector:
             paired = metadata_settings(
                 directory / "metadata.db",
                 vector_service_address=vector.address,

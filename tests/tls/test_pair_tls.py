@@ -22,9 +22,8 @@ from askmojo.common.channels import ClientSecurity, open_channel
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer, metadata_settings, vector_settings
+from tests.conftest import RunningServer, metadata_settings, on_lent_pool, vector_settings
 from tests.tls.conftest import Authority, served_serial
-from vector_service.server import create_server as create_vector_server
 
 TEXTS = {
     "sqlite": "SQLite in write-ahead-log mode lets readers keep reading while one writer commits.",
@@ -48,8 +47,9 @@ class VectorOnTls:
 
 @pytest.fixture(scope="module")
 def vector_on_tls(
-    authority: Authority, tmp_path_factory: pytest.TempPathFactory
+    authority: Authority, tmp_path_factory: pytest.TempPathFactory, vector_server: RunningServer
 ) -> Iterator[VectorOnTls]:
+    """On the session's warm embedding pool (no model load of its own)."""
     issued = authority.issue()
     settings = vector_settings(
         tmp_path_factory.mktemp("vector-tls") / "chroma",
@@ -58,9 +58,10 @@ def vector_on_tls(
     )
     mtls = settings.model_copy(update={"tls_client_ca_file": str(authority.ca_file)})
     ports: list[int] = []
+    create_on_pool = on_lent_pool(vector_server, settings)
 
     def create() -> tuple[Any, int]:
-        server, port = create_vector_server(settings)
+        server, port = create_on_pool()
         ports.append(serving.listen(server.grpc_server, "127.0.0.1", 0, mtls))
         return server, port
 
