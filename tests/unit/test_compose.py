@@ -24,6 +24,7 @@ import yaml  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from askmojo.common.settings import ServiceSettings
+from askmojo.common.targets import is_grpc_target, replica_addresses
 from askmojo.metadata.v1 import metadata_service_pb2
 from askmojo.vector.v1 import vector_service_pb2
 from metadata_service.config import MetadataSettings
@@ -172,25 +173,86 @@ def profiles(service: dict[str, Any]) -> set[str]:
     return set(service.get("profiles", []))
 
 
+def replicas(service: dict[str, Any]) -> int:
+    return int(service.get("deploy", {}).get("replicas", 1))
+
+
+def host_ports(entry: object) -> list[int]:
+    """The host ports of a `ports:` entry ("50051-50052:50051" gives two)."""
+    if isinstance(entry, dict):
+        published = str(entry.get("published", ""))
+    else:
+        parts = str(entry).split(":")
+        published = parts[-2] if len(parts) >= 2 else ""
+    if not published:
+        return []
+    first, _, last = published.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def address_hosts(address: str) -> list[tuple[str, int]]:
+    """(host, port) of each backend an address names: the entries of a
+    list, or the name a `dns:` target resolves."""
+    found = []
+    for entry in replica_addresses(address):
+        backend = entry
+        if is_grpc_target(entry):
+            scheme, _, rest = entry.partition(":")
+            assert scheme == "dns", f"{entry}: compose services are found by DNS"
+            backend = rest.lstrip("/").rpartition("/")[2]  # dns://[authority]/host:port
+        host, _, port = backend.rpartition(":")
+        found.append((host, int(port)))
+    return found
+
+
 # --- compose.yaml --------------------------------------------------------------
 
 
-def test_compose_has_the_pair_chroma_and_an_optional_postgres() -> None:
-    assert {"metadata", "vector", "chroma", "postgres", "metadata-pg", "prometheus"} <= set(
+def test_compose_runs_the_scaled_out_shape_and_an_optional_sqlite() -> None:
+    assert {"metadata", "vector", "chroma", "postgres", "metadata-sqlite", "prometheus"} <= set(
         SERVICES
     )
     assert module_of(SERVICES["metadata"]) == "metadata_service"
-    assert module_of(SERVICES["metadata-pg"]) == "metadata_service"
+    assert module_of(SERVICES["metadata-sqlite"]) == "metadata_service"
     assert module_of(SERVICES["vector"]) == "vector_service"
-    # `docker compose up` starts the SQLite setup; PostgreSQL only on request.
-    for name in ("metadata", "vector", "chroma"):
+    # `docker compose up` starts the scaled-out shape (issue #13): PostgreSQL,
+    # a Chroma server, 2 metadata and 2 vector replicas; SQLite on request.
+    for name in ("metadata", "vector", "chroma", "postgres"):
         assert not profiles(SERVICES[name]), name
-    for name in ("postgres", "metadata-pg"):
-        assert profiles(SERVICES[name]) == {"postgres"}, name
+    assert profiles(SERVICES["metadata-sqlite"]) == {"sqlite"}
+    assert replicas(SERVICES["metadata"]) == 2
+    assert replicas(SERVICES["vector"]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_replicas_share_only_engines_that_allow_it(name: str) -> None:
+    """A replicated service stores nothing of its own: the metadata side on
+    a database server (a SQLite file belongs to one host), the vector side
+    on the Chroma server (an embedded store has one owner: its lock)."""
+    service = OURS[name]
+    if replicas(service) == 1:
+        return
+    env = environment(service)
+    if module_of(service) == "metadata_service":
+        assert make_url(env["DATABASE_URL"]).get_backend_name() == "postgresql", name
+    else:
+        assert env.get("CHROMA_HOST"), name
+    assert "container_name" not in service, f"{name}: replicas need compose's own names"
+    assert not service.get("volumes"), f"{name}: replicas share no volume"
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_each_published_replica_has_a_host_port(name: str) -> None:
+    service = OURS[name]
+    for entry in service.get("ports", []):
+        ports = host_ports(entry)
+        assert len(ports) >= replicas(service), (
+            f"{name}: {replicas(service)} replicas need as many host ports, got {entry!r}"
+        )
 
 
 def test_our_services_build_this_repository() -> None:
-    assert set(OURS) == {"metadata", "vector", "metadata-pg"}
+    assert set(OURS) == {"metadata", "vector", "metadata-sqlite"}
     for name, service in OURS.items():
         assert service["build"] == ".", name
         assert (ROOT / "Dockerfile").is_file()
@@ -223,12 +285,12 @@ def test_environment_keys_are_settings_of_the_service(name: str) -> None:
 def test_metadata_service_settings() -> None:
     env = environment(SERVICES["metadata"])
     assert env["WORKERS"] == "4"
-    assert env["VECTOR_SERVICE_ADDRESS"] == "vector:50052"
-    assert make_url(env["DATABASE_URL"]).get_backend_name() == "sqlite"
-    pg_env = environment(SERVICES["metadata-pg"])
-    assert make_url(pg_env["DATABASE_URL"]).drivername == "postgresql+psycopg"
+    assert env["VECTOR_SERVICE_ADDRESS"] == "dns:///vector:50052"
+    assert make_url(env["DATABASE_URL"]).drivername == "postgresql+psycopg"
+    sqlite_env = environment(SERVICES["metadata-sqlite"])
+    assert make_url(sqlite_env["DATABASE_URL"]).get_backend_name() == "sqlite"
     # Everything but the database is the same service.
-    assert {k: v for k, v in pg_env.items() if k != "DATABASE_URL"} == {
+    assert {k: v for k, v in sqlite_env.items() if k != "DATABASE_URL"} == {
         k: v for k, v in env.items() if k != "DATABASE_URL"
     }
 
@@ -253,19 +315,38 @@ def test_ports_match_the_settings(name: str) -> None:
 
 def test_published_host_ports_do_not_collide() -> None:
     published = [
-        str(entry).rsplit(":", 1)[0]
+        port
         for service in SERVICES.values()
         for entry in service.get("ports", [])
+        for port in host_ports(entry)
     ]
     assert len(published) == len(set(published)), published
 
 
-def test_vector_service_address_names_the_vector_service() -> None:
-    for name in ("metadata", "metadata-pg"):
-        address = environment(SERVICES[name])["VECTOR_SERVICE_ADDRESS"]
-        host, port = address.rsplit(":", 1)
-        assert host in OURS and module_of(OURS[host]) == "vector_service"
-        assert int(port) == effective_port(OURS[host])
+def test_vector_service_address_names_every_vector_replica() -> None:
+    """Every backend VECTOR_SERVICE_ADDRESS names is a vector service of this
+    file on its port, and every vector service `docker compose up` starts is
+    named (a list of named services, or a `dns:///` name whose replicas
+    compose's DNS returns)."""
+    vector_services = {
+        name
+        for name, service in OURS.items()
+        if module_of(service) == "vector_service" and not profiles(service)
+    }
+    for name, service in OURS.items():
+        if module_of(service) != "metadata_service":
+            continue
+        address = environment(service)["VECTOR_SERVICE_ADDRESS"]
+        # The setting's own check: what the service would refuse at start.
+        MetadataSettings.model_validate({"vector_service_address": address})
+        backends = address_hosts(address)
+        for host, port in backends:
+            assert host in OURS and module_of(OURS[host]) == "vector_service", (name, host)
+            assert port == effective_port(OURS[host]), (name, host)
+        assert {host for host, _ in backends} == vector_services, name
+        if len(backends) == 1 and replicas(OURS[backends[0][0]]) > 1:
+            # One name over several replicas: only a dns: target sees them all.
+            assert address.startswith("dns:"), (name, address)
 
 
 def test_chroma_host_and_port_name_the_chroma_server() -> None:
@@ -279,7 +360,7 @@ def test_chroma_host_and_port_name_the_chroma_server() -> None:
 
 
 def test_sqlite_database_lives_on_a_volume() -> None:
-    service = SERVICES["metadata"]
+    service = SERVICES["metadata-sqlite"]
     database = make_url(environment(service)["DATABASE_URL"]).database
     assert database is not None and database.startswith("/")
     targets = {str(v).split(":")[1] for v in service["volumes"]}
@@ -287,7 +368,7 @@ def test_sqlite_database_lives_on_a_volume() -> None:
 
 
 def test_postgres_url_matches_the_postgres_service() -> None:
-    url = make_url(environment(SERVICES["metadata-pg"])["DATABASE_URL"])
+    url = make_url(environment(SERVICES["metadata"])["DATABASE_URL"])
     postgres = SERVICES["postgres"]
     env = environment(postgres)
     assert url.host == "postgres"
@@ -297,7 +378,7 @@ def test_postgres_url_matches_the_postgres_service() -> None:
         env["POSTGRES_PASSWORD"],
         env["POSTGRES_DB"],
     )
-    assert profiles(postgres) == profiles(SERVICES["metadata-pg"])
+    assert profiles(postgres) == profiles(SERVICES["metadata"])
 
 
 @pytest.mark.parametrize("name", sorted(OURS))
@@ -324,11 +405,17 @@ def test_metrics_ports_are_on(name: str) -> None:
 
 
 def prometheus_targets() -> dict[str, list[str]]:
+    """HOST:PORT each job scrapes: static targets, and DNS names (type A:
+    every replica behind the name) with their port."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    return {
-        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
-        for job in config["scrape_configs"]
-    }
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [t for static in job.get("static_configs", []) for t in static["targets"]]
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", "compose's DNS answers A records"
+            found += [f"{name}:{dns['port']}" for name in dns["names"]]
+        targets[job["job_name"]] = found
+    return targets
 
 
 def test_prometheus_scrapes_both_services_on_their_metrics_ports() -> None:
@@ -380,8 +467,8 @@ def test_grafana_provisions_the_dashboard_and_prometheus() -> None:
 def test_start_up_waits_for_health() -> None:
     expected = {
         "vector": {"chroma"},
-        "metadata": {"vector"},
-        "metadata-pg": {"vector", "postgres"},
+        "metadata": {"vector", "postgres"},
+        "metadata-sqlite": {"vector"},
     }
     for name, dependencies in expected.items():
         depends_on = SERVICES[name]["depends_on"]
