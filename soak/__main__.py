@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -97,7 +98,7 @@ def run_shape(
             _, backlog = checking.converge(cluster)
             views, leftovers = checking.observe(cluster, collections, vector_names)
             findings = check(ledger.expected(), views, leftovers)
-        return {
+        result = {
             "shape": shape,
             "seed": seed,
             "kill_every": kill_every,
@@ -121,7 +122,40 @@ def run_shape(
             "before_reconcile": first.as_dict() if needed else None,
             "reconciled": reconciled,
             **findings.as_dict(),
+            "logged_errors": logged_errors(cluster.workdir),
         }
+        if failed(result):
+            result["logs"] = str(_keep_logs(cluster.workdir, shape))
+        return result
+
+
+def logged_errors(directory: Path) -> dict[str, int]:
+    """Error and critical lines the services logged, by message (a killed
+    worker's replacement is expected and left out)."""
+    found: dict[str, int] = {}
+    for log in sorted(directory.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict) or entry.get("level") not in ("error", "critical"):
+                continue
+            message = str(entry.get("message", ""))
+            if message.startswith("worker died"):
+                continue
+            key = f"{log.stem}: {message[:160]}"
+            found[key] = found.get(key, 0) + 1
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
+
+def _keep_logs(directory: Path, shape: str) -> Path:
+    kept = RESULTS / f"{shape}-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for log in directory.glob("*.log"):
+        shutil.copy(log, kept / log.name)
+    return kept
 
 
 def _brief(f: Findings) -> str:
@@ -165,7 +199,10 @@ def report(result: dict[str, Any]) -> str:
     ]
     if result["before_reconcile"]:
         lines.append(f"  before Reconcile: {result['before_reconcile']}")
-    for key in ("lost_details", "orphan_details", "crasher_errors", "driver_failures"):
+    if result["logged_errors"]:
+        top = list(result["logged_errors"].items())[:8]
+        lines.append(f"  errors the services logged: {top}")
+    for key in ("lost_details", "orphan_details", "crasher_errors", "driver_failures", "logs"):
         if result.get(key):
             lines.append(f"  {key}: {result[key][:10]}")
     return "\n".join(lines)
