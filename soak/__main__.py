@@ -171,8 +171,11 @@ def _merge_counts(many: Any) -> dict[str, int]:
 
 
 def failed(result: dict[str, Any]) -> bool:
+    backlog = result.get("backlog_after") or {}
     return bool(
-        result.get("lost")
+        backlog.get("pending")
+        or backlog.get("expired_leases")
+        or result.get("lost")
         or result.get("orphans")
         or result.get("crasher_errors")
         or result.get("driver_failures")
@@ -182,6 +185,7 @@ def failed(result: dict[str, Any]) -> bool:
 def report(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"== {result['shape']}: SKIPPED ({result['skipped']})"
+    backlog = result["backlog_after"]
     lines = [
         f"== {result['shape']} (seed {result['seed']}): "
         + ("FAILED" if failed(result) else "passed"),
@@ -194,6 +198,9 @@ def report(result: dict[str, Any]) -> str:
         f"  documents checked: {result['documents_checked']}"
         f" (live {result['live_documents']}, either-state {result['ambiguous_documents']})",
         f"  lost = {result['lost']}, orphans = {result['orphans']}",
+        f"  chunks left PENDING: {backlog['pending']}, on an expired lease:"
+        f" {backlog['expired_leases']}, FAILED: {backlog['failed']};"
+        f" vector deletions left: {backlog['deletions']}",
         f"  time to converge: {result['converge_seconds']} s;"
         f" Reconcile needed: {'yes' if result['reconcile_needed'] else 'no'}",
     ]
@@ -242,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     print()
+    print(
+        "The same seed sends the same operations from each driver and draws the same kills"
+        " in the same order; when they happen relative to the operations varies with the"
+        " machine."
+    )
     for result in results:
         print(report(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)

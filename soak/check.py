@@ -34,7 +34,10 @@ def backlog(cluster: Cluster) -> Backlog:
     """The outbox as the database holds it (the database's own clock
     decides which leases have run out)."""
     engine = cluster.engine()
-    now = "CURRENT_TIMESTAMP" if cluster.pg_database else "strftime('%Y-%m-%d %H:%M:%f','now')"
+    # Leases are stored as naive UTC (metadata_service.db.models.UTCDateTime).
+    now = (
+        "timezone('UTC', now())" if cluster.pg_database else "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    )
     try:
         with engine.connect() as conn:
 
