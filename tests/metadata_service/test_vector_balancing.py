@@ -9,9 +9,13 @@ is in tests/pipeline/test_replicas.py."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -213,3 +217,24 @@ async def _until_async(check: object, what: str, within: float = 10) -> None:
     while not await check():  # type: ignore[operator]
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {within} s")
+
+
+def test_the_service_refuses_to_start_on_a_malformed_list(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "VECTOR_SERVICE_ADDRESS": "127.0.0.1:50052,,127.0.0.1:50053",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'metadata.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "metadata_service"],
+        env=env,
+        cwd=tmp_path,  # no .env
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = [x for x in done.stderr.splitlines() if "VECTOR_SERVICE_ADDRESS" in x]
+    assert "entry 2 of 3 is empty" in line
+    assert not (tmp_path / "metadata.db").exists()  # refused before anything
