@@ -100,6 +100,13 @@ class Replica:
             )
 
 
+async def started(calls: Counter[str], *names: str) -> list[Replica]:
+    replicas = [Replica(name, calls) for name in names]
+    for replica in replicas:
+        await replica.start()
+    return replicas
+
+
 def client_for(*replicas: Replica) -> VectorClient:
     settings = MetadataSettings.model_validate(
         {"vector_service_address": ",".join(r.address for r in replicas)}
@@ -118,9 +125,7 @@ async def query_many(client: VectorClient, n: int) -> list[str]:
 def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
     async def scenario() -> None:
         calls: Counter[str] = Counter()
-        a, b = Replica("a", calls), Replica("b", calls)
-        await a.start()
-        await b.start()
+        a, b = await started(calls, "a", "b")
         client = client_for(a, b)
         try:
             landed = Counter(await query_many(client, 40))
@@ -157,9 +162,7 @@ def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
 def test_a_replica_that_dies_costs_a_retry_not_a_failed_call() -> None:
     async def scenario() -> None:
         calls: Counter[str] = Counter()
-        a, b = Replica("a", calls), Replica("b", calls)
-        await a.start()
-        await b.start()
+        a, b = await started(calls, "a", "b")
         client = client_for(a, b)
         try:
             assert set(await query_many(client, 20)) == {"a", "b"}
@@ -169,8 +172,7 @@ def test_a_replica_that_dies_costs_a_retry_not_a_failed_call() -> None:
 
             # A stream whose replica dies at its second batch: the batches
             # it left unanswered are resent to the other, every record acked.
-            c = Replica("c", calls)
-            await c.start()
+            (c,) = await started(calls, "c")
             client_c = client_for(b, c)
             calls["die in stream"] = 1
             batches = [[VectorRecord(f"{n}#{i}", "text", {}) for i in range(3)] for n in range(5)]
