@@ -111,6 +111,7 @@ def run_shape(
             "kills": dict(sorted(crasher.kills.items())),
             "kills_total": crasher.total(),
             "kills_missed": crasher.missed,
+            "kills_drawn_not_made": crasher.unfired,
             "kill_schedule": crasher.schedule,
             "recovery_seconds_max": round(max(crasher.recovery_seconds, default=0.0), 1),
             "crasher_errors": crasher.errors,

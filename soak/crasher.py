@@ -171,6 +171,9 @@ class Crasher:
     log: Callable[[str], None] = print
     kills: dict[str, int] = field(default_factory=dict)
     missed: dict[str, int] = field(default_factory=dict)
+    # Kills drawn but not made when the run ended (their target was still
+    # coming back).
+    unfired: list[str] = field(default_factory=list)
     schedule: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     recovery_seconds: list[float] = field(default_factory=list)
@@ -198,40 +201,53 @@ class Crasher:
 
     def _run(self) -> None:
         chosen = targets(self.cluster, random.Random(f"crasher-pick-{self.seed}"))
+        schedule = draws(self.seed, self.p, [t.weight for t in chosen])
         started = time.monotonic()
-        for tick, index in enumerate(draws(self.seed, self.p, [t.weight for t in chosen]), start=1):
-            # The schedule, not an ordering of events: the crasher's cadence.
-            wake = started + tick * self.kill_every
-            if self._stop.wait(max(0.0, wake - time.monotonic())):
-                return
-            if index is None:
-                continue
-            target = chosen[index]
-            names = target.resources()
-            # A target still coming back is killed once it is back: late, not
-            # skipped, so the sequence of kills stays the seed's.
-            while self._busy(names):
-                if self._stop.wait(0.1):
-                    return
-            if self.errors:
-                return
-            self.schedule.append(target.name)
-            try:
-                what = target.kill()
-            except Exception as exc:  # reported, and the soak fails on it
-                self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
-                return
-            if what is None:  # e.g. the embedding pool between workers
-                self.log(f"crasher: no process of {target.name} to kill right now")
-                self.missed[target.name] = self.missed.get(target.name, 0) + 1
-                continue
-            self.kills[target.name] = self.kills.get(target.name, 0) + 1
-            self.log(f"[{time.monotonic() - started:7.1f}s] kill #{len(self.schedule)}: {what}")
-            with self._lock:
-                self._recovering |= names
-            thread = threading.Thread(target=self._recover, args=(target, names), daemon=True)
-            self._recoveries.append(thread)
-            thread.start()
+        ticks = 0
+        # Kills drawn and not yet made: a target still coming back from an
+        # earlier kill is killed once it is back (late, not skipped), while
+        # kills of other targets go ahead; each target's kills keep the
+        # seed's order.
+        queued: list[tuple[Target, set[str]]] = []
+        while not self._stop.is_set() and not self.errors:
+            if time.monotonic() >= started + (ticks + 1) * self.kill_every:
+                ticks += 1
+                index = next(schedule)
+                if index is not None:
+                    target = chosen[index]
+                    queued.append((target, target.resources()))
+            blocked: set[str] = set()
+            waiting: list[tuple[Target, set[str]]] = []
+            for target, names in queued:
+                if names & blocked or self._busy(names):
+                    blocked |= names
+                    waiting.append((target, names))
+                    continue
+                blocked |= names
+                self._kill(target, names, started)
+            queued = waiting
+            # The crasher's cadence (a schedule, not an ordering of events).
+            self._stop.wait(0.05)
+        self.unfired = [target.name for target, _ in queued]
+
+    def _kill(self, target: Target, names: set[str], started: float) -> None:
+        self.schedule.append(target.name)
+        try:
+            what = target.kill()
+        except Exception as exc:  # reported, and the soak fails on it
+            self.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
+            return
+        if what is None:  # e.g. the embedding pool between workers
+            self.log(f"crasher: no process of {target.name} to kill right now")
+            self.missed[target.name] = self.missed.get(target.name, 0) + 1
+            return
+        self.kills[target.name] = self.kills.get(target.name, 0) + 1
+        self.log(f"[{time.monotonic() - started:7.1f}s] kill #{len(self.schedule)}: {what}")
+        with self._lock:
+            self._recovering |= names
+        thread = threading.Thread(target=self._recover, args=(target, names), daemon=True)
+        self._recoveries.append(thread)
+        thread.start()
 
     def _recover(self, target: Target, names: set[str]) -> None:
         begun = time.monotonic()

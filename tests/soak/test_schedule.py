@@ -102,3 +102,35 @@ def test_the_same_seed_gives_the_same_kill_schedule() -> None:
     assert 140 < len(kills) < 260 and set(kills) == set(range(7))
     assert kills.count(0) > kills.count(2)  # drawn by weight
     assert all(i is not None for i in itertools.islice(draws(5, 1.0, [1, 1, 1]), 50))
+
+
+def test_a_target_coming_back_delays_its_own_kills_only(monkeypatch: Any) -> None:
+    """A slow target's kills wait for it to be back; the others' go ahead."""
+    from soak import crasher as soak_crasher
+    from tests.waiting import wait_until
+
+    slow_back = threading.Event()
+    made: list[str] = []
+
+    def target(name: str, back: Any) -> soak_crasher.Target:
+        return soak_crasher.Target(name, lambda: made.append(name) or name, back)
+
+    fakes = [target("slow", lambda: slow_back.wait(30)), target("fast", lambda: None)]
+    monkeypatch.setattr(soak_crasher, "targets", lambda cluster, rng: fakes)
+    crasher = soak_crasher.Crasher(
+        None,  # type: ignore[arg-type]
+        seed=3,
+        kill_every=0.005,
+        p=1.0,
+        log=lambda m: None,
+    )
+    crasher.start()
+    try:
+        wait_until(lambda: crasher.kills.get("fast", 0) >= 20, what="fast kills go ahead")
+        assert crasher.kills["slow"] == 1  # still coming back: its next kills wait
+        slow_back.set()
+        wait_until(lambda: crasher.kills.get("slow", 0) >= 2, what="the slow target's next kill")
+    finally:
+        slow_back.set()
+        crasher.stop()
+    assert made == crasher.schedule
