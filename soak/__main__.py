@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -228,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds: every process started is stopped
+
+    signal.signal(signal.SIGTERM, interrupted)
     shapes = ["single", "scaled"] if args.shape == "both" else [args.shape]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="askmojo-soak-") as tmp:
