@@ -180,8 +180,9 @@ def resolve_target(address: str) -> Target:
     `unix:...`), passes through. Several comma-separated HOST:PORTs become one
     `ipv4:`/`ipv6:` target over all of them (host names are looked up once,
     here; for names whose addresses change, give a `dns:///` target instead),
-    with the first host's name as the authority so TLS checks the name you
-    wrote. ValueError for anything else (`check_address`) or a host name that
+    with the first host name (else the first address) as the authority, so
+    TLS checks the name you wrote: every replica's certificate must carry
+    it. ValueError for anything else (`check_address`) or a host name that
     does not resolve."""
     parts = replica_addresses(address)
     address = address.strip()
@@ -191,10 +192,12 @@ def resolve_target(address: str) -> Target:
         return parts[0], None, False
     v4: list[str] = []
     v6: list[str] = []
-    authority = None
+    # gRPC's own authority for an ipv4:/ipv6: list passes no TLS hostname
+    # check: the first host name written (else the first address) is checked.
+    named = [part for part in parts if not _is_ip(_split(part)[0])]
+    authority = (named or parts)[0]
     for part in parts:
         host, port = _split(part)
-        authority = authority or (part if not _is_ip(host) else None)
         if _is_ip(host):
             ip = ipaddress.ip_address(host)
             (v6 if ip.version == 6 else v4).append(_join(str(ip), port, ip.version))

@@ -155,8 +155,14 @@ def test_deadline_is_respected(silent_listener: str) -> None:
 def test_targets() -> None:
     assert resolve_target("localhost:50051") == ("localhost:50051", None, False)
     assert resolve_target("dns:///metadata:50051")[0] == "dns:///metadata:50051"
-    assert resolve_target("10.0.0.1:1, 10.0.0.2:2") == ("ipv4:10.0.0.1:1,10.0.0.2:2", None, True)
-    assert resolve_target("[::1]:1,[::2]:2") == ("ipv6:[::1]:1,[::2]:2", None, True)
+    # The first address is the authority TLS checks (gRPC's own for a list
+    # passes no hostname check).
+    assert resolve_target("10.0.0.1:1, 10.0.0.2:2") == (
+        "ipv4:10.0.0.1:1,10.0.0.2:2",
+        "10.0.0.1:1",
+        True,
+    )
+    assert resolve_target("[::1]:1,[::2]:2") == ("ipv6:[::1]:1,[::2]:2", "[::1]:1", True)
     target, authority, balanced = resolve_target("localhost:1,127.0.0.1:2")
     assert target == "ipv4:127.0.0.1:1,127.0.0.1:2" and authority == "localhost:1" and balanced
     for bad in ("", " ", "nohost,10.0.0.1:1", "10.0.0.1:1,[::1]:2"):

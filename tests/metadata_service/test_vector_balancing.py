@@ -38,12 +38,20 @@ class Replica:
     UpsertStream to reach its second batch takes its server down (every
     connection closed), as a SIGKILL would, and clears it."""
 
-    def __init__(self, name: str, calls: Counter[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        calls: Counter[str],
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.name = name
         self.calls = calls
         self.health = HealthServicer()
         self.server = grpc.aio.server()
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.stopped = False
         self._stopping: asyncio.Future[None] | None = None
         handlers = {
@@ -100,8 +108,10 @@ class Replica:
             )
 
 
-async def started(calls: Counter[str], *names: str) -> list[Replica]:
-    replicas = [Replica(name, calls) for name in names]
+async def started(
+    calls: Counter[str], *names: str, credentials: grpc.ServerCredentials | None = None
+) -> list[Replica]:
+    replicas = [Replica(name, calls, credentials) for name in names]
     for replica in replicas:
         await replica.start()
     return replicas
