@@ -78,7 +78,13 @@ class ServiceProcess:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    # --- memory ----------------------------------------------------------------
+    # --- resources -------------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of this process and its live descendants
+        so far (a descendant that exited takes its time with it)."""
+        assert self.proc is not None
+        return sum(cpu_seconds(pid) for pid in [self.proc.pid, *descendants(self.proc.pid)])
 
     def rss_mib(self) -> dict[str, float]:
         """Resident memory of this process and of each descendant (the
@@ -90,6 +96,20 @@ class ServiceProcess:
             if rss:  # a resource tracker or a process that just exited
                 out[f"child_{index}"] = rss
         return out
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command (which may hold spaces), from field 3 on:
+    # utime and stime are fields 14 and 15.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def rss_mib(pid: int) -> float:
