@@ -273,6 +273,8 @@ class Doc:
 class Coll:
     vector_collection: str
     chunking: pb.ChunkingConfig
+    model: str = DEFAULT_MODEL
+    dimension: int = DEFAULT_DIMENSION
     docs: dict[str, Doc] = field(default_factory=dict)
 
     def chunks(self) -> int:
@@ -433,9 +435,32 @@ class CatalogMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def create_collection(self, data: st.DataObject) -> None:
-        name = self._name(data)
+        free = [n for n in COLLECTION_NAMES if n not in self.collections]
+        choices: list[tuple[int, st.SearchStrategy[str]]] = [
+            (2, st.sampled_from(COLLECTION_NAMES)),  # perhaps taken: ALREADY_EXISTS
+            (1, st.sampled_from(BAD_COLLECTION_NAMES)),
+        ]
+        if free:
+            choices.insert(0, (6, st.sampled_from(free)))
+        name = weighted(data, choices, "collection")
         chunking = data.draw(st.sampled_from(CHUNKINGS), label="chunking")
-        request = pb.CreateCollectionRequest(name=name, description=f"about {name}")
+        # The default model (named or not) and its dimension (given or not),
+        # now and then a wrong one; or a model this service has no tokenizer
+        # for, whose dimension must be given.
+        model, dimension = weighted(
+            data,
+            [
+                (6, st.just(("", 0))),
+                (1, st.just((DEFAULT_MODEL, DEFAULT_DIMENSION))),
+                (1, st.just(("", 100))),
+                (1, st.just(("other-model", 8))),
+                (1, st.just(("other-model", 0))),
+            ],
+            "model",
+        )
+        request = pb.CreateCollectionRequest(
+            name=name, description=f"about {name}", model=model, dimension=dimension
+        )
         if chunking is not None:
             request.chunking.chunk_size, request.chunking.chunk_overlap = chunking
 
@@ -445,14 +470,26 @@ class CatalogMachine(RuleBasedStateMachine):
         if name in BAD_COLLECTION_NAMES:
             expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field="name")
             return
+        if model == "other-model" and not dimension:
+            expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field="dimension")
+            return
+        if dimension not in (0, DEFAULT_DIMENSION) and model != "other-model":
+            words = (f"{DEFAULT_DIMENSION}-dimensional", str(dimension))
+            expect_error(call, grpc.StatusCode.FAILED_PRECONDITION, words=words)
+            return
         if name in self.collections:
             expect_error(call, grpc.StatusCode.ALREADY_EXISTS, words=(repr(name), "already"))
             return
         created = call()
         assert (created.name, created.description) == (name, f"about {name}")
-        assert (created.model, created.dimension) == (DEFAULT_MODEL, DEFAULT_DIMENSION)
+        model, dimension = model or DEFAULT_MODEL, dimension or DEFAULT_DIMENSION
+        assert (created.model, created.dimension) == (model, dimension)
         assert (created.document_count, created.chunk_count) == (0, 0)
-        if chunking is None:
+        if chunking is None and model != DEFAULT_MODEL:  # no tokenizer: characters
+            assert created.chunking == pb.ChunkingConfig(
+                chunk_size=400, chunk_overlap=50, unit=pb.CHUNK_UNIT_CHARACTERS
+            )
+        elif chunking is None:
             assert created.chunking.unit == pb.CHUNK_UNIT_TOKENS
         else:
             size, overlap = chunking
@@ -462,7 +499,7 @@ class CatalogMachine(RuleBasedStateMachine):
         vector = created.vector_collection
         assert vector.startswith(f"{name}-") and vector not in self.vector_collections, vector
         self.vector_collections.add(vector)
-        self.collections[name] = Coll(vector, created.chunking)
+        self.collections[name] = Coll(vector, created.chunking, model, dimension)
         self._check_collection(name)
 
     @rule(data=st.data())
@@ -477,6 +514,7 @@ class CatalogMachine(RuleBasedStateMachine):
         got = self.stub.GetCollection(pb.GetCollectionRequest(name=name), timeout=TIMEOUT)
         coll = self.collections[name]
         assert got.name == name
+        assert (got.model, got.dimension) == (coll.model, coll.dimension)
         assert got.vector_collection == coll.vector_collection
         assert got.chunking == coll.chunking
         assert (got.document_count, got.chunk_count) == (len(coll.docs), coll.chunks())
@@ -511,12 +549,18 @@ class CatalogMachine(RuleBasedStateMachine):
         old = self.collections.pop(name)
         self.stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=TIMEOUT)
         created = self.stub.CreateCollection(
-            pb.CreateCollectionRequest(name=name, chunking=old.chunking), timeout=TIMEOUT
+            pb.CreateCollectionRequest(
+                name=name, chunking=old.chunking, model=old.model, dimension=old.dimension
+            ),
+            timeout=TIMEOUT,
         )
         assert (created.document_count, created.chunk_count) == (0, 0)
         assert created.vector_collection not in self.vector_collections
         self.vector_collections.add(created.vector_collection)
-        self.collections[name] = Coll(created.vector_collection, created.chunking)
+        self.collections[name] = Coll(
+            created.vector_collection, created.chunking, old.model, old.dimension
+        )
+        self._check_collection(name)
         listed = self.stub.ListDocuments(pb.ListDocumentsRequest(collection=name), timeout=TIMEOUT)
         assert list(listed.documents) == [] and listed.next_page_token == ""
         for doc_id in sorted(old.docs)[:3]:
