@@ -7,13 +7,17 @@ The next chunk starts up to `overlap` characters earlier, at the first sentence
 (or else word) start inside that overlap, so no chunk begins mid-word.
 
 Chunks are exact slices of the text (`text[start:end]`), so a search hit can
-be located in its document. Pure and deterministic: the same text and
+be located in its document; the one exception is a later fragment of a
+Markdown table split by `chunk_tokens`, whose text is the table's header row
+and separator line followed by its own slice (`text[start:end]`), so every
+fragment says what its columns are. Pure and deterministic: the same text and
 settings always give the same chunks, which keeps vector ids stable.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -35,6 +39,8 @@ _START_BOUNDARIES = (_END_BOUNDARIES[2], _END_BOUNDARIES[4])
 @dataclass(frozen=True)
 class Chunk:
     ordinal: int
+    # What is stored, indexed and embedded: `text[start:end]` of the document,
+    # or (a later fragment of a split table) its header then that slice.
     text: str
     start: int
     end: int
@@ -162,18 +168,30 @@ def sections(text: str) -> list[tuple[int, int, bool]]:
 
 
 def chunk_tokens(
-    text: str, size: int, overlap: int, tokenizer: TokenOffsets, *, structure: bool = True
+    text: str,
+    size: int,
+    overlap: int,
+    tokenizer: TokenOffsets,
+    *,
+    structure: bool = True,
+    table_headers: bool = True,
+    headings: bool = False,
 ) -> list[Chunk]:
     """Cuts `text` into chunks of at most `size` tokens of the model's own
     tokenizer (special tokens not counted: the caller keeps `size` within the
     window less them), with `overlap` tokens repeated, inside the spans of
     `sections`. Boundaries are chosen as `chunk_text` chooses them (blank
     line, line break, sentence, clause, word), so a table too long for one
-    chunk splits between rows. Each chunk is an exact slice of `text`, and its
-    token count is checked by tokenizing the slice itself: a word cut in two
-    can take more tokens than its pieces did in place, and no chunk may pass
-    the model's window. Pure and deterministic. `structure=False` (for the
-    evaluation only) chunks the whole text as one span."""
+    chunk splits between rows, and every fragment starts with the table's
+    header row and separator line (`_chunk_headed`). Each chunk's token
+    count is checked by tokenizing its text itself: a word cut in two can
+    take more tokens than its pieces did in place, and no chunk may pass the
+    model's window. Pure and deterministic.
+
+    For the evaluation (evals/hybrid.py) only: `structure=False` chunks the
+    whole text as one span, `table_headers=False` splits tables without
+    repeating their header, `headings=True` repeats a section's heading line
+    at the head of each of its later chunks too."""
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
     spans = tokenizer.offsets(text)
@@ -183,15 +201,73 @@ def chunk_tokens(
         lo = bisect.bisect_left(starts, first)
         hi = bisect.bisect_left(starts, last)
         # Table rows are cut whole: no overlap, which would start mid-row.
-        _chunk_section(
-            text,
-            spans[lo:hi],
-            chunks,
-            size=size,
-            overlap=0 if table else overlap,
-            tokenizer=tokenizer,
-        )
+        step = 0 if table else overlap
+        section = spans[lo:hi]
+        head_lines = 2 if table and table_headers else 0
+        if headings and not table and _HEADING.match(text, first):
+            head_lines = 1
+        if head_lines and len(section) > size:
+            fragments = _chunk_headed(
+                text, section, size=size, overlap=step, head_lines=head_lines, tokenizer=tokenizer
+            )
+            if fragments is not None:
+                base = len(chunks)
+                chunks += [
+                    dataclasses.replace(c, ordinal=base + i) for i, c in enumerate(fragments)
+                ]
+                continue
+        _chunk_section(text, section, chunks, size=size, overlap=step, tokenizer=tokenizer)
     return chunks
+
+
+def _chunk_headed(
+    text: str,
+    spans: list[tuple[int, int]],
+    *,
+    size: int,
+    overlap: int,
+    head_lines: int,
+    tokenizer: TokenOffsets,
+) -> list[Chunk] | None:
+    """A section too long for one chunk, each chunk headed by the section's
+    first `head_lines` lines: a table's header row and separator line (a
+    fragment of rows alone does not say what its columns mean: the README's
+    status table, split after its sixth row, left "vector service away |
+    UNAVAILABLE" without "situation | status"), or a heading. The first
+    chunk is the exact slice from the head on; later ones store the head, a
+    line break, then their own text (`text[start:end]`), within `size`
+    tokens in all. None when the head takes more than half the size (a
+    table that wide is split as any text is)."""
+    first = spans[0][0]
+    head_end = first
+    for _ in range(head_lines):
+        newline = text.find("\n", head_end)
+        if newline < 0:
+            return None
+        head_end = newline + 1
+    head = text[first:head_end].rstrip()
+    # The head, its line break, and a chunk's text (starting at a token
+    # after whitespace) tokenize apart: their tokens add up.
+    head_tokens = tokenizer.count(head)
+    body = bisect.bisect_left([s for s, _ in spans], head_end)
+    if head_tokens > size // 2 or body >= len(spans):
+        return None
+    fragments: list[Chunk] = []
+    _chunk_section(
+        text,
+        spans[body:],
+        fragments,
+        size=size - head_tokens,
+        overlap=min(overlap, (size - head_tokens) // 2),
+        tokenizer=tokenizer,
+    )
+    out: list[Chunk] = []
+    for fragment in fragments:
+        if not out:
+            out.append(Chunk(0, text[first : fragment.end], first, fragment.end))
+        else:
+            out.append(Chunk(0, head + "\n" + fragment.text, fragment.start, fragment.end))
+    return out
 
 
 def _chunk_section(

@@ -1,6 +1,7 @@
 """Token-true, structure-aware chunking (issue #14) with the packaged model's
 own tokenizer: no chunk passes the window, chunks are exact slices, Markdown
-headings start chunks, tables are chunked on their own between rows."""
+headings start chunks, tables are chunked on their own between rows, and
+every fragment of a split table starts with the table's header."""
 
 from __future__ import annotations
 
@@ -53,7 +54,12 @@ def test_no_chunk_passes_its_size_and_chunks_are_exact_slices(
     covered = 0
     for ordinal, chunk in enumerate(chunks):
         assert chunk.ordinal == ordinal
-        assert text[chunk.start : chunk.end] == chunk.text
+        own = text[chunk.start : chunk.end]
+        # A later fragment of a split table: its table's header, then its
+        # rows (a row longer than the size is cut as text is).
+        assert chunk.text == own or (
+            chunk.text.startswith("|") and chunk.text.endswith("|\n" + own)
+        )
         assert chunk.text.strip() == chunk.text
         assert 0 < tokenizer.count(chunk.text) <= size
         # Forward progress, and nothing is left out.
@@ -114,6 +120,43 @@ def test_long_table_splits_between_rows(tokenizer: ModelTokenizer) -> None:
     table = [c for c in chunks if c.text.startswith("|")]
     assert len(table) > 3
     assert all(c.text.endswith("|") for c in table)
+    assert all(tokenizer.count(c.text) <= 64 for c in table)
+    # Every fragment says what its columns are: the header row and separator
+    # line first; the first is the exact slice, later ones add the header.
+    header = "| name | value |\n| --- | --- |\n"
+    assert all(c.text.startswith(header + "| row ") for c in table)
+    assert table[0].text == text[table[0].start : table[0].end]
+    for fragment in table[1:]:
+        assert fragment.text == header + text[fragment.start : fragment.end]
     # No overlap between table fragments: each row is in exactly one chunk.
-    assert sum(c.text.count("\n") + 1 for c in table) == 102
+    rows_seen = [line for c in table for line in c.text.split("\n")[2:]]
+    assert rows_seen == rows.rstrip("\n").split("\n")
     assert chunks[0].text == "Before." and chunks[-1].text == "After."
+
+
+def test_a_table_that_fits_is_one_chunk_and_a_wide_header_is_not_repeated(
+    tokenizer: ModelTokenizer,
+) -> None:
+    table = "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |"
+    chunks = chunk_tokens(table, 64, 16, tokenizer)
+    assert [(c.text, c.start, c.end) for c in chunks] == [(table, 0, len(table))]
+    # A header over half the size would leave too little room for rows: the
+    # table is split as plain text is, between rows, without repeating it.
+    columns = 12
+    head = "| " + " | ".join(f"column{i}" for i in range(columns)) + " |\n"
+    head += "|" + "---|" * columns + "\n"
+    rows = "".join("| " + " | ".join(f"v{r}" for _ in range(columns)) + " |\n" for r in range(40))
+    wide = head + rows
+    assert tokenizer.count(head) > 32
+    chunks = chunk_tokens(wide, 64, 8, tokenizer)
+    assert len(chunks) > 2
+    assert all(c.text == wide[c.start : c.end] for c in chunks)
+    assert all(tokenizer.count(c.text) <= 64 for c in chunks)
+
+
+def test_the_readme_status_table_fragments_carry_its_header(tokenizer: ModelTokenizer) -> None:
+    text = TEXTS["readme"]
+    header = "| situation | status |\n| --- | --- |\n"
+    assert header in text
+    fragments = [c for c in chunk_tokens(text, 128, 16, tokenizer) if "| `UNAVAILABLE` |" in c.text]
+    assert fragments and all(c.text.startswith(header) for c in fragments)
