@@ -231,3 +231,25 @@ def test_migration_back_fills_existing_chunks(backend_settings: MetadataSettings
         assert set(found(db, "astrolabe")) == {"old", "new"}
     finally:
         db.dispose()
+
+
+def test_chunks_having_every_term_rank_first_however_many_have_one(
+    catalog: Catalog, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL ranks a bounded candidate set (up to PG_CANDIDATES chunks
+    with every term, and a share of it for each term): a common word
+    matching more chunks than that never pushes out the chunk that has every
+    word, or the one with a rare word, and a limit above the bound still
+    gets its hits. SQLite ranks every match."""
+    monkeypatch.setattr(keyword_index, "PG_CANDIDATES", 4)
+    many = [doc(f"w{i:02d}", f"Widget number {i} is painted blue.") for i in range(30)]
+    # Written last: the first chunks the scan meets are the common ones.
+    catalog.upsert_documents("docs", many)
+    worn = "The widget gasket is worn: a gasket, then another gasket, then a gasket again."
+    catalog.upsert_documents("docs", [doc("both", worn)])
+    assert found(database, "widget gasket", limit=3)[0] == "both"
+    # No chunk has all three: the one with the rare word is still ranked
+    # (and first, saying it most often).
+    assert found(database, "gasket widget painted", limit=3)[0] == "both"
+    assert len(found(database, "widget", limit=20)) == 20
+    assert len(found(database, "widget blue", limit=31)) == 31
