@@ -38,6 +38,8 @@ from askmojo.common.targets import (
     EMBEDDING_SERVICE,
     VECTOR_SERVICE,
     RetryPolicy,
+    Target,
+    looks_up_names,
     resolve_target,
     target_options,
 )
@@ -72,6 +74,12 @@ _RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=1.0)
 # without an answer in between, waiting _STREAM_BACKOFF * 2^n seconds first.
 _STREAM_ATTEMPTS = 5
 _STREAM_BACKOFF = 0.1
+# A list of host names is looked up here, not by gRPC: looked up again after
+# a transport failure (a replica restarted on a new address, a name that did
+# not resolve at start-up), at most this often.
+_LOOKUP_SECONDS = 5.0
+# Calls in flight on a channel replaced after a new look-up get this long.
+_RETIRE_GRACE = 30.0
 
 
 class VectorServiceUnavailable(Exception):
@@ -195,16 +203,38 @@ class VectorClient:
         # collection is ensured (so before anything is sent to index).
         self._sent_limits = sent_limits
         self._limits_agree = sent_limits is None
-        target = resolve_target(address)
+        self._security = security
+        self._options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect quickly after the vector service restarts.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        self._looks_up = looks_up_names(address)
+        self._looked_up_at = time.monotonic()
+        self._lookup: asyncio.Task[None] | None = None
+        # Replaced channels, closing once their calls are done.
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        self._target = self._resolve()
+        self._open(self._target)
+
+    def _resolve(self) -> Target:
+        unresolved: list[str] = []
+        target = resolve_target(self.address, unresolved if self._looks_up else None)
+        if unresolved:
+            _LOGGER.warning(
+                "VECTOR_SERVICE_ADDRESS: %s did not resolve; left out until a later look-up",
+                ", ".join(unresolved),
+            )
+        return target
+
+    def _open(self, target: Target) -> None:
         self._channel = open_aio_channel(
             target[0],
-            security,
+            self._security,
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                # Reconnect quickly after the vector service restarts.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 5000),
+                *self._options,
                 # round_robin even over one name: it may resolve to several
                 # replicas, and health checking needs a balancing policy.
                 *target_options(
@@ -219,8 +249,43 @@ class VectorClient:
         self._stub = vpb_grpc.VectorServiceStub(self._channel)
         self._embedding_stub = epb_grpc.EmbeddingServiceStub(self._channel)
 
+    def _transport_failed(self) -> None:
+        """Host names written in the list are looked up again (off the event
+        loop, at most every _LOOKUP_SECONDS); new addresses get a new
+        channel, the old one is closed once its calls are done."""
+        if not self._looks_up or self._lookup is not None:
+            return
+        if time.monotonic() - self._looked_up_at < _LOOKUP_SECONDS:
+            return
+        self._looked_up_at = time.monotonic()
+        self._lookup = asyncio.get_running_loop().create_task(self._look_up_again())
+
+    async def _look_up_again(self) -> None:
+        try:
+            target = await asyncio.to_thread(self._resolve)
+        except ValueError as exc:
+            _LOGGER.warning("VECTOR_SERVICE_ADDRESS: %s", exc)
+            return
+        finally:
+            self._lookup = None
+        if target == self._target:
+            return
+        _LOGGER.info("vector service replicas now at %s", target[0])
+        retired = self._channel
+        self._target = target
+        self._open(target)
+        closing = asyncio.get_running_loop().create_task(retired.close(_RETIRE_GRACE))
+        self._retiring[closing] = retired
+        closing.add_done_callback(lambda task: self._retiring.pop(task, None))
+
     async def close(self) -> None:
+        if self._lookup is not None:
+            self._lookup.cancel()
         await self._channel.close()
+        # The service is stopping: no grace for the replaced channels either.
+        for closing, retired in list(self._retiring.items()):
+            closing.cancel()
+            await retired.close()
 
     async def check_limits(self, deadline: float) -> None:
         """Raises VectorServiceUnavailable (the work stays PENDING, never
@@ -298,6 +363,8 @@ class VectorClient:
                 return
             except grpc.aio.AioRpcError as exc:
                 failures += 1
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    self._transport_failed()
                 wait = _STREAM_BACKOFF * 2 ** (failures - 1)
                 if (
                     exc.code() is not grpc.StatusCode.UNAVAILABLE
@@ -385,6 +452,8 @@ class VectorClient:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self._transport_failed()
         if code in _TRANSIENT:
             # Its address and connection error help an operator, not a
             # caller: `detail` goes to the log, never on the wire.

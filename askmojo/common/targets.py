@@ -173,7 +173,19 @@ def replica_addresses(address: str) -> list[str]:
     return [part.strip() for part in address.split(",")]
 
 
-def resolve_target(address: str) -> Target:
+def looks_up_names(address: str) -> bool:
+    """Whether `resolve_target` looks host names up itself (a list with a
+    host name in it), so that a long-lived client should look them up again
+    when its backends fail (their addresses may have changed)."""
+    parts = replica_addresses(address)
+    return (
+        not is_grpc_target(address)
+        and len(parts) > 1
+        and any(not _is_ip(_split(part)[0]) for part in parts)
+    )
+
+
+def resolve_target(address: str, unresolved: list[str] | None = None) -> Target:
     """(gRPC target, authority to present or None, several backends?).
 
     One HOST:PORT, or any gRPC target (`dns:///vector:50052`, `ipv4:...`,
@@ -183,7 +195,8 @@ def resolve_target(address: str) -> Target:
     with the first host name (else the first address) as the authority, so
     TLS checks the name you wrote: every replica's certificate must carry
     it. ValueError for anything else (`check_address`) or a host name that
-    does not resolve."""
+    does not resolve; with `unresolved`, such entries are added to it and
+    left out instead, unless none of the entries resolves."""
     parts = replica_addresses(address)
     address = address.strip()
     if is_grpc_target(address):
@@ -205,7 +218,10 @@ def resolve_target(address: str) -> Target:
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise ValueError(f"{part!r}: cannot resolve {host!r} ({exc})") from None
+            if unresolved is None:
+                raise ValueError(f"{part!r}: cannot resolve {host!r} ({exc})") from None
+            unresolved.append(part)
+            continue
         for family, _, _, _, sockaddr in found:
             if family == socket.AF_INET6:
                 v6.append(_join(str(sockaddr[0]), port, 6))
@@ -216,6 +232,8 @@ def resolve_target(address: str) -> Target:
     literal_v6 = any(_is_ip(h) and ":" in h for h, _ in map(_split, parts))
     use_v6 = bool(v6) and (literal_v6 or not v4)
     addresses = list(dict.fromkeys(v6 if use_v6 else v4))
+    if not addresses:
+        raise ValueError(f"{address!r}: none of its host names resolves")
     scheme = "ipv6" if use_v6 else "ipv4"
     return f"{scheme}:{','.join(addresses)}", authority, True
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,8 +25,10 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from askmojo.common import targets
 from askmojo.common.targets import VECTOR_SERVICE
 from askmojo.vector.v1 import vector_service_pb2 as vpb
+from metadata_service import vector_client
 from metadata_service.config import MetadataSettings
 from metadata_service.vector_client import VectorClient, VectorRecord, VectorServiceUnavailable
 
@@ -205,6 +209,45 @@ def test_a_replica_that_dies_costs_a_retry_not_a_failed_call() -> None:
                 await query_many(client, 1)
         finally:
             await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_host_names_are_looked_up_again_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list of host names is resolved by the client, not by gRPC: a name
+    that did not resolve at start-up (its container not yet there) or whose
+    address changed is found by a new look-up once calls fail."""
+    table: dict[str, str] = {}
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (table[host], port))]
+
+    monkeypatch.setattr(targets.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(vector_client, "_LOOKUP_SECONDS", 0.0)
+
+    async def scenario() -> None:
+        calls: Counter[str] = Counter()
+        a, b = await started(calls, "a", "b")
+        table["replica-a.test"] = "127.0.0.1"  # replica-b.test: not yet
+        client = VectorClient(f"replica-a.test:{a.port},replica-b.test:{b.port}", 4 * 1024 * 1024)
+        try:
+            assert set(await query_many(client, 10)) == {"a"}
+            table["replica-b.test"] = "127.0.0.1"
+            await a.stop()
+
+            async def b_answers() -> bool:
+                try:
+                    return set(await query_many(client, 4)) == {"b"}
+                except VectorServiceUnavailable:
+                    return False  # the failure that starts a new look-up
+
+            await _until_async(b_answers, "the replica found by a new look-up answers")
+        finally:
+            await client.close()
+            await a.stop()
+            await b.stop()
 
     asyncio.run(scenario())
 
