@@ -45,6 +45,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
+    invariant,
     precondition,
     rule,
     run_state_machine_as_test,
@@ -66,7 +67,7 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, "") or default)
 
 
-EXAMPLES = _env_int("STATEFUL_EXAMPLES", 25)
+EXAMPLES = _env_int("STATEFUL_EXAMPLES", 20)
 STEPS = _env_int("STATEFUL_STEPS", 25)
 TIMEOUT = 30.0
 
@@ -1055,7 +1056,16 @@ class CatalogMachine(RuleBasedStateMachine):
             name, lambda: self.stub.GetStats(request, timeout=TIMEOUT), "collection"
         ):
             return
-        stats = self.stub.GetStats(request, timeout=TIMEOUT)
+        self._check_stats(name)
+
+    @invariant()
+    def totals_agree(self) -> None:
+        """After every step: documents and chunks of every collection
+        together, as GetStats counts them (one cheap call)."""
+        self._check_stats("")
+
+    def _check_stats(self, name: str) -> None:
+        stats = self.stub.GetStats(pb.GetStatsRequest(collection=name), timeout=TIMEOUT)
         colls = [self.collections[name]] if name else list(self.collections.values())
         by_state = {s.state: s.count for s in stats.documents_by_state}
         assert by_state == {
@@ -1064,6 +1074,7 @@ class CatalogMachine(RuleBasedStateMachine):
             pb.DOCUMENT_STATE_FAILED: 0,
         }, by_state
         assert stats.chunk_count == sum(c.chunks() for c in colls)
+        assert stats.truncated_chunk_count == 0  # nothing embedded
 
 
 def weighted(data: st.DataObject, choices: list[tuple[int, st.SearchStrategy[T]]], label: str) -> T:
