@@ -158,7 +158,9 @@ class Catalog:
         to carry out (the background loop takes it if the lease runs out)."""
 
         def work(session: Session) -> DeleteCollectionOutcome:
-            row = lookup.collection_row(session, name)
+            # Locked first (PostgreSQL): writes into it finish before it is
+            # counted and removed; a delete that ran meanwhile makes it NOT_FOUND.
+            row = lookup.collection_row(session, name, lock=True)
             counts = stats_queries.collection_counts(session, [row.id]).get(
                 row.id, CollectionCounts()
             )
@@ -266,7 +268,9 @@ class Catalog:
         # The collection may have been deleted (and even re-created, with other
         # chunking settings, perhaps under the same row id) since it was
         # looked up: its vector collection name is new with every creation.
-        ref = lookup.collection_handle(session, collection)
+        # Locked (PostgreSQL): a concurrent delete cannot slip in before the
+        # documents are inserted under it.
+        ref = lookup.collection_handle(session, collection, lock=True)
         if ref != looked_up:
             raise Aborted(
                 f"collection {quoted(collection)} was re-created meanwhile; send the batch again"

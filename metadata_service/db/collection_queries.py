@@ -24,8 +24,14 @@ from metadata_service.domain import ChunkingSpec, ChunkUnit
 _COLLECTIONS = cast(Table, CollectionRow.__table__)
 
 
-def get_collection(session: Session, name: str) -> CollectionRow | None:
-    return session.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none()
+def get_collection(session: Session, name: str, *, lock: bool = False) -> CollectionRow | None:
+    """`lock`: FOR UPDATE (PostgreSQL), for a delete: it waits for the writes
+    holding the row (see collection_handle) so what it counts and removes
+    includes theirs, and of two deletes at once the second finds nothing."""
+    stmt = select(CollectionRow).where(CollectionRow.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).one_or_none()
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,21 @@ class CollectionHandle:
         return ChunkingSpec(self.chunk_size, self.chunk_overlap, ChunkUnit(self.chunk_unit))
 
 
-def collection_handle(session: Session, name: str) -> CollectionHandle | None:
+def collection_handle(
+    session: Session, name: str, *, lock: bool = False
+) -> CollectionHandle | None:
     """Every upsert looks its collection up twice: as a Core row this costs a
-    fifth of loading the ORM entity."""
+    fifth of loading the ORM entity.
+
+    `lock`: for a write that adds rows to the collection. On PostgreSQL the
+    row is then held FOR KEY SHARE until the transaction ends: a concurrent
+    DeleteCollection (another worker, another replica) waits for the write
+    and its cascade takes the new documents too, or it committed first and
+    the collection is not found here. Without it, under READ COMMITTED the
+    delete could commit between this read and the insert of the documents,
+    which then failed on the foreign key (an INTERNAL error). Writers don't
+    block each other (KEY SHARE locks are shared). SQLite's writers are
+    serialised already; it has no row locks."""
     c = _COLLECTIONS.c
     stmt = select(
         c.id,
@@ -62,6 +80,8 @@ def collection_handle(session: Session, name: str) -> CollectionHandle | None:
         c.chunk_unit,
         c.embedding_model,
     ).where(c.name == name)
+    if lock:
+        stmt = stmt.with_for_update(key_share=True)
     row = session.execute(stmt).one_or_none()
     return None if row is None else CollectionHandle(*row)
 
