@@ -53,7 +53,8 @@ MIX = (
     ("update_text", 14),
     ("update_unchanged", 8),
     ("update_metadata", 10),
-    ("delete_documents", 12),
+    ("delete_documents", 10),
+    ("delete_by_filter", 3),
     ("delete_collection", 2),
     ("search", 18),
 )
@@ -287,6 +288,61 @@ class Driver:
             self.ledger.count("delete_documents", True)
             return
 
+    def _delete_by_filter(self, collection: str) -> None:
+        """Deletes the documents whose `kind` is one value. Per document:
+        absent after an acknowledged delete when every state it may be in
+        matches; untouched when none does; either when some do (or the
+        outcome is unknown)."""
+        assert self.client is not None
+        kind = self.rng.choice(["alpha", "beta", "gamma"])
+        for doc_id in self.ids:
+            intent = self._intent.get((collection, doc_id))
+            if intent is not None and dict(intent.metadata).get("kind") == kind:
+                self._intent[(collection, doc_id)] = ABSENT
+        for attempt in range(ATTEMPTS):
+            start = time.monotonic()
+            before = {doc_id: self.ledger.possible(collection, doc_id) for doc_id in self.ids}
+            try:
+                self.client.delete(collection, where={"kind": kind})
+            except NotFound:
+                self._collection_missing(collection, start)
+                return
+            except AskmojoError as exc:
+                self._failed("delete_by_filter", exc)
+                until = self._until(exc, start)
+                for doc_id, states in before.items():
+                    if any(_matches(s, kind) for s in states):
+                        self.ledger.record(
+                            "delete_by_filter",
+                            collection,
+                            doc_id,
+                            ABSENT,
+                            start,
+                            acked=False,
+                            until=until,
+                        )
+                self._pause(attempt)
+                continue
+            until = time.monotonic()
+            for doc_id, states in before.items():
+                matching = [_matches(s, kind) for s in states if s is not ABSENT]
+                if matching and all(matching):
+                    self.ledger.record(
+                        "delete_by_filter", collection, doc_id, ABSENT, start, acked=True
+                    )
+                elif any(matching):
+                    self.ledger.record(
+                        "delete_by_filter",
+                        collection,
+                        doc_id,
+                        ABSENT,
+                        start,
+                        acked=False,
+                        until=until,
+                    )
+            self.ledger.count("delete_by_filter", True)
+            return
+
     def _delete_collection(self, collection: str) -> None:
         assert self.client is not None
         for doc_id in self.ids:
@@ -324,24 +380,5 @@ class Driver:
         self.ledger.count("search", True)
 
 
-def run_drivers(
-    count: int, seed: int, address: str, api_key: str, stop: threading.Event
-) -> tuple[list[Driver], list[BaseException]]:
-    """Starts `count` drivers; returns them and a list their fatal errors go
-    to, once `stop` is set and they have finished."""
-    drivers = [Driver(i, seed, address, api_key) for i in range(count)]
-    failures: list[BaseException] = []
-
-    def body(driver: Driver) -> None:
-        try:
-            driver.run(stop)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=body, args=(d,), name=f"driver-{d.index}") for d in drivers]
-    for t in threads:
-        t.start()
-    stop.wait()
-    for t in threads:
-        t.join(300)
-    return drivers, failures
+def _matches(state: State, kind: str) -> bool:
+    return state is not ABSENT and dict(state.metadata).get("kind") == kind

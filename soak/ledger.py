@@ -118,6 +118,10 @@ class Ledger:
         history = self.docs.setdefault((collection, doc_id), DocHistory())
         history.record(Op(kind, state, start, acked, until))
 
+    def possible(self, collection: str, doc_id: str) -> set[State]:
+        history = self.docs.get((collection, doc_id))
+        return {ABSENT} if history is None else history.possible()
+
     def count(self, kind: str, acked: bool) -> None:
         tally = self.acknowledged if acked else self.unknown
         tally[kind] = tally.get(kind, 0) + 1

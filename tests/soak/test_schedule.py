@@ -15,7 +15,7 @@ from askmojo.client.types import UpsertResult, UpsertState
 from soak import driver as soak_driver
 from soak.crasher import draws
 from soak.driver import Driver
-from soak.ledger import ABSENT
+from soak.ledger import ABSENT, Version, freeze
 
 
 class StandIn:
@@ -49,8 +49,8 @@ class StandIn:
         self._call("ingest", (collection, [(d["id"], d["text"]) for d in docs]))
         return iter([UpsertResult(d["id"], UpsertState.PENDING) for d in docs])
 
-    def delete(self, collection: str, ids: list[str]) -> None:
-        self._call("delete", (collection, ids))
+    def delete(self, collection: str, ids: Any = None, where: Any = None) -> None:
+        self._call("delete", (collection, ids, where))
 
     def delete_collection(self, name: str) -> None:
         self._call("delete_collection", name)
@@ -134,3 +134,24 @@ def test_a_target_coming_back_delays_its_own_kills_only(monkeypatch: Any) -> Non
         slow_back.set()
         crasher.stop()
     assert made == crasher.schedule
+
+
+def test_a_delete_by_filter_removes_what_surely_matches_and_leaves_the_rest(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(soak_driver.Driver, "_pause", lambda self, attempt: None)
+    driver = Driver(1, 7, "unused", "unused")
+    driver.client = StandIn(threading.Event(), calls=1000)  # type: ignore[assignment]
+    alpha = Version("a soaktok7x1x1", freeze({"kind": "alpha"}))
+    beta = Version("b soaktok7x1x2", freeze({"kind": "beta"}))
+    c = driver.collections[0]
+    driver.ledger.record("upsert", c, "doc00", alpha, 1, acked=True)
+    driver.ledger.record("upsert", c, "doc01", beta, 1, acked=True)
+    driver.ledger.record("upsert", c, "doc02", alpha, 1, acked=True)
+    driver.ledger.record("upsert", c, "doc02", beta, 2, acked=False, until=float("inf"))
+    driver.rng = SimpleNamespace(choice=lambda options: "alpha")  # type: ignore[assignment]
+    driver._delete_by_filter(c)
+    assert driver.ledger.possible(c, "doc00") == {ABSENT}
+    assert driver.ledger.possible(c, "doc01") == {beta}
+    assert driver.ledger.possible(c, "doc02") == {alpha, beta, ABSENT}
+    assert driver.ledger.possible(c, "doc03") == {ABSENT}
