@@ -842,7 +842,8 @@ class CatalogMachine(RuleBasedStateMachine):
     def delete_documents_by_ids(self, data: st.DataObject) -> None:
         name = self._name(data)
         coll = self.collections.get(name)
-        count = data.draw(st.integers(1, 4), label="ids")
+        # Now and then more ids than MAX_BATCH_DOCUMENTS: refused.
+        count = weighted(data, [(9, st.integers(1, 4)), (1, st.just(7))], "ids")
         ids = [self._doc_id(data, coll, bad=count == 1) for _ in range(count)]
         request = pb.DeleteDocumentsRequest(collection=name, ids=ids)
         target = weighted(
@@ -856,7 +857,8 @@ class CatalogMachine(RuleBasedStateMachine):
         def call() -> pb.DeleteDocumentsResponse:
             return self.stub.DeleteDocuments(request, timeout=TIMEOUT)
 
-        if target != "ids":  # exactly one of ids and filter
+        if target != "ids" or count > LIMITS["max_batch_documents"]:
+            # Exactly one of ids and filter; at most MAX_BATCH_DOCUMENTS ids.
             expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, field="ids")
             return
         bad = [i for i, doc_id in enumerate(ids) if doc_id in BAD_DOC_IDS]
