@@ -126,7 +126,7 @@ def run_shape(
             **findings.as_dict(),
             "logged_errors": logged_errors(cluster.workdir),
         }
-        if failed(result):
+        if failed(result) or needed:
             result["logs"] = str(_keep_logs(cluster.workdir, shape))
         return result
 
