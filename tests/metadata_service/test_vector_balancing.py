@@ -121,6 +121,12 @@ async def started(
     return replicas
 
 
+async def close_all(client: VectorClient, *replicas: Replica) -> None:
+    await client.close()
+    for replica in replicas:
+        await replica.stop()
+
+
 def client_for(*replicas: Replica) -> VectorClient:
     settings = MetadataSettings.model_validate(
         {"vector_service_address": ",".join(r.address for r in replicas)}
@@ -166,9 +172,7 @@ def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
 
             await _until_async(both, "the replica back in the rotation")
         finally:
-            await client.close()
-            await a.stop()
-            await b.stop()
+            await close_all(client, a, b)
 
     asyncio.run(scenario())
 
@@ -245,9 +249,7 @@ def test_host_names_are_looked_up_again_after_a_failure(monkeypatch: pytest.Monk
 
             await _until_async(b_answers, "the replica found by a new look-up answers")
         finally:
-            await client.close()
-            await a.stop()
-            await b.stop()
+            await close_all(client, a, b)
 
     asyncio.run(scenario())
 

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -92,6 +93,7 @@ class Replica(ServiceProcess):
 
     def __init__(self, name: str, tmp: Path, chroma_port: int) -> None:
         self.metrics_port = free_port()
+        self.start_seconds = 0.0
         port = free_port()
         super().__init__(
             "vector_service",
@@ -162,8 +164,12 @@ def replicas(tmp_path: Path, chroma_port: int) -> Iterator[tuple[Replica, Replic
     pair = (Replica("vector-1", tmp_path, chroma_port), Replica("vector-2", tmp_path, chroma_port))
     try:
         # Both load the model at once: the test's wall time is one load.
+        started = time.monotonic()
         with ThreadPoolExecutor(2) as starting:
-            list(starting.map(lambda r: r.start(), pair))
+            # A loaded machine may take minutes to load two models at once.
+            list(starting.map(lambda r: r.start(timeout=300), pair))
+        for replica in pair:
+            replica.start_seconds = time.monotonic() - started
         yield pair
     finally:
         for replica in pair:
@@ -205,6 +211,7 @@ def test_calls_spread_over_vector_replicas_and_a_killed_one_loses_nothing(
         tmp_path / "metadata.log",
     )
     docs = corpus()
+    began = time.monotonic()
     with metadata, grpc.insecure_channel(metadata.address) as channel:
         stub = pb_grpc.MetadataServiceStub(channel)
         stub.CreateCollection(pb.CreateCollectionRequest(name="notes"))
@@ -230,6 +237,7 @@ def test_calls_spread_over_vector_replicas_and_a_killed_one_loses_nothing(
             results.update((r.id, r.state) for r in response.results)
             if len(results) >= BATCH and first.proc is not None and first.proc.poll() is None:
                 first.kill_tree()
+                killed_at = time.monotonic()
         assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
         assert len(results) == len(rest)
         by_state = Counter(pb.UpsertState.Name(s) for s in results.values())
@@ -241,6 +249,7 @@ def test_calls_spread_over_vector_replicas_and_a_killed_one_loses_nothing(
             describe=lambda: documents_by_state(stub, "notes"),
             interval=0.2,
         )
+        converged = time.monotonic() - killed_at
         # Every document is found by an exact-text search (vectors alone).
         for doc in docs:
             hits = stub.Search(
@@ -257,5 +266,6 @@ def test_calls_spread_over_vector_replicas_and_a_killed_one_loses_nothing(
             f"\nreplicas: vector-1 served {dict(served[0])} before its kill; "
             f"vector-2 served {dict(survivor)} in all; ingest after the kill: "
             f"{dict(by_state)}; batches resent by the metadata service: "
-            f"{resends_logged(metadata.log)}"
+            f"{resends_logged(metadata.log)}; seconds: replicas started {first.start_seconds:.1f}, "
+            f"kill to all INDEXED {converged:.1f}, test body {time.monotonic() - began:.1f}"
         )

@@ -13,7 +13,7 @@ import pytest
 
 from askmojo.common.channels import ClientSecurity
 from metadata_service.vector_client import VectorClient, VectorServiceUnavailable
-from tests.metadata_service.test_vector_balancing import query_many, started
+from tests.metadata_service.test_vector_balancing import close_all, query_many, started
 from tests.tls.conftest import Authority
 
 
@@ -34,9 +34,7 @@ def test_replicas_over_tls(authority: Authority, host: str) -> None:
         try:
             assert set(await query_many(client, 20)) == {"a", "b"}
         finally:
-            await client.close()
-            await a.stop()
-            await b.stop()
+            await close_all(client, a, b)
 
     asyncio.run(scenario())
 
@@ -59,8 +57,6 @@ def test_a_replica_with_an_unknown_certificate_gets_no_calls(authority: Authorit
                 await query_many(client, 1)
             assert not calls
         finally:
-            await client.close()
-            await a.stop()
-            await b.stop()
+            await close_all(client, a, b)
 
     asyncio.run(scenario())
