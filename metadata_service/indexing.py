@@ -64,6 +64,10 @@ class IndexingReport:
     released: int = 0
 
 
+class _CollectionDeleted(Exception):
+    """The collection of the chunks being sent was deleted meanwhile."""
+
+
 class _LeaseRenewal:
     """Keeps the chunks of a pass leased while it runs: every `interval`
     (INDEX_LEASE_SECONDS / 3) those still held under the current token move
@@ -207,12 +211,17 @@ class Indexer:
             for chunk in chunks:
                 by_collection[chunk.vector_collection].append(chunk)
             for name, group in by_collection.items():
-                await self._ensure_collection(group[0], deadline)
                 step = self._settings.index_batch_records
-                batches = [
-                    await self._records(name, group[start : start + step], metadata, deadline)
-                    for start in range(0, len(group), step)
-                ]
+                try:
+                    await self._ensure_collection(group[0], deadline)
+                    batches = [
+                        await self._records(name, group[start : start + step], metadata, deadline)
+                        for start in range(0, len(group), step)
+                    ]
+                except _CollectionDeleted:
+                    # Their rows went with it: nothing to send or settle.
+                    released.extend(c.chunk_id for c in group)
+                    continue
                 chunk_of = {vector_id(c.document_id, c.ordinal): c.chunk_id for c in group}
                 async for acks in self._client.upsert_stream(name, batches, deadline):
                     for ack in acks:
@@ -297,10 +306,25 @@ class Indexer:
         return records
 
     async def _ensure_collection(self, chunk: ClaimedChunk, deadline: float) -> None:
+        """Creates the chunk's vector collection unless known to exist.
+        Raises _CollectionDeleted (having dropped what it made) when its
+        collection was deleted meanwhile.
+
+        The collection may be deleted (by another call, worker or replica)
+        after its chunks were claimed, and its vector collection dropped just
+        before this creates it again: nothing would ever drop that one (the
+        deletion is done), an orphan Reconcile cannot see. A deletion drops
+        the vector collection only after it commits, so checked after the
+        creation, either that drop comes later or the deletion shows here."""
         name = chunk.vector_collection
-        if name not in self._ensured:
-            await self._client.ensure_collection(name, chunk.dimension, chunk.model, deadline)
-            self._ensured.add(name)
+        if name in self._ensured:
+            return
+        await self._client.ensure_collection(name, chunk.dimension, chunk.model, deadline)
+        if not await self._db_call(self._outbox.vector_collection_in_use, name):
+            _LOGGER.info("collection deleted while indexing; its vectors dropped again")
+            await self._client.drop_collection(name, deadline)
+            raise _CollectionDeleted(name)
+        self._ensured.add(name)
 
     async def delete_pending(self, deadline: float, lease: datetime | None = None) -> int:
         """Runs the deletion outbox: the rows held under `lease` (a delete

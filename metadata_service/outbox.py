@@ -31,6 +31,7 @@ from askmojo.common.filters import AllOf, Condition, FilterNode, MetadataScalar,
 from askmojo.common.text_hash import text_hash
 from metadata_service import lookup
 from metadata_service.db import (
+    collection_queries,
     document_queries,
     keyword_index,
     lease_queries,
@@ -293,6 +294,12 @@ class Outbox:
             return lookup.collection_handle(session, name, field="collection")
 
         return self._db.read(work)
+
+    def vector_collection_in_use(self, vector_collection: str) -> bool:
+        """Whether the collection behind a vector collection still exists."""
+        return self._db.read(
+            lambda s: collection_queries.vector_collection_in_use(s, vector_collection)
+        )
 
     # --- chunks ---------------------------------------------------------------
 

@@ -86,6 +86,13 @@ def collection_handle(
     return None if row is None else CollectionHandle(*row)
 
 
+def vector_collection_in_use(session: Session, vector_collection: str) -> bool:
+    """Whether a collection still stores its vectors in `vector_collection`
+    (a handful of collections: no index needed)."""
+    stmt = select(CollectionRow.id).where(CollectionRow.vector_collection == vector_collection)
+    return session.execute(stmt.limit(1)).first() is not None
+
+
 def add_collection(session: Session, row: CollectionRow) -> CollectionRow:
     session.add(row)
     session.flush()
