@@ -1156,6 +1156,9 @@ def catalog_stub(backend_settings: MetadataSettings) -> Iterator[tuple[Stub, dic
         yield Stub(channel), collation_order(settings)
 
 
+# pytest-timeout's 300 s fits the defaults many times over; longer runs
+# (STATEFUL_EXAMPLES/STEPS) get time in proportion.
+@pytest.mark.timeout(max(300, EXAMPLES * STEPS // 2))
 def test_catalog_against_model(catalog_stub: tuple[Stub, dict[str, int]]) -> None:
     class Machine(CatalogMachine):
         stub, rank = catalog_stub
