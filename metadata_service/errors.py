@@ -155,6 +155,12 @@ _OUTAGE_HINTS = (
 )
 
 
+def is_outage(exc: OperationalError) -> bool:
+    """The database is away or dropped the connection (worth a retry), not
+    a mistake in the statement."""
+    return _outage_status(exc) is not None
+
+
 def _outage_status(exc: OperationalError) -> status_pb2.Status | None:
     message = str(exc.orig).lower()
     if "database is locked" in message:

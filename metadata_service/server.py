@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import OperationalError
 
 from askmojo.common import serving
 from askmojo.common.channels import ClientSecurity
@@ -35,6 +36,7 @@ from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.clock import HostClock
 from metadata_service.db.engine import Database, build_engine
+from metadata_service.errors import is_outage
 from metadata_service.indexing import Indexer
 from metadata_service.metrics import OutboxBacklog
 from metadata_service.outbox import Outbox
@@ -51,9 +53,31 @@ _PR_SET_PDEATHSIG = 1
 _STOP_MARGIN_S = 5.0
 
 
+# Attempts at migrating when the database drops or refuses the connection (a
+# restart, a failover, backends terminated): a replica starting at that moment
+# waits a few seconds for it instead of exiting (found by the crash soak).
+PREPARE_ATTEMPTS = 5
+PREPARE_PAUSE_SECONDS = 1.0
+
+
 def prepare_database(settings: MetadataSettings) -> None:
     """Brings the schema to the newest revision. Run once per deployment step,
     before worker processes exist (they must not migrate concurrently)."""
+    for attempt in range(1, PREPARE_ATTEMPTS + 1):
+        try:
+            _migrate(settings)
+            return
+        except OperationalError as exc:
+            if attempt == PREPARE_ATTEMPTS or not is_outage(exc):
+                raise
+            _LOGGER.warning(
+                "database unavailable while migrating; retrying",
+                extra={"attempt": attempt, "error": str(exc.orig)[:300]},
+            )
+            time.sleep(PREPARE_PAUSE_SECONDS * attempt)
+
+
+def _migrate(settings: MetadataSettings) -> None:
     engine = build_engine(settings)
     try:
         _LOGGER.info("database engine ready", extra={"url": _safe_url(settings)})

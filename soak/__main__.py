@@ -116,6 +116,11 @@ def run_shape(
             "kill_schedule": crasher.schedule,
             "recovery_seconds_max": round(max(crasher.recovery_seconds, default=0.0), 1),
             "crasher_errors": crasher.errors,
+            "start_failures": {
+                p.name: p.start_failures
+                for p in [*cluster.metadata, *cluster.vector, *filter(None, [cluster.chroma])]
+                if p.start_failures
+            },
             "driver_failures": failures,
             "operations_sent": sum(len(d.operations) for d in drivers),
             "converge_seconds": round(converge_seconds, 1),
@@ -208,6 +213,9 @@ def report(result: dict[str, Any]) -> str:
     ]
     if result["before_reconcile"]:
         lines.append(f"  before Reconcile: {result['before_reconcile']}")
+    if result["start_failures"]:
+        exits = {name: len(f) for name, f in result["start_failures"].items()}
+        lines.append(f"  exited while starting (started again): {exits}")
     if result["logged_errors"]:
         top = list(result["logged_errors"].items())[:8]
         lines.append(f"  errors the services logged: {top}")

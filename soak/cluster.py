@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -33,6 +32,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 API_KEY = "soak-key-" + "0123456789abcdef"
 START_TIMEOUT = 240.0
+START_ATTEMPTS = 5
 
 
 def healthy(address: str, timeout: float = 1.0) -> bool:
@@ -56,6 +56,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)  # polling a process coming up, not ordering events
 
 
+class ExitedWhileStarting(RuntimeError):
+    pass
+
+
 class Process:
     """One command in its own session (so SIGKILL to its group takes its
     children along), on a fixed port, restartable."""
@@ -69,7 +73,7 @@ class Process:
         self.log = log
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
-        self.lock = threading.Lock()
+        self.start_failures: list[str] = []
 
     @property
     def address(self) -> str:
@@ -85,16 +89,25 @@ class Process:
         return healthy(self.address)
 
     def start(self) -> None:
-        self.spawn()
+        """Starts it and waits until it serves. A process that exits while
+        starting is started again, as an orchestrator would (compose's
+        `restart: unless-stopped`), a few times; each such exit is recorded
+        in `start_failures`."""
+        for _ in range(START_ATTEMPTS):
+            self.spawn()
+            try:
+                wait_for(self._up, START_TIMEOUT, f"{self.name} SERVING")
+                return
+            except ExitedWhileStarting as exc:
+                self.start_failures.append(str(exc)[-600:])
+        raise RuntimeError(f"{self.name} exited {START_ATTEMPTS} times while starting")
 
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): {tail}")
-            return self.ready()
-
-        wait_for(up, START_TIMEOUT, f"{self.name} SERVING")
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise ExitedWhileStarting(f"{self.name} exited ({self.proc.returncode}): {tail}")
+        return self.ready()
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -346,7 +359,7 @@ def running(shape: str, workdir: Path, repo: Path) -> Iterator[Cluster]:
                 for p in group:
                     p.spawn()
                 for p in group:
-                    wait_for(p.ready, START_TIMEOUT, f"{p.name} SERVING")
+                    wait_for(p._up, START_TIMEOUT, f"{p.name} SERVING")
             yield cluster
         finally:
             for p in reversed(everything):
