@@ -185,8 +185,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         ),
         root / "metadata.log",
     )
-    vector.start()
     try:
+        # Inside: a start that times out must not leave a process behind.
+        vector.start()
         metadata.start()
         running = Pair(vector, metadata)
         try:

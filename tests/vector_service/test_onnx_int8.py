@@ -100,8 +100,13 @@ def test_an_unknown_backend_is_a_clear_settings_error(tmp_path: Path) -> None:
 def test_the_service_serves_int8_vectors_under_their_own_name(
     tmp_path: Path, model: Any, cache_dir: Path
 ) -> None:
+    # One worker process to load the model and its int8 graph into, not two
+    # (the express lane is the same worker code).
     settings = vector_settings(
-        tmp_path / "chroma", embedding_backend="onnx-int8", model_cache_dir=str(cache_dir)
+        tmp_path / "chroma",
+        embedding_backend="onnx-int8",
+        model_cache_dir=str(cache_dir),
+        express_workers=0,
     )
     with (
         RunningServer(lambda: create_server(settings), settings) as running,
