@@ -202,8 +202,11 @@ class Indexer:
 
         async def settle() -> None:
             lease = await renewal.stop()
+            sent = {c.chunk_id: c for c in chunks}
             await self._db_call(
-                self._outbox.settle_chunks, lease, indexed, failed, released, truncated
+                lambda: self._outbox.settle_chunks(
+                    lease, indexed, failed, released, truncated, sent=sent
+                )
             )
 
         try:

@@ -336,13 +336,26 @@ class Outbox:
         failed: Mapping[int, str],
         released: Collection[int],
         truncated: Collection[int],
+        *,
+        sent: Mapping[int, ClaimedChunk] | None = None,
     ) -> None:
         """Records what the vector service said of chunks sent under `lease`
         (`truncated`: indexed ones embedded only in part), and the states of
-        their documents."""
+        their documents.
+
+        A chunk acknowledged but no longer held under `lease` was rewritten
+        or deleted while it was sent (by another call, worker or replica),
+        and its vector was written all the same: possibly after the newer
+        version's, or after the deletion removed the vectors. Ids being
+        deterministic, the late write replaced the newer vector with an
+        older text, or left an orphan. So (with `sent`, the chunks as
+        claimed) the document's chunks are sent again (its current text
+        wins, being written after this), or, if the document is gone, its
+        vectors of that version are removed through the deletion outbox."""
 
         def work(session: Session) -> None:
             now = utcnow()
+            superseded: set[int] = set()
             documents = outbox_queries.settle_chunks(
                 session,
                 lease,
@@ -351,7 +364,11 @@ class Outbox:
                 released=released,
                 now=now,
                 truncated=truncated,
+                superseded=superseded,
             )
+            stale = [sent[c] for c in superseded if sent is not None and c in sent]
+            if stale:
+                documents = [*documents, *_repair_superseded(session, stale, now)]
             outbox_queries.refresh_document_states(session, documents, now)
 
         self._db.write(work)
@@ -539,6 +556,42 @@ class Outbox:
         return self._db.read(
             lambda s: search_queries.indexed_chunks_after(s, collection.id, after, limit)
         )
+
+
+def _repair_superseded(session: Session, stale: Sequence[ClaimedChunk], now: datetime) -> list[int]:
+    """See Outbox.settle_chunks; returns the documents re-queued."""
+    by_document: dict[int, list[ClaimedChunk]] = defaultdict(list)
+    for chunk in stale:
+        by_document[chunk.document_pk].append(chunk)
+    current = outbox_queries.current_documents(session, by_document)
+    again = [pk for pk, chunks in by_document.items() if current.get(pk) == chunks[0].incarnation]
+    outbox_queries.requeue_documents(session, again, now)
+    counts = outbox_queries.chunk_counts(session, again)
+    removals = []
+    for pk, chunks in by_document.items():
+        first = chunks[0]
+        if not collection_queries.vector_collection_in_use(session, first.vector_collection):
+            continue  # dropped with its collection: all its vectors went
+        if pk in again:
+            # A version that had more chunks: those past the current last one.
+            beyond = [c for c in chunks if c.ordinal >= counts.get(pk, 0)]
+            if not beyond:
+                continue
+            first_ordinal = min(c.ordinal for c in beyond)
+        else:
+            first_ordinal = 0  # the document is gone: every vector of that version
+        removals.append(
+            {
+                **_DELETION_DEFAULTS,
+                "vector_collection": first.vector_collection,
+                "document_id": first.document_id,
+                "incarnation": first.incarnation,
+                "first_ordinal": first_ordinal,
+                "max_generation": max(c.generation for c in chunks),
+            }
+        )
+    outbox_queries.add_deletions(session, removals)
+    return again
 
 
 def _requeue(session: Session, chunk_ids: Collection[int]) -> None:

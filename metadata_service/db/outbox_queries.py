@@ -167,11 +167,14 @@ def settle_chunks(
     released: Collection[int],
     now: datetime,
     truncated: Collection[int] = (),
+    superseded: set[int] | None = None,
 ) -> list[int]:
     """Records what the vector service said, for chunks still held under
     `lease` (a chunk rewritten meanwhile lost its lease and is left alone);
     returns the documents touched, whose state must be refreshed.
-    `truncated`: indexed chunks the vector service embedded only in part."""
+    `truncated`: indexed chunks the vector service embedded only in part.
+    `superseded`, when given, receives the `indexed` chunks no longer held:
+    their vectors were written all the same (see Outbox.settle_chunks)."""
     held = and_(ChunkRow.lease_until == lease, ChunkRow.state == IndexState.PENDING)
     # Only ever raised here: a chunk re-sent as its stored vector (a
     # metadata-only change) is not re-measured, and a collection's model is
@@ -181,11 +184,15 @@ def settle_chunks(
             update(ChunkRow).where(held, ChunkRow.id.in_(list(truncated))).values(truncated=True)
         )
     if indexed:
-        session.execute(
+        settled = session.scalars(
             update(ChunkRow)
             .where(held, ChunkRow.id.in_(list(indexed)))
             .values(state=IndexState.INDEXED, error=None, lease_until=None, updated_at=now)
-        )
+            .returning(ChunkRow.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if superseded is not None:
+            superseded.update(set(indexed) - set(settled))
     for chunk_id, error in failed.items():
         session.execute(
             update(ChunkRow)
@@ -208,6 +215,35 @@ def settle_chunks(
     return list(
         session.scalars(select(ChunkRow.document_id).where(ChunkRow.id.in_(ids)).distinct())
     )
+
+
+def current_documents(session: Session, document_pks: Collection[int]) -> dict[int, int]:
+    """The incarnation of each of these documents that still exists."""
+    stmt = select(DocumentRow.id, DocumentRow.incarnation).where(
+        DocumentRow.id.in_(list(document_pks))
+    )
+    return {int(pk): int(incarnation) for pk, incarnation in session.execute(stmt)}
+
+
+def chunk_counts(session: Session, document_pks: Collection[int]) -> dict[int, int]:
+    stmt = (
+        select(ChunkRow.document_id, func.count())
+        .where(ChunkRow.document_id.in_(list(document_pks)))
+        .group_by(ChunkRow.document_id)
+    )
+    return {int(pk): int(count) for pk, count in session.execute(stmt)}
+
+
+def requeue_documents(session: Session, document_pks: Collection[int], now: datetime) -> None:
+    """Every chunk of these documents PENDING and unleased: sent again by
+    whichever indexer claims them next."""
+    if document_pks:
+        session.execute(
+            update(ChunkRow)
+            .where(ChunkRow.document_id.in_(list(document_pks)))
+            .values(state=IndexState.PENDING, error=None, lease_until=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def refresh_document_states(session: Session, document_pks: Collection[int], now: datetime) -> None:
