@@ -92,11 +92,35 @@ def timed(database: Database, cid: int, query: str, runs: int) -> tuple[float, i
     return statistics.median(times), hits
 
 
+def _filled(database: Database, catalog: Catalog, wanted: int) -> int:
+    """The id of the collection 'bench', written first if it is not there."""
+    with database.session_scope() as session:
+        cid = session.execute(text("SELECT id FROM collections WHERE name = 'bench'")).scalar()
+    if cid is not None:
+        return int(cid)
+    catalog.create_collection(
+        CollectionSpec(name="bench", chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
+    )
+    started = time.perf_counter()
+    batch: list[DocumentInput] = []
+    for document in documents(Path(sys.prefix) / "lib", wanted):
+        batch.append(document)
+        if len(batch) == 500:
+            catalog.upsert_documents("bench", batch)
+            batch = []
+    if batch:
+        catalog.upsert_documents("bench", batch)
+    print(f"written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    with database.session_scope() as session:
+        session.execute(text("ANALYZE"))
+        return int(
+            session.execute(text("SELECT id FROM collections WHERE name = 'bench'")).scalar_one()
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
+    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--database", default="askmojo_kw_bench")
     parser.add_argument("--chunks", type=int, default=40_000)
     parser.add_argument("--runs", type=int, default=5)
@@ -131,29 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_database(settings)
     database = Database.from_settings(settings)
     try:
-        catalog = Catalog(database, settings)
-        with database.session_scope() as session:
-            cid = session.execute(text("SELECT id FROM collections WHERE name = 'bench'")).scalar()
-        if cid is None:
-            catalog.create_collection(
-                CollectionSpec(name="bench", chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
-            )
-            started = time.perf_counter()
-            batch: list[DocumentInput] = []
-            site = Path(sys.prefix) / "lib"
-            for document in documents(site, args.chunks):
-                batch.append(document)
-                if len(batch) == 500:
-                    catalog.upsert_documents("bench", batch)
-                    batch = []
-            if batch:
-                catalog.upsert_documents("bench", batch)
-            print(f"written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            with database.session_scope() as session:
-                session.execute(text("ANALYZE chunks"))
-                cid = session.execute(
-                    text("SELECT id FROM collections WHERE name = 'bench'")
-                ).scalar_one()
+        cid = _filled(database, Catalog(database, settings), args.chunks)
         with database.session_scope() as session:
             chunks = session.execute(text("SELECT count(*) FROM chunks")).scalar_one()
         print(f"{chunks} chunks; median of {args.runs} searches (limit 30)\n")

@@ -51,7 +51,12 @@ from metadata_service.errors import (
     InvalidArgument,
     MetadataError,
 )
-from metadata_service.fusion import reciprocal_rank_fusion
+from metadata_service.fusion import (
+    KEYWORD_FLOOR,
+    above_floor,
+    fusion_fetch,
+    reciprocal_rank_fusion,
+)
 from metadata_service.indexing import Indexer
 from metadata_service.outbox import (
     DOC_KEY,
@@ -77,8 +82,6 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TOP_K = 10
-# HYBRID: each retriever returns this many times top_k candidates to fuse.
-_FUSION_DEPTH = 3
 _HYBRID = SearchOptions()
 # Of what is left of a call when its batch is written, indexing leaves this
 # much (at least _ANSWER_MARGIN_MIN seconds) to settle the batch, read its
@@ -312,9 +315,8 @@ class Pipeline:
             # leftovers of deleted or rewritten documents not yet cleaned up.
             fetch = min(limit, top_k + max(4, top_k // 4))
         else:
-            # Each retriever's list goes deeper than top_k: a chunk ranked
-            # 20th by both can fuse above one ranked 1st by one alone.
-            fetch = min(limit, max(_FUSION_DEPTH * top_k, top_k + 4))
+            # Each retriever's list goes deeper than top_k (fusion.py).
+            fetch = fusion_fetch(top_k, limit)
         keyed: list[tuple[VectorVersion, VectorMatch]] = []
         degraded = ""
         if mode is not SearchMode.KEYWORD and self._client is None:
@@ -593,11 +595,14 @@ def _fuse(
     elif options.mode is SearchMode.KEYWORD:
         ordered = [(place, score) for place, (_, score) in keyword.items()]
     else:
-        lists = [
-            (list(found), weight)
-            for found, weight in ((dense, options.dense_weight), (keyword, options.keyword_weight))
-            if weight > 0
-        ]
+        # Keyword hits far weaker than the best one (only common words
+        # matched) take no part: their ranks would weigh as much as a
+        # strong match's (fusion.above_floor). They keep their keyword rank
+        # and score on the hit.
+        scored = [(place, score) for place, (_, score) in keyword.items()]
+        voters = above_floor(scored, KEYWORD_FLOOR)
+        pairs = ((list(dense), options.dense_weight), (voters, options.keyword_weight))
+        lists = [(found, weight) for found, weight in pairs if weight > 0]
         ordered = reciprocal_rank_fusion(lists)
     hits = []
     for place, score in ordered[:top_k]:

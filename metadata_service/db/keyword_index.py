@@ -216,7 +216,13 @@ def _postgresql_search(
 
 
 def index_size(session: Session) -> int:
-    """Bytes the keyword index takes on disk (all collections)."""
+    """Bytes the keyword index takes on disk, all collections together (as
+    GetStats documents it). Deliberately not per collection: the index is one
+    structure for every collection (one FTS5 table, one GIN index), whose
+    pages hold the terms of all of them mixed, so no size of one collection's
+    part exists to be read. A share in proportion to its chunks' text would
+    be an estimate reported as a measurement, and costs a scan of the
+    collection's chunks on every GetStats."""
     if session.get_bind().dialect.name == "sqlite":
         stmt = text(
             "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN "

@@ -10,7 +10,7 @@ import pytest
 
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from metadata_service.config import MetadataSettings
-from metadata_service.fusion import RRF_K
+from metadata_service.fusion import KEYWORD_FLOOR, RRF_K
 from tests.pipeline.conftest import metadata_stub
 from tests.pipeline.test_pipeline import Stub, doc, equals, upsert
 
@@ -62,13 +62,19 @@ def test_a_rare_identifier_is_found_by_keyword_and_hybrid_where_dense_misses_it(
     assert not hybrid.degraded
     assert ids(hybrid)[0] == "pager"
     # Every hit carries both retrievers' ranks and scores; the fused score is
-    # the sum of 1 / (60 + rank) over the retrievers that found it.
-    hybrid = search(stub, collection, "ZQX7731 incident night shift", top_k=7)
+    # the sum of 1 / (60 + rank) over the retrievers that found it, a keyword
+    # hit counting only if it scores at least KEYWORD_FLOOR of the best one.
+    query = "ZQX7731 incident night shift"
+    hybrid = search(stub, collection, query, top_k=7)
+    best = search(stub, collection, query, KEYWORD, top_k=1).hits[0].keyword_score
     found_by_both = [h for h in hybrid.hits if h.dense_rank and h.keyword_rank]
     assert found_by_both
     assert all(h.dense_score > 0 and h.keyword_score > 0 for h in found_by_both)
     for h in hybrid.hits:
-        expected = sum(1 / (RRF_K + r) for r in (h.dense_rank, h.keyword_rank) if r)
+        counted = h.keyword_rank and h.keyword_score >= KEYWORD_FLOOR * best
+        expected = sum(
+            1 / (RRF_K + r) for r in (h.dense_rank, h.keyword_rank if counted else 0) if r
+        )
         assert h.score == pytest.approx(expected, rel=1e-6)
     # DENSE keeps its old meaning: score is the similarity.
     for h in dense.hits:
