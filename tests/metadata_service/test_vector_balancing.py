@@ -254,6 +254,23 @@ def test_host_names_are_looked_up_again_after_a_failure(monkeypatch: pytest.Monk
     asyncio.run(scenario())
 
 
+def test_a_dns_target_balances_over_what_the_name_resolves_to() -> None:
+    """compose.yaml's form (`dns:///vector:50052`): gRPC resolves the name
+    itself; `localhost` may also resolve to ::1, where nothing listens, and
+    that address simply gets no calls."""
+
+    async def scenario() -> None:
+        calls: Counter[str] = Counter()
+        (a,) = await started(calls, "a")
+        client = VectorClient(f"dns:///localhost:{a.port}", 4 * 1024 * 1024)
+        try:
+            assert set(await query_many(client, 10)) == {"a"}
+        finally:
+            await close_all(client, a)
+
+    asyncio.run(scenario())
+
+
 def test_malformed_addresses_are_refused_naming_the_setting() -> None:
     for bad, problem in [
         ("127.0.0.1:1,,127.0.0.1:2", "entry 2 of 3 is empty"),
