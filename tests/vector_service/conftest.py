@@ -1,5 +1,6 @@
-"""Vector-service fixtures: a real `chroma run` server and a channel to the
-session's warm vector service (tests/conftest.py)."""
+"""Vector-service fixtures: a real `chroma run` server, a channel to the
+session's warm vector service (tests/conftest.py) and the model in this
+process to compare its vectors with."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from bench.services import free_port
 from tests.conftest import RunningServer, vector_settings
+from vector_service.config import packaged_model_path
+from vector_service.embedding import worker
 from vector_service.store import VectorStore
 
 CHROMA = Path(sys.executable).parent / "chroma"
@@ -76,3 +80,11 @@ def vector_channel(vector_server: RunningServer) -> Iterator[grpc.Channel]:
     ) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         yield channel
+
+
+@pytest.fixture(scope="session")
+def reference_model() -> Any:
+    """The model in this process, as a user of sentence-transformers has it:
+    loaded once for every module that compares the service's vectors with it."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return worker.load_model(packaged_model_path())

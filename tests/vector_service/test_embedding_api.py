@@ -21,8 +21,6 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from askmojo.vector.v1 import embedding_service_pb2 as epb
 from askmojo.vector.v1 import embedding_service_pb2_grpc as epb_grpc
 from tests.conftest import RunningServer
-from vector_service.config import packaged_model_path
-from vector_service.embedding import worker
 
 TEXTS = [
     "SQLite in WAL mode lets readers and a writer work at the same time.",
@@ -38,10 +36,9 @@ def embed_stub(vector_channel: grpc.Channel) -> epb_grpc.EmbeddingServiceStub:
 
 
 @pytest.fixture(scope="module")
-def reference() -> Any:
+def reference(reference_model: Any) -> Any:
     """The model in this process, as a user of sentence-transformers has it."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return worker.load_model(packaged_model_path())
+    return reference_model
 
 
 def vectors(response: Any) -> np.ndarray:

@@ -4,7 +4,6 @@ serves it under its own model name."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from tests.conftest import RunningServer, vector_settings
 from vector_service.config import packaged_model_path
-from vector_service.embedding import onnx_int8, worker
+from vector_service.embedding import onnx_int8
 from vector_service.server import create_server
 
 TEXTS = [
@@ -34,9 +33,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def model() -> Any:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return worker.load_model(packaged_model_path())
+def model(reference_model: Any) -> Any:
+    return reference_model
 
 
 @pytest.fixture(scope="module")
