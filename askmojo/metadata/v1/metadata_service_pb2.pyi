@@ -629,8 +629,9 @@ class IngestDocumentsResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsertResult]:
-        """One per document of the matching request, in order. Empty when the batch
-        as a whole was refused (see status).
+        """One per document of the matching request, in order. When the batch as a
+        whole was refused (see status), every document of it is FAILED with the
+        batch's reason (an empty batch has none).
         """
 
     @_builtins.property
