@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from askmojo.common import auth, tls, tracing
 from askmojo.common.logs import configure_logging
+from askmojo.common.settings import invalid_settings_message
 from metadata_service.config import MetadataSettings
 from metadata_service.server import run
 
@@ -18,7 +19,7 @@ def main() -> int:
     try:
         settings = MetadataSettings()
     except ValidationError as exc:
-        print(f"metadata_service: invalid settings:\n{exc}", file=sys.stderr)
+        print(invalid_settings_message("metadata_service", exc), file=sys.stderr)
         return 2
     refusal = (
         auth.startup_refusal(settings)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from askmojo.common import auth, tls, tracing
 from askmojo.common.logs import configure_logging
+from askmojo.common.settings import invalid_settings_message
 from vector_service.config import VectorSettings
 from vector_service.server import serve, start_dependencies
 from vector_service.store import DirectoryLock, StoreLocked
@@ -23,7 +24,7 @@ def main() -> int:
     try:
         settings = VectorSettings()
     except ValidationError as exc:
-        print(f"vector_service: invalid settings:\n{exc}", file=sys.stderr)
+        print(invalid_settings_message("vector_service", exc), file=sys.stderr)
         return 2
     # Before the model loads: a bad certificate path fails in a second.
     refusal = auth.startup_refusal(settings) or tls.startup_refusal(settings)

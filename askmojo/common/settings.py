@@ -85,6 +85,18 @@ def api_key_problem(key: str) -> str | None:
     return None
 
 
+def invalid_settings_message(service: str, error: ValidationError) -> str:
+    """What a service prints when its settings do not validate: one line per
+    setting at fault, named as it is set (METADATA_PORT, not metadata_port),
+    and never the value given (it may be a key)."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in problem["loc"]).upper() or "settings"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(message if name in message else f"{name}: {message}")
+    return "\n".join(f"{service}: invalid settings: {line}" for line in lines)
+
+
 def _env_name(info: ValidationInfo) -> str:
     return (info.field_name or "API_KEY").upper()
 
