@@ -160,3 +160,19 @@ def test_the_readme_status_table_fragments_carry_its_header(tokenizer: ModelToke
     assert header in text
     fragments = [c for c in chunk_tokens(text, 128, 16, tokenizer) if "| `UNAVAILABLE` |" in c.text]
     assert fragments and all(c.text.startswith(header) for c in fragments)
+
+
+def test_headings_repeated_for_the_evaluation(tokenizer: ModelTokenizer) -> None:
+    # Off by default (the evaluation did not show it helps); evals/hybrid.py
+    # measures it: every chunk of a long section starts with its heading.
+    body = " ".join(f"Sentence number {i} says something." for i in range(60))
+    text = "## Storage engines\n\n" + body + "\n"
+    plain = chunk_tokens(text, 64, 8, tokenizer)
+    assert sum(c.text.startswith("## Storage engines") for c in plain) == 1
+    headed = chunk_tokens(text, 64, 8, tokenizer, headings=True)
+    assert len(headed) > 2
+    assert all(c.text.startswith("## Storage engines\n") for c in headed)
+    assert all(tokenizer.count(c.text) <= 64 for c in headed)
+    assert headed[0].text == text[headed[0].start : headed[0].end]
+    for chunk in headed[1:]:
+        assert chunk.text == "## Storage engines\n" + text[chunk.start : chunk.end]
