@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import calibration, embedding, metadata, pipeline, security
+from bench.calibration import PROBE_RUNS
 from bench.context import Context, Sizes
 
 SECTIONS = {
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.only or list(SECTIONS):
             section_started = time.perf_counter()
-            speed = calibration.speed(ctx.thread_budget)
+            speed = calibration.speed(ctx.thread_budget, runs=1 if args.quick else PROBE_RUNS)
             ctx.sizes = sizes.scaled(speed)
             changed = {
                 k: getattr(ctx.sizes, k)

@@ -48,7 +48,10 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(1, 256, 128, 30, 80, 60, 2000, 1000, 5000, 1, 10, 80, 128)
+        # A smoke run (`make bench-quick`, tests/bench): every section end to
+        # end, its figures only roughly indicative; about half the work of
+        # what it used to be, as `make test` runs it.
+        return cls(1, 128, 64, 12, 40, 30, 1000, 256, 1024, 1, 6, 40, 64)
 
     def scaled(self, speed: float) -> Sizes:
         """These sizes for a machine at `speed` (1.0: the one `full` was
