@@ -42,6 +42,7 @@ BIG_NUMBERS: dict[str, MetadataScalar] = {
     "int-2^53+1": 2**53 + 1,
     "double-2^53": float(2**53),
     "int-max": 2**63 - 1,
+    "int-3": 3,
 }
 BIG_NUMBER_CASES = [
     (cpb.OPERATOR_EQ, float(2**53), ["double-2^53"]),
@@ -49,25 +50,27 @@ BIG_NUMBER_CASES = [
     (cpb.OPERATOR_GT, float(2**53), ["int-2^53+1", "int-max"]),
     (cpb.OPERATOR_GTE, 2**53 + 1, ["int-2^53+1", "int-max"]),
     (cpb.OPERATOR_EQ, float(2**63), []),
-    (cpb.OPERATOR_LT, float(2**63), ["double-2^53", "int-2^53+1", "int-max"]),
+    (cpb.OPERATOR_LT, float(2**63), ["double-2^53", "int-2^53+1", "int-max", "int-3"]),
+    (cpb.OPERATOR_GTE, float(2**63), []),
+    # An int operand no double holds, against double metadata.
+    (cpb.OPERATOR_LT, 2**53 + 1, ["double-2^53", "int-3"]),
+    (cpb.OPERATOR_LTE, 2**53 + 1, ["double-2^53", "int-2^53+1", "int-3"]),
+    (cpb.OPERATOR_GT, 2**53 + 1, ["int-max"]),
+    (cpb.OPERATOR_NE, 2**53 + 1, ["double-2^53", "int-max", "int-3"]),
+    # A fractional double operand, against int metadata.
+    (cpb.OPERATOR_GT, 2.5, ["double-2^53", "int-2^53+1", "int-max", "int-3"]),
+    (cpb.OPERATOR_LTE, 3.5, ["int-3"]),
+    (cpb.OPERATOR_LT, 3.0, []),
+    (cpb.OPERATOR_GTE, -1e300, ["double-2^53", "int-2^53+1", "int-max", "int-3"]),
+]
+BIG_NUMBER_IN_CASES: list[tuple[list[MetadataScalar], list[str]]] = [
+    ([2**53 + 1], ["int-2^53+1"]),
+    ([float(2**53)], ["double-2^53"]),
+    ([3.0, float(2**63)], ["int-3"]),
 ]
 
 
-def test_ints_and_doubles_past_2_53_compare_exactly(
-    backend_stub: Stub, backend_settings: MetadataSettings, request: pytest.FixtureRequest
-) -> None:
-    if backend_settings.database_url.startswith("postgresql"):
-        # Found by the state machine's probes: metadata_service/db/filters_sql.py
-        # binds the operand with its own type, so PostgreSQL compares
-        # `bigint op double precision` (and `double precision op bigint`) in
-        # doubles: 2**53 + 1 equals 2.0**53 there, and 2**63 - 1 equals 2.0**63.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="PostgreSQL compares int metadata with double operands (and "
-                "double metadata with int operands) in double precision",
-            )
-        )
+def test_ints_and_doubles_past_2_53_compare_exactly(backend_stub: Stub) -> None:
     backend_stub.CreateCollection(pb.CreateCollectionRequest(name="numbers"))
     backend_stub.UpsertDocuments(
         pb.UpsertDocumentsRequest(
@@ -89,4 +92,13 @@ def test_ints_and_doubles_past_2_53_compare_exactly(
         got = sorted(d.id for d in listed.documents)
         if got != sorted(expected):
             wrong.append((cpb.Operator.Name(op), operand, got, sorted(expected)))
+    for operands, expected in BIG_NUMBER_IN_CASES:
+        values = [metadata_to_proto({"n": v})["n"] for v in operands]
+        where = cpb.Filter(condition=cpb.Condition(key="n", op=cpb.OPERATOR_IN, values=values))
+        listed = backend_stub.ListDocuments(
+            pb.ListDocumentsRequest(collection="numbers", filter=where, page_size=10)
+        )
+        got = sorted(d.id for d in listed.documents)
+        if got != sorted(expected):
+            wrong.append(("IN", operands, got, sorted(expected)))
     assert wrong == []
