@@ -23,7 +23,9 @@ from tests.pipeline.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
-DOCUMENTS = 2000
+# Twenty batches: kills land after a quarter or a third of them, with more
+# still to come (and more than the IN_FLIGHT batches a crash may cost).
+DOCUMENTS = 1000
 BATCH = 50
 IN_FLIGHT = 4  # INGEST_BATCHES_IN_FLIGHT of the metadata service under test
 _WORDS = [
@@ -97,11 +99,15 @@ def vector_process(tmp_path: Path) -> Iterator[ServiceProcess]:
             "VECTOR_HOST": "127.0.0.1",
             "VECTOR_PORT": str(port),
             "MAX_WORKERS": "1",
+            # Started three times: one worker process to load the model
+            # into, not two (the express lane is not what is tested here).
+            "EXPRESS_WORKERS": "0",
         },
         tmp_path / "vector.log",
     )
-    process.start()
     try:
+        # Inside: a start that times out must not leave the process behind.
+        process.start()
         yield process
     finally:
         process.stop()

@@ -65,6 +65,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 "VECTOR_HOST": "127.0.0.1",
                 "VECTOR_PORT": str(vector_port),
                 "MAX_WORKERS": "1",
+                # One worker process to load the model into, not two: the
+                # express lane is not what is traced here.
+                "EXPRESS_WORKERS": "0",
                 "LOG_LEVEL": "DEBUG",
             },
             tmp / "vector.log",
