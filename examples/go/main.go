@@ -4,8 +4,11 @@
 //	examples/go/gen.sh /tmp/askmojo-go
 //	GO111MODULE=off GOPATH=/tmp/askmojo-go:/usr/share/gocode go run ./examples/go [ADDRESS]
 //
-// ADDRESS (or ASKMOJO_ADDRESS) is the metadata service, default
-// 127.0.0.1:50051. ASKMOJO_API_KEY, when set, goes out as
+// ADDRESS (else ASKMOJO_ADDRESS, else METADATA_ADDRESS, else
+// localhost:50051) is the metadata service, written as everywhere in the
+// project: one HOST:PORT, several (meta-1:50051,meta-2:50051) or a gRPC
+// target (dns:///metadata:50051); calls go round_robin over the replicas
+// whose health is SERVING (see dial). ASKMOJO_API_KEY, when set, goes out as
 // `authorization: Bearer <key>` on every call. ASKMOJO_COLLECTION names the
 // collection (default: a fresh name); it is deleted at the end.
 //
@@ -31,9 +34,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/health" // client-side health checking (healthCheckConfig)
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/runtime/protoimpl"
 )
 
 // protoCodec marshals with google.golang.org/protobuf (APIv2), which the
@@ -41,15 +48,17 @@ import (
 // github.com/golang/protobuf dependency to 1.3 (golang-github-golang-
 // protobuf-1-3-dev), whose reflection-based codec panics on APIv2 messages;
 // registering this codec under the name "proto" makes the example work with
-// either 1.3 or 1.5 installed. (Module builds of current gRPC need none of it.)
+// either 1.3 or 1.5 installed. gRPC's own messages (the health checks') are
+// APIv1 there: ProtoMessageV2Of takes both kinds. (Module builds of current
+// gRPC need none of it.)
 type protoCodec struct{}
 
 func (protoCodec) Marshal(v interface{}) ([]byte, error) {
-	return proto.Marshal(v.(proto.Message))
+	return proto.Marshal(protoimpl.X.ProtoMessageV2Of(v))
 }
 
 func (protoCodec) Unmarshal(data []byte, v interface{}) error {
-	return proto.Unmarshal(data, v.(proto.Message))
+	return proto.Unmarshal(data, protoimpl.X.ProtoMessageV2Of(v))
 }
 
 func (protoCodec) Name() string { return "proto" }
@@ -61,6 +70,32 @@ func env(key, fallback string) string {
 		return v
 	}
 	return fallback
+}
+
+// serviceConfig: round_robin over the backends, each getting calls only
+// while its health service reports the metadata service SERVING.
+const serviceConfig = `{"loadBalancingConfig": [{"round_robin": {}}],
+  "healthCheckConfig": {"serviceName": "askmojo.metadata.v1.MetadataService"}}`
+
+// dial connects to one HOST:PORT as it is. Several comma-separated ones go
+// to a manual resolver holding them all (host names are dialed as written);
+// a target with a scheme (dns:///metadata:50051) is gRPC's to resolve. Both
+// are balanced with serviceConfig.
+func dial(address string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if strings.Contains(address, ",") && !strings.Contains(address, "://") {
+		r := manual.NewBuilderWithScheme("askmojo")
+		var addrs []resolver.Address
+		for _, a := range strings.Split(address, ",") {
+			addrs = append(addrs, resolver.Address{Addr: strings.TrimSpace(a)})
+		}
+		r.InitialState(resolver.State{Addresses: addrs})
+		opts = append(opts, grpc.WithResolvers(r))
+		address = "askmojo:///metadata"
+	}
+	if strings.Contains(address, "://") {
+		opts = append(opts, grpc.WithDefaultServiceConfig(serviceConfig))
+	}
+	return grpc.Dial(address, opts...)
 }
 
 // withAPIKey adds `authorization: Bearer <key>` to every outgoing call.
@@ -198,7 +233,7 @@ func waitIndexed(ctx context.Context, client metadatav1.MetadataServiceClient, c
 }
 
 func run() error {
-	address := env("ASKMOJO_ADDRESS", "127.0.0.1:50051")
+	address := env("ASKMOJO_ADDRESS", env("METADATA_ADDRESS", "localhost:50051"))
 	if len(os.Args) > 1 {
 		address = os.Args[1]
 	}
@@ -206,7 +241,7 @@ func run() error {
 	collection := env("ASKMOJO_COLLECTION", fmt.Sprintf("go-example-%x", time.Now().UnixNano()))
 
 	opts := append([]grpc.DialOption{grpc.WithInsecure()}, withAPIKey(apiKey)...)
-	conn, err := grpc.Dial(address, opts...)
+	conn, err := dial(address, opts...)
 	if err != nil {
 		return err
 	}

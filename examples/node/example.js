@@ -4,8 +4,11 @@
 //
 //   npm ci && node example.js [ADDRESS]
 //
-// ADDRESS (or ASKMOJO_ADDRESS) is the metadata service, default
-// 127.0.0.1:50051. ASKMOJO_API_KEY, when set, goes out as
+// ADDRESS (else ASKMOJO_ADDRESS, else METADATA_ADDRESS, else
+// localhost:50051) is the metadata service, written as everywhere in the
+// project: one HOST:PORT, several (meta-1:50051,meta-2:50051) or a gRPC
+// target (dns:///metadata:50051); calls go round_robin over the replicas (see
+// channelTarget). ASKMOJO_API_KEY, when set, goes out as
 // `authorization: Bearer <key>` on every call. ASKMOJO_COLLECTION names the
 // collection (default: a fresh name); it is deleted at the end.
 //
@@ -16,13 +19,16 @@
 
 'use strict';
 
+const dns = require('node:dns');
+const net = require('node:net');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const REPO = path.resolve(__dirname, '..', '..');
-const address = process.argv[2] || process.env.ASKMOJO_ADDRESS || '127.0.0.1:50051';
+const address =
+  process.argv[2] || process.env.ASKMOJO_ADDRESS || process.env.METADATA_ADDRESS || 'localhost:50051';
 const apiKey = process.env.ASKMOJO_API_KEY || '';
 const collection =
   process.env.ASKMOJO_COLLECTION || `node-example-${Date.now().toString(36)}`;
@@ -68,7 +74,36 @@ function callMetadata() {
   return md;
 }
 
-const client = new MetadataService(address, grpc.credentials.createInsecure());
+// Several replicas: grpc-js balances an `ipv4:a:p,b:p` (or `ipv6:`) target
+// itself, so a comma-separated list becomes one, its host names looked up
+// once here (for names whose addresses change, give dns:///name:port, which
+// grpc-js looks up again). One HOST:PORT, or a target with a scheme, passes
+// through as it is.
+async function channelTarget(address) {
+  const hasScheme = /^(dns|ipv4|ipv6|unix|unix-abstract|vsock|xds):/.test(address) || address.includes('://');
+  if (hasScheme || !address.includes(',')) return address;
+  const ips = [];
+  for (const part of address.split(',').map((p) => p.trim())) {
+    const [, host, port] = part.match(/^\[?(.*?)\]?:(\d+)$/) || [];
+    if (!host) throw new Error(`${JSON.stringify(part)}: expected HOST:PORT`);
+    const found = net.isIP(host) ? [{ address: host }] : await dns.promises.lookup(host, { all: true });
+    ips.push(...found.map((a) => ({ ip: a.address, port })));
+  }
+  // One target has one scheme: IPv4 unless there are only IPv6 addresses.
+  const v4 = ips.filter((a) => net.isIPv4(a.ip));
+  return v4.length
+    ? `ipv4:${v4.map((a) => `${a.ip}:${a.port}`).join(',')}`
+    : `ipv6:${ips.map((a) => `[${a.ip}]:${a.port}`).join(',')}`;
+}
+
+// round_robin over the replicas that are connected. The project's other
+// clients add `healthCheckConfig` (calls only to replicas whose health reports
+// askmojo.metadata.v1.MetadataService SERVING), but grpc-js has no
+// client-side health checking: a replica that is up yet NOT_SERVING
+// (starting, draining) still gets calls here.
+const SERVICE_CONFIG = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+
+let client; // set by main()
 
 function deadline(seconds) {
   return new Date(Date.now() + seconds * 1000);
@@ -170,7 +205,11 @@ async function waitIndexed(expected) {
 }
 
 async function main() {
-  console.log(`metadata service at ${address}${apiKey ? ' (with API key)' : ''}`);
+  const target = await channelTarget(address);
+  client = new MetadataService(target, grpc.credentials.createInsecure(), {
+    'grpc.service_config': SERVICE_CONFIG,
+  });
+  console.log(`metadata service at ${target}${apiKey ? ' (with API key)' : ''}`);
 
   const created = await call('CreateCollection', {
     name: collection,

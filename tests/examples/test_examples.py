@@ -6,6 +6,12 @@ protoc, protoc-gen-go, protoc-gen-go-grpc and Debian's Go libraries). The
 npm install and the Go build start before the services do, in the
 background, so they overlap the model load; npm runs only when
 node_modules is missing or package-lock.json changed.
+
+Each example reaches the service through a METADATA_ADDRESS list whose
+other replicas take no calls: one where nothing listens, and for Go (whose
+gRPC checks health on the client side; grpc-js does not) one whose health
+reports the metadata service NOT_SERVING and that implements nothing else.
+The run without a key shows ASKMOJO_ADDRESS taking precedence.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
+from askmojo.common.targets import METADATA_SERVICE
 from metadata_service.server import prepare_database
 from tests.conftest import RunningServer, metadata_settings
 
@@ -155,18 +167,45 @@ def metadata_address(
         yield running.address
 
 
+@pytest.fixture(scope="module")
+def dead_address() -> Iterator[str]:
+    """127.0.0.1:<port> where nothing listens: the port is bound (so no one
+    else takes it) but never listening, so every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def not_serving_address() -> Iterator[str]:
+    """A replica that is up but not ready (starting, draining): its health
+    reports the metadata service NOT_SERVING and it implements nothing else,
+    so a call sent to it would fail UNIMPLEMENTED."""
+    health = HealthServicer()
+    health.set(METADATA_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
 def _run(
     argv: list[str],
     cwd: Path,
-    address: str,
     collection: str,
+    addresses: dict[str, str],
     *,
     api_key: str = API_KEY,
     rc: int = 0,
 ) -> str:
-    env = {**os.environ, "ASKMOJO_API_KEY": api_key, "ASKMOJO_COLLECTION": collection}
+    """Runs an example with `addresses` (ASKMOJO_ADDRESS, METADATA_ADDRESS)
+    as its only address settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ASKMOJO_ADDRESS", "METADATA_ADDRESS")}
+    env.update(addresses, ASKMOJO_API_KEY=api_key, ASKMOJO_COLLECTION=collection)
     done = subprocess.run(
-        [*argv, address],
+        argv,
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -187,20 +226,42 @@ def _check(output: str, language: str, collection: str) -> None:
     assert "field violation: top_k:" in output, output
 
 
-def test_node_example(builds: dict[str, Job], metadata_address: str) -> None:
+def test_node_example(builds: dict[str, Job], metadata_address: str, dead_address: str) -> None:
     builds["node"].wait()
-    output = _run(["node", "example.js"], NODE_DIR, metadata_address, "node-example")
+    replicas = f"{dead_address},{metadata_address}"
+    output = _run(["node", "example.js"], NODE_DIR, "node-example", {"METADATA_ADDRESS": replicas})
     _check(output, "node", "node-example")
+    assert f"metadata service at ipv4:{replicas}" in output, output
     # The service asks for the key: without it the example stops at once.
     refused = _run(
-        ["node", "example.js"], NODE_DIR, metadata_address, "node-nokey", api_key="", rc=1
+        ["node", "example.js"],
+        NODE_DIR,
+        "node-nokey",
+        {"ASKMOJO_ADDRESS": metadata_address, "METADATA_ADDRESS": dead_address},
+        api_key="",
+        rc=1,
     )
     assert "FAILED: UNAUTHENTICATED" in refused, refused
 
 
-def test_go_example(builds: dict[str, Job], metadata_address: str) -> None:
+def test_go_example(
+    builds: dict[str, Job],
+    metadata_address: str,
+    dead_address: str,
+    not_serving_address: str,
+) -> None:
     job = builds["go"]
     job.wait()
     assert job.product is not None
-    output = _run([str(job.product)], GO_DIR, metadata_address, "go-example")
+    replicas = f"{dead_address},{not_serving_address},{metadata_address}"
+    output = _run([str(job.product)], GO_DIR, "go-example", {"METADATA_ADDRESS": replicas})
     _check(output, "go", "go-example")
+    refused = _run(
+        [str(job.product)],
+        GO_DIR,
+        "go-nokey",
+        {"ASKMOJO_ADDRESS": metadata_address, "METADATA_ADDRESS": dead_address},
+        api_key="",
+        rc=1,
+    )
+    assert "code = Unauthenticated" in refused, refused
