@@ -41,7 +41,12 @@ from evals.known_item import Document, corpus
 from metadata_service.chunking import chunk_tokens
 from metadata_service.config import MetadataSettings
 from metadata_service.db import keyword_index
-from metadata_service.fusion import reciprocal_rank_fusion
+from metadata_service.fusion import (
+    FUSION_DEPTH,
+    KEYWORD_FLOOR,
+    above_floor,
+    reciprocal_rank_fusion,
+)
 from metadata_service.tokenizer import PACKAGED_MODEL, tokenizer_for
 
 # The service's defaults for a new collection: tokens of the model's own
@@ -51,7 +56,6 @@ _DEFAULTS = MetadataSettings.model_fields
 CHUNK_SIZE = int(_DEFAULTS["default_chunk_size_tokens"].default)
 CHUNK_OVERLAP = int(_DEFAULTS["default_chunk_overlap_tokens"].default)
 TOP_K = 10
-FUSION_DEPTH = 3  # metadata_service/pipeline.py's _FUSION_DEPTH
 SEARCH_CLIENTS = 8
 STREAM_DOCS = 16  # documents per IngestDocuments message
 # Short documents go 64 to a message (~5 KB): each message costs the service
@@ -133,15 +137,15 @@ class InProcessStore:
 
     def search(self, query: str) -> list[tuple[Any, ...]]:
         """HYBRID as the service does it: dense and keyword candidates
-        (FUSION_DEPTH x top_k each), reciprocal rank fusion, then the join of
-        the fused top_k."""
+        (FUSION_DEPTH x top_k each), the keyword hits above the floor,
+        reciprocal rank fusion, then the join of the fused top_k."""
         vector = self.model.encode([query], normalize_embeddings=True)
         found = self.chroma.query(query_embeddings=vector, n_results=FUSION_DEPTH * TOP_K)
         dense = found["ids"][0]
         terms = keyword_index.query_terms(query)
-        keyword = (
+        scored = (
             [
-                row[0]
+                (row[0], -row[1])  # bm25: lower is better
                 for row in self.db.execute(
                     "SELECT c.vector_id, bm25(chunks_fts) AS s FROM chunks_fts "
                     "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? "
@@ -152,6 +156,7 @@ class InProcessStore:
             if terms
             else []
         )
+        keyword = above_floor(scored, KEYWORD_FLOOR)
         fused = reciprocal_rank_fusion([(dense, 1.0), (keyword, 1.0)])
         ids = [vector_id for vector_id, _ in fused[:TOP_K]]
         marks = ",".join("?" * len(ids))
