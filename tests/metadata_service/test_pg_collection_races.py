@@ -27,6 +27,7 @@ from metadata_service.config import MetadataSettings
 from metadata_service.db import document_queries
 from metadata_service.db.engine import Database
 from metadata_service.domain import CollectionSpec, DocumentInput
+from metadata_service.errors import NotFound
 from metadata_service.server import prepare_database
 from tests.conftest import metadata_settings, postgres_database
 from tests.waiting import wait_until
@@ -109,3 +110,65 @@ def test_a_collection_deleted_during_a_write_into_it(
     finally:
         writer_db.dispose()
         deleter_db.dispose()
+
+
+def _lock_waiters(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_two_deletes_of_one_collection_at_once(
+    pg_settings: MetadataSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through two replicas at once, both waiting for a write into it: one
+    deletes it (and counts the write's documents), the other is NOT_FOUND,
+    instead of both answering that they deleted it."""
+    databases = [Database.from_settings(pg_settings) for _ in range(3)]
+    writer, *deleters = (Catalog(db, pg_settings) for db in databases)
+    writer.create_collection(CollectionSpec(name="docs"))
+    results: list[Any] = []
+
+    def delete(catalog: Catalog) -> None:
+        try:
+            results.append(catalog.delete_collection("docs").deleted_documents)
+        except NotFound as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=delete, args=(c,)) for c in deleters]
+    real_find = document_queries.find_documents
+
+    def find_then_delete(session: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("lock") and not threads[0].is_alive() and not results:
+            for thread in threads:
+                thread.start()
+            wait_until(
+                lambda: len(results) + _lock_waiters(pg_settings.database_url) >= 2,
+                20,
+                "both deletes waiting for the write (or done)",
+            )
+        return real_find(session, *args, **kwargs)
+
+    monkeypatch.setattr(document_queries, "find_documents", find_then_delete)
+    try:
+        writer.upsert_documents(
+            "docs", [DocumentInput(f"d{i}", f"Text {i}.", {}) for i in range(3)]
+        )
+        for thread in threads:
+            thread.join(20)
+        counts = sorted(r for r in results if isinstance(r, int))
+        missing = [r for r in results if isinstance(r, NotFound)]
+        assert (counts, len(missing)) == ([3], 1), results
+    finally:
+        for db in databases:
+            db.dispose()
