@@ -13,7 +13,7 @@ are SERVING and every document stored before the run is still there, with
 its text and metadata, and found by Search.
 
 Bounded: FUZZ_EXAMPLES examples per method and kind (default 20) within
-FUZZ_SECONDS of fuzzing (default 50) shared by all; `make soak` runs many
+FUZZ_SECONDS of fuzzing (default 50) shared by all; `make fuzz` runs many
 more. FUZZ_RANDOM=1 draws new examples each run (derandomized otherwise);
 FUZZ_REPORT=<path> writes every distinct finding as JSON lines. A failure
 lists each distinct problem once, with the smallest request that showed it.
