@@ -4,7 +4,10 @@ Only the shape is checked here; figures are the benchmark's business."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +26,29 @@ RATIOS = {
 }
 
 
-def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+def run_bench(out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m bench --quick` in a process group of its own: however the
+    run ends (a timeout, pytest-timeout), the service processes it started
+    end with it instead of lingering on the machine."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
         cwd=REPO_ROOT,
-        check=False,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=420,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        proc.wait(30)
+
+
+def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
+    done = run_bench(tmp_path, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "quick"
