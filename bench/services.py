@@ -55,6 +55,8 @@ class ServiceProcess:
                 except grpc.RpcError:
                     pass
                 time.sleep(0.2)
+        # Not left running (with its embedding workers) after the run gives up on it.
+        self.stop()
         raise RuntimeError(f"{self.module} did not become SERVING: {self.log.read_text()}")
 
     def kill(self) -> None:
