@@ -448,13 +448,30 @@ class Outbox:
         self, rows: Sequence[VectorDeletionRow], done: Collection[int], error: str
     ) -> None:
         """Records the `done` rows of those claimed as finished and gives the
-        others back with `error`."""
+        others back with `error`.
+
+        A finished removal of a document's vectors also sends again the
+        chunks, from the first ordinal removed, of the document that holds
+        that id in the collection now (created again, a new incarnation, or
+        grown again after a shrink): their vectors share its vector ids, and
+        the removal may have taken them. A late send of the old incarnation
+        can have overwritten the new one's vector before the removal (see
+        settle_chunks), and the vector service removes by filter as a read
+        of the matching ids, then their deletion: an upsert landing in
+        between goes too. Either way the chunk stayed INDEXED with no vector.
+        Sent again after the removal, the current version's vectors win."""
         finished = set(done)
         undone = [r.id for r in rows if r.id not in finished]
+        removed = [r for r in rows if r.id in finished and r.document_id is not None]
 
         def work(session: Session) -> None:
             outbox_queries.finish_deletions(session, done)
             outbox_queries.release_deletions(session, undone, error)
+            if removed:
+                now = utcnow()
+                chunk_ids = outbox_queries.chunks_at_removed_places(session, removed)
+                documents = outbox_queries.requeue_chunks(session, chunk_ids, now)
+                outbox_queries.refresh_document_states(session, documents, now)
 
         self._db.write(work)
 

@@ -5,6 +5,7 @@ and never commit."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -369,6 +370,41 @@ def requeue_chunks(session: Session, chunk_ids: Collection[int], now: datetime) 
             select(ChunkRow.document_id).where(ChunkRow.id.in_(list(chunk_ids))).distinct()
         )
     )
+
+
+def chunks_at_removed_places(session: Session, rows: Sequence[VectorDeletionRow]) -> list[int]:
+    """The chunks not FAILED, of the documents now holding the ids these
+    removals of a document's vectors named (in their collections, from
+    their first ordinals): the places whose vectors they may have taken."""
+    named: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for row in rows:
+        if row.document_id is not None:
+            named[row.vector_collection, row.first_ordinal].add(row.document_id)
+    chunk_ids: list[int] = []
+    for (vector_collection, first_ordinal), external_ids in named.items():
+        collection_id = session.scalar(
+            select(CollectionRow.id).where(CollectionRow.vector_collection == vector_collection)
+        )
+        if collection_id is None:
+            continue  # dropped: its vector collection goes too
+        ids = sorted(external_ids)
+        for start in range(0, len(ids), _IN_LIST):
+            stmt = (
+                select(ChunkRow.id)
+                .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+                .where(
+                    DocumentRow.collection_id == collection_id,
+                    DocumentRow.external_id.in_(ids[start : start + _IN_LIST]),
+                    ChunkRow.ordinal >= first_ordinal,
+                    ChunkRow.state != IndexState.FAILED,
+                )
+            )
+            chunk_ids.extend(session.scalars(stmt))
+    return chunk_ids
+
+
+# Values per IN list: far under every backend's bound-parameter limit.
+_IN_LIST = 500
 
 
 def unfinished_chunks(session: Session, collection_id: int) -> list[int]:

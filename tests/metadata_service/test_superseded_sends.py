@@ -92,8 +92,9 @@ def _race(
     address: str,
     meanwhile: str,
 ) -> None:
-    """A sends OLD; `meanwhile` ("rewrite" or "delete") B does its part;
-    A's upsert lands; then one background pass of B."""
+    """A sends OLD; `meanwhile` ("rewrite", "delete" or "recreate": deleted,
+    then created again under the same id) B does its part; A's upsert
+    lands; then one background pass of B."""
     db, catalog, settings = stored
 
     async def scenario() -> None:
@@ -119,6 +120,14 @@ def _race(
                 else:
                     await asyncio.to_thread(catalog.delete_documents, "docs", ["d"], None, other)
                     await b.delete_pending(time.monotonic() + 60, other)
+                if meanwhile == "recreate":
+                    # The same id again: a new row, a new incarnation, indexed.
+                    again = b.new_lease()
+                    await asyncio.to_thread(
+                        catalog.upsert_documents, "docs", [DocumentInput("d", NEW, {})], again
+                    )
+                    report = await b.index_leased(again, time.monotonic() + 60)
+                    assert report.indexed == 1
                 held.go.set()
                 late = await asyncio.wait_for(sending, 60)
                 # Acknowledged by the vector service, ignored by the settle.
@@ -150,3 +159,21 @@ def test_a_late_send_of_a_deleted_document_is_removed(
     name = catalog.get_collection("docs").vector_collection
     assert _vectors(vector_server.address, name) == {}
     assert db.read(lambda s: s.execute(select(DocumentRow.id)).all()) == []
+
+
+def test_a_late_send_of_a_deleted_document_spares_its_successor(
+    stored: tuple[Database, Catalog, MetadataSettings], vector_server: RunningServer
+) -> None:
+    """Found by the soak (seed 15, scaled): the document was deleted and
+    created again under the same id (a new incarnation) and indexed while
+    A still sent the old one. A's late upsert replaced the new incarnation's
+    vector (same id); removing the old incarnation's vectors then left the
+    new one's chunk INDEXED with no vector until a Reconcile. A finished
+    removal of a document's vectors now sends again whatever document holds
+    that id now, from the first ordinal removed."""
+    db, catalog, _ = stored
+    _race(stored, vector_server.address, "recreate")
+    name = catalog.get_collection("docs").vector_collection
+    assert _vectors(vector_server.address, name) == {"d#0": text_hash(NEW)}
+    states = db.read(lambda s: s.execute(select(ChunkRow.state, ChunkRow.lease_until)).all())
+    assert [tuple(r) for r in states] == [(IndexState.INDEXED, None)]
