@@ -154,9 +154,11 @@ class VectorStore:
         self._lock: DirectoryLock | None = None
         self._client: Any = None
         # Upsert reads then writes, ensure_collection finds then creates: the
-        # thread pool must not interleave two of them. (Replicas sharing a
-        # Chroma server are not covered; the metadata service sends each
-        # record from one place at a time.)
+        # thread pool must not interleave two of them. Replicas sharing a
+        # Chroma server are not covered: another replica's upsert can land
+        # between the two steps (a removal by filter reads ids, then deletes
+        # them). The metadata service makes up for it: a finished removal
+        # re-sends whatever document now holds those ids (outbox.py).
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._opened = False  # open() was called and close() was not

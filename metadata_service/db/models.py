@@ -198,7 +198,10 @@ class VectorDeletionRow(Base):
     that deletes or shrinks their documents or drops their collection, so a
     crash at any point leaves the work recorded. Each names its vectors by
     the document's incarnation and generation, never by id alone, so it can
-    run late without hitting a newer version."""
+    run late without hitting a newer version's vectors as such. (A vector
+    under a newer version's id can still go: one an older send overwrote,
+    or one another replica wrote inside the removal's read-then-delete;
+    settling a removal therefore re-sends the document now at those ids.)"""
 
     __tablename__ = "vector_deletions"
 
