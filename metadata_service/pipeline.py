@@ -50,6 +50,7 @@ from metadata_service.errors import (
     IndexingFailed,
     InvalidArgument,
     MetadataError,
+    NotFound,
 )
 from metadata_service.fusion import (
     KEYWORD_FLOOR,
@@ -211,7 +212,15 @@ class Pipeline:
             # released): what was acknowledged before still reports INDEXED.
             _LOGGER.warning("indexing deferred: %s", exc.detail)
             self._indexer.wake()
-        states = await self._db(self._outbox.document_states, collection, written)
+        try:
+            states = await self._db(self._outbox.document_states, collection, written)
+        except NotFound:
+            # The collection was deleted (by another call, worker or replica)
+            # after this batch was written: the batch was stored, and the
+            # delete that came after took it; each document is answered as it
+            # was written, not the whole stream ended NOT_FOUND.
+            _LOGGER.info("collection deleted after a batch was written into it")
+            return outcomes
         return [_with_state(o, states.get(o.id)) for o in outcomes]
 
     async def delete_documents(
