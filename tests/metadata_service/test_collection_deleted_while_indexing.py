@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -29,11 +27,10 @@ from askmojo.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
-from metadata_service.domain import CollectionSpec, DocumentInput
+from metadata_service.domain import DocumentInput
 from metadata_service.indexing import Indexer
-from metadata_service.server import prepare_database
 from metadata_service.vector_client import VectorClient
-from tests.conftest import RunningServer, metadata_settings
+from tests.conftest import RunningServer
 
 
 class DeletedFirstClient(VectorClient):
@@ -54,21 +51,6 @@ class DeletedFirstClient(VectorClient):
             await asyncio.to_thread(self._catalog.delete_collection, "docs")
             await self.drop_collection(name, deadline)
         await super().ensure_collection(name, dimension, model, deadline)
-
-
-@pytest.fixture
-def stored(
-    tmp_path: Path, vector_server: RunningServer
-) -> Iterator[tuple[Database, Catalog, MetadataSettings]]:
-    settings = metadata_settings(
-        tmp_path / "metadata.db", vector_service_address=vector_server.address
-    )
-    prepare_database(settings)
-    db = Database.from_settings(settings)
-    catalog = Catalog(db, settings)
-    catalog.create_collection(CollectionSpec(name="docs"))
-    yield db, catalog, settings
-    db.dispose()
 
 
 def test_a_collection_deleted_mid_pass_leaves_no_vector_collection(

@@ -36,8 +36,6 @@ from metadata_service.servicer import MetadataServicer
 from tests.conftest import RunningServer
 from tests.metadata_service import test_superseded_sends as superseded
 
-stored = superseded.stored  # the SQLite file with the collection "docs"
-
 TIMEOUT = 30
 
 

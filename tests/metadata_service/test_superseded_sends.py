@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
-import pytest
 from sqlalchemy import select
 
 from askmojo.common.text_hash import TEXT_HASH_KEY, text_hash
@@ -34,11 +32,10 @@ from metadata_service.catalog import Catalog
 from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow
-from metadata_service.domain import CollectionSpec, DocumentInput, IndexState
+from metadata_service.domain import DocumentInput, IndexState
 from metadata_service.indexing import Indexer
-from metadata_service.server import prepare_database
 from metadata_service.vector_client import RecordAck, VectorClient, VectorRecord
-from tests.conftest import RunningServer, metadata_settings
+from tests.conftest import RunningServer
 
 OLD = "The old text: tides rise twice a day along the northern coast."
 NEW = "The new text: a lighthouse keeper trims the lamp every evening."
@@ -59,21 +56,6 @@ class HeldVectorClient(VectorClient):
         await self.go.wait()
         async for acks in super().upsert_stream(collection, batches, deadline):
             yield acks
-
-
-@pytest.fixture
-def stored(
-    tmp_path: Path, vector_server: RunningServer
-) -> Iterator[tuple[Database, Catalog, MetadataSettings]]:
-    settings = metadata_settings(
-        tmp_path / "metadata.db", vector_service_address=vector_server.address
-    )
-    prepare_database(settings)
-    db = Database.from_settings(settings)
-    catalog = Catalog(db, settings)
-    catalog.create_collection(CollectionSpec(name="docs"))
-    yield db, catalog, settings
-    db.dispose()
 
 
 def _vectors(address: str, name: str) -> dict[str, str]:
