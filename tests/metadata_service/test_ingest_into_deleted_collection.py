@@ -34,7 +34,7 @@ from metadata_service.outbox import Outbox
 from metadata_service.pipeline import Pipeline
 from metadata_service.servicer import MetadataServicer
 from tests.conftest import RunningServer
-from tests.metadata_service import test_superseded_sends as superseded
+from tests.metadata_service.held_client import HeldVectorClient
 
 TIMEOUT = 30
 
@@ -50,7 +50,7 @@ def test_a_batch_written_before_its_collection_was_deleted_is_answered(
     db, catalog, settings = stored
 
     async def scenario() -> list[pb.IngestDocumentsResponse]:
-        held = superseded.HeldVectorClient(vector_server.address)
+        held = HeldVectorClient(vector_server.address)
         server = grpc.aio.server()
         try:
             with ThreadPoolExecutor(4) as executor:

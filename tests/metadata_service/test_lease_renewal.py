@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,29 +27,12 @@ from metadata_service.domain import CollectionSpec, DocumentInput, IndexState
 from metadata_service.indexing import Indexer
 from metadata_service.outbox import Outbox
 from metadata_service.server import prepare_database
-from metadata_service.vector_client import RecordAck, VectorClient, VectorRecord
 from tests.conftest import RunningServer, metadata_settings
+from tests.metadata_service.held_client import HeldVectorClient
 from tests.waiting import until
 
 LEASE_SECONDS = 1.5
 TEXTS = [f"Paragraph {i} about lighthouses, tides and the keepers of the coast." for i in range(6)]
-
-
-class HeldVectorClient(VectorClient):
-    """The real client, whose UpsertStream waits until `go` is set."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address, 4 * 1024 * 1024)
-        self.sending = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def upsert_stream(
-        self, collection: str, batches: Sequence[Sequence[VectorRecord]], deadline: float
-    ) -> AsyncIterator[list[RecordAck]]:
-        self.sending.set()
-        await self.go.wait()
-        async for acks in super().upsert_stream(collection, batches, deadline):
-            yield acks
 
 
 @pytest.fixture

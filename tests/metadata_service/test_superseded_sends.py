@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -34,28 +33,12 @@ from metadata_service.db.engine import Database
 from metadata_service.db.models import ChunkRow, DocumentRow
 from metadata_service.domain import DocumentInput, IndexState
 from metadata_service.indexing import Indexer
-from metadata_service.vector_client import RecordAck, VectorClient, VectorRecord
+from metadata_service.vector_client import VectorClient
 from tests.conftest import RunningServer
+from tests.metadata_service.held_client import HeldVectorClient
 
 OLD = "The old text: tides rise twice a day along the northern coast."
 NEW = "The new text: a lighthouse keeper trims the lamp every evening."
-
-
-class HeldVectorClient(VectorClient):
-    """The real client, whose UpsertStream waits until `go` is set."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address, 4 * 1024 * 1024)
-        self.sending = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def upsert_stream(
-        self, collection: str, batches: Sequence[Sequence[VectorRecord]], deadline: float
-    ) -> AsyncIterator[list[RecordAck]]:
-        self.sending.set()
-        await self.go.wait()
-        async for acks in super().upsert_stream(collection, batches, deadline):
-            yield acks
 
 
 def _vectors(address: str, name: str) -> dict[str, str]:
