@@ -585,11 +585,16 @@ def _repair_superseded(session: Session, stale: Sequence[ClaimedChunk], now: dat
     outbox_queries.requeue_documents(session, again, now)
     counts = outbox_queries.chunk_counts(session, again)
     removals = []
+    sent_again = set(again)
+    in_use: dict[str, bool] = {}  # one query per vector collection, not per document
     for pk, chunks in by_document.items():
         first = chunks[0]
-        if not collection_queries.vector_collection_in_use(session, first.vector_collection):
+        name = first.vector_collection
+        if name not in in_use:
+            in_use[name] = collection_queries.vector_collection_in_use(session, name)
+        if not in_use[name]:
             continue  # dropped with its collection: all its vectors went
-        if pk in again:
+        if pk in sent_again:
             # A version that had more chunks: those past the current last one.
             beyond = [c for c in chunks if c.ordinal >= counts.get(pk, 0)]
             if not beyond:
