@@ -88,6 +88,12 @@ class ServiceProcess:
         assert self.proc is not None
         return sum(cpu_seconds(pid) for pid in [self.proc.pid, *descendants(self.proc.pid)])
 
+    def own_cpu_seconds(self) -> float:
+        """User + system CPU time of the service process alone (not its
+        embedding workers or other children)."""
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
     def rss_mib(self) -> dict[str, float]:
         """Resident memory of this process and of each descendant (the
         embedding workers, production worker processes), in MiB."""

@@ -80,22 +80,50 @@ CHROMA_DURATION = metrics.histogram(
 # --- recording hooks (cheap no-ops while metrics are off) -----------------------------
 
 
+class _LaneSeries:
+    """One lane's children of the batch families, looked up once: a batch
+    of single-text calls comes every few milliseconds, and `.labels()` takes
+    a lock and a dictionary lookup per family."""
+
+    __slots__ = ("busy", "duration", "padded_tokens", "texts", "texts_total", "tokens")
+
+    def __init__(self, lane: str) -> None:
+        self.texts = BATCH_TEXTS.labels(lane)
+        self.padded_tokens = BATCH_PADDED_TOKENS.labels(lane)
+        self.duration = BATCH_DURATION.labels(lane)
+        self.texts_total = TEXTS.labels(lane)
+        self.tokens = TOKENS.labels(lane)
+        self.busy = WORKER_BUSY.labels(lane)
+
+
+_lanes: dict[str, _LaneSeries] = {}
+
+
+def _lane(lane: str) -> _LaneSeries:
+    series = _lanes.get(lane)
+    if series is None:
+        # Lanes are the batcher's two; a race here builds the same children twice.
+        series = _lanes[lane] = _LaneSeries(lane)
+    return series
+
+
 def batch_done(lane: str, token_counts: Sequence[int], seconds: float) -> None:
     if not metrics.enabled():
         return
+    series = _lane(lane)
     texts = len(token_counts)
-    BATCH_TEXTS.labels(lane).observe(texts)
-    BATCH_PADDED_TOKENS.labels(lane).observe(texts * max(token_counts, default=0))
-    BATCH_DURATION.labels(lane).observe(seconds)
-    TEXTS.labels(lane).inc(texts)
-    TOKENS.labels(lane).inc(sum(token_counts))
-    WORKER_BUSY.labels(lane).inc(seconds)
+    series.texts.observe(texts)
+    series.padded_tokens.observe(texts * max(token_counts, default=0))
+    series.duration.observe(seconds)
+    series.texts_total.inc(texts)
+    series.tokens.inc(sum(token_counts))
+    series.busy.inc(seconds)
 
 
 def batch_failed(lane: str, seconds: float) -> None:
     """A batch that did not come back still kept its worker busy."""
     if metrics.enabled():
-        WORKER_BUSY.labels(lane).inc(seconds)
+        _lane(lane).busy.inc(seconds)
 
 
 def pool_restarting(reason: str) -> None:
