@@ -31,6 +31,7 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from metadata_service import vector_client
 from metadata_service.config import MetadataSettings
 from metadata_service.vector_client import VectorClient, VectorRecord, VectorServiceUnavailable
+from tests.waiting import until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,13 +48,14 @@ class Replica:
         name: str,
         calls: Counter[str],
         credentials: grpc.ServerCredentials | None = None,
+        port: int = 0,
     ) -> None:
         self.name = name
         self.calls = calls
         self.health = HealthServicer()
         self.server = grpc.aio.server()
         if credentials is None:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
             self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.stopped = False
@@ -217,6 +219,56 @@ def test_a_replica_that_dies_costs_a_retry_not_a_failed_call() -> None:
     asyncio.run(scenario())
 
 
+def test_with_every_replica_unreachable_calls_fail_at_once_and_resume_when_one_returns() -> None:
+    """While the channel knows no replica reachable (TRANSIENT_FAILURE),
+    a call is not made at all: its outage is answered at once (the work
+    stays PENDING, a HYBRID Search goes keyword-only) instead of after
+    gRPC's retries. The channel keeps reconnecting meanwhile, so calls
+    resume as soon as a replica is back."""
+
+    async def scenario() -> None:
+        calls: Counter[str] = Counter()
+        (a,) = await started(calls, "a")
+        client = client_for(a)
+        try:
+            assert await query_many(client, 2) == ["a", "a"]
+            await a.stop()
+            with pytest.raises(VectorServiceUnavailable):
+                await query_many(client, 1)
+            await until(
+                lambda: client._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                within=10,
+                what="the channel knows the replica unreachable",
+            )
+            with pytest.raises(VectorServiceUnavailable) as raised:
+                await query_many(client, 1)
+            assert "not called" in raised.value.detail
+            batches = [[VectorRecord("x#0", "text", {})]]
+            with pytest.raises(VectorServiceUnavailable) as raised:
+                async for _ in client.upsert_stream("c", batches, time.monotonic() + 10):
+                    pass
+            assert "not called" in raised.value.detail
+            assert calls["a"] == 2  # nothing reached a replica meanwhile
+
+            # The replica returns on its address: the channel, reconnecting
+            # on its own backoff, lets calls through again.
+            back = Replica("a", calls, port=a.port)
+            await back.start()
+
+            async def answered() -> bool:
+                try:
+                    return await query_many(client, 1) == ["a"]
+                except VectorServiceUnavailable:
+                    return False
+
+            await _until_async(answered, "a call after the replica came back", within=30)
+            await back.stop()
+        finally:
+            await close_all(client, a)
+
+    asyncio.run(scenario())
+
+
 def test_host_names_are_looked_up_again_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     """A list of host names is resolved by the client, not by gRPC: a name
     that did not resolve at start-up (its container not yet there) or whose
@@ -291,6 +343,9 @@ async def _until_async(check: object, what: str, within: float = 10) -> None:
     while not await check():  # type: ignore[operator]
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {within} s")
+        # Polling, not ordering: a check that fails without awaiting (a call
+        # refused at once) must still let the client's own tasks run.
+        await asyncio.sleep(0.01)
 
 
 def test_the_service_refuses_to_start_on_a_malformed_list(tmp_path: Path) -> None:
