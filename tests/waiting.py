@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -44,3 +44,20 @@ async def until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} did not hold within {within} s")
         await asyncio.sleep(interval)  # polling, not ordering: the predicate decides
+
+
+async def until_answered(
+    check: Callable[[], Awaitable[object]],
+    within: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    interval: float = 0.01,
+) -> None:
+    """`until` for a check that is itself a call (a query that may fail):
+    awaited each round. The interval matters even when the check awaits: a
+    call refused at once never yields, and the client's own tasks (a new
+    look-up, a reconnection) must run between rounds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {within} s")
+        await asyncio.sleep(interval)  # polling, not ordering: the check decides

@@ -31,7 +31,7 @@ from askmojo.vector.v1 import vector_service_pb2 as vpb
 from metadata_service import vector_client
 from metadata_service.config import MetadataSettings
 from metadata_service.vector_client import VectorClient, VectorRecord, VectorServiceUnavailable
-from tests.waiting import until
+from tests.waiting import until, until_answered
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -163,7 +163,7 @@ def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
             async def only_a() -> bool:
                 return set(await query_many(client, 6)) == {"a"}
 
-            await _until_async(only_a, "calls avoid the NOT_SERVING replica")
+            await until_answered(only_a, what="calls avoid the NOT_SERVING replica")
             assert set(await query_many(client, 20)) == {"a"}
 
             # SERVING again: back in the rotation.
@@ -172,7 +172,7 @@ def test_calls_go_round_robin_to_the_healthy_replicas_only() -> None:
             async def both() -> bool:
                 return set(await query_many(client, 6)) == {"a", "b"}
 
-            await _until_async(both, "the replica back in the rotation")
+            await until_answered(both, what="the replica back in the rotation")
         finally:
             await close_all(client, a, b)
 
@@ -261,7 +261,7 @@ def test_with_every_replica_unreachable_calls_fail_at_once_and_resume_when_one_r
                 except VectorServiceUnavailable:
                     return False
 
-            await _until_async(answered, "a call after the replica came back", within=30)
+            await until_answered(answered, what="a call after the replica came back", within=30)
             await back.stop()
         finally:
             await close_all(client, a)
@@ -299,7 +299,7 @@ def test_host_names_are_looked_up_again_after_a_failure(monkeypatch: pytest.Monk
                 except VectorServiceUnavailable:
                     return False  # the failure that starts a new look-up
 
-            await _until_async(b_answers, "the replica found by a new look-up answers")
+            await until_answered(b_answers, what="the replica found by a new look-up answers")
         finally:
             await close_all(client, a, b)
 
@@ -336,16 +336,6 @@ def test_malformed_addresses_are_refused_naming_the_setting() -> None:
         assert problem in str(raised.value), (bad, str(raised.value))
     for good in ("vector:50052", "a:1,b:2", "[::1]:1,[::2]:2", "dns:///vector:50052", ""):
         MetadataSettings.model_validate({"vector_service_address": good})
-
-
-async def _until_async(check: object, what: str, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not await check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {within} s")
-        # Polling, not ordering: a check that fails without awaiting (a call
-        # refused at once) must still let the client's own tasks run.
-        await asyncio.sleep(0.01)
 
 
 def test_the_service_refuses_to_start_on_a_malformed_list(tmp_path: Path) -> None:
