@@ -16,10 +16,9 @@ SCRAPE_SECONDS throughout, as Prometheus would (more often than its 15 s
 default, so the scrape's own cost is not hidden).
 
 The cost sought is a few percent; this machine's speed drifts by more within
-a minute, and two identical vector services differ by up to 5-7% in
-concurrent Embed throughput over a whole run (measured: the one started
-first was the slower, whichever it was; per round, two identical services'
-rates differ by 7-10%, the dynamic batcher forming different batches). So:
+a minute, and two identical vector services differ by more too in
+concurrent Embed throughput (measured: 0.95-1.07 over runs of 12-24 rounds;
+per round by 7-10%, the dynamic batcher forming different batches). So:
 
 * many short rounds (9, against 3 for the other sections' ratios), the order
   of the sides rotated through every permutation so the drift favours none;
@@ -155,8 +154,8 @@ def run(ctx: Context) -> None:
         "secured_cpu_per_call",
         {
             "rounds": len(search_rounds),
-            "search_ms": _cpu_figures([search_secured], [search_plain], len(queries)),
-            "embed_ms": _cpu_figures([embed_secured], [embed_plain, embed_plain_after], len(texts)),
+            "search_ms": _cpu_figures([search_secured], [search_plain]),
+            "embed_ms": _cpu_figures([embed_secured], [embed_plain, embed_plain_after]),
         },
     )
 
@@ -202,9 +201,7 @@ class _Side:
         )
 
 
-def _cpu_figures(
-    secured: Sequence[_Side], plain: Sequence[_Side], items: int
-) -> dict[str, dict[str, float]]:
+def _cpu_figures(secured: Sequence[_Side], plain: Sequence[_Side]) -> dict[str, dict[str, float]]:
     """CPU milliseconds per call on each side, and secured over plain (the
     cost: 1.03 is 3% more CPU per call): in total, and in the service
     processes alone."""

@@ -3,7 +3,6 @@ repetitions, percentiles from raw samples."""
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,6 @@ def geometric_mean_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, fl
     if not pairs:
         return 0.0, 0.0
     return (
-        math.exp(statistics.fmean(math.log(p[0]) for p in pairs)),
-        math.exp(statistics.fmean(math.log(p[1]) for p in pairs)),
+        statistics.geometric_mean(p[0] for p in pairs),
+        statistics.geometric_mean(p[1] for p in pairs),
     )

@@ -443,9 +443,9 @@ class VectorClient:
     def _fail_fast_while_away(self) -> None:
         """Raises VectorServiceUnavailable, without a call, while the channel
         knows every replica unreachable (TRANSIENT_FAILURE: the last attempt
-        to connect to each failed; it tries again on its own backoff, and a
-        replica that comes back makes it READY; an idle channel is asked to
-        connect here, as a call would). gRPC's retries are for a
+        to connect to each failed; it tries again on its own backoff, with or
+        without calls, and a replica that comes back makes it READY). An idle
+        channel is not refused: the call connects it. gRPC's retries are for a
         replica lost while others serve; with none serving, they only made
         each write answer PENDING 0.5-1 s late and a degraded Search wait as
         long, during a whole outage."""

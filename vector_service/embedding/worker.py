@@ -138,7 +138,7 @@ def _exit_without_teardown() -> None:
     once the pool has told this worker to stop and its results are all
     written (the result queue is written synchronously): it ends the process
     there. Tearing down the interpreter (collecting the model's and torch's
-    objects, module by module) took the workers 3-12 s at every pool
+    objects, module by module) took the workers 3 s and more at every pool
     shutdown, time a service stop or a pool rebuild spent waiting (and
     sometimes killing). Nothing is left to release: the OS frees the
     memory. Only a clean exit gets here; a crash has its own exit status."""
