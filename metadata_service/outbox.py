@@ -55,6 +55,9 @@ GENERATION_KEY = "_gen"
 HASH_KEY = "_hash"
 # Enough of the sha256 to tell versions apart.
 _HASH_CHARS = 16
+# Documents per state refresh in Reconcile's repair: bounds one statement's
+# IN list (and its row locks) however many documents wait.
+_STATE_REFRESH_BATCH = 1000
 
 
 # --- the vector-id scheme ------------------------------------------------------
@@ -355,6 +358,10 @@ class Outbox:
 
         def work(session: Session) -> None:
             now = utcnow()
+            if sent is not None:
+                # Documents before chunks, the order writers lock them in
+                # (an ingest rewriting one of them): no deadlock to retry.
+                outbox_queries.lock_documents(session, {c.document_pk for c in sent.values()})
             superseded: set[int] = set()
             documents = outbox_queries.settle_chunks(
                 session,
@@ -405,12 +412,21 @@ class Outbox:
 
     def resume_unfinished(self, collection: CollectionHandle, *, repair: bool) -> int:
         """PENDING and FAILED chunks; with `repair`, all PENDING and unleased,
-        ready for the indexer."""
+        ready for the indexer, and every document not INDEXED has its state
+        computed again from its chunks: one left PENDING over INDEXED chunks
+        (possible on PostgreSQL before settles locked their documents, see
+        `outbox_queries.lock_documents`) would stay so otherwise."""
 
         def work(session: Session) -> int:
             chunk_ids = outbox_queries.unfinished_chunks(session, collection.id)
             if repair:
                 _requeue(session, chunk_ids)
+                unsettled = outbox_queries.unsettled_documents(session, collection.id)
+                now = utcnow()
+                for start in range(0, len(unsettled), _STATE_REFRESH_BATCH):
+                    outbox_queries.refresh_document_states(
+                        session, unsettled[start : start + _STATE_REFRESH_BATCH], now
+                    )
             return len(chunk_ids)
 
         return (self._db.write if repair else self._db.read)(work)

@@ -74,6 +74,24 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+def postgres_lock_waiters(url: str) -> int:
+    """How many sessions of `url`'s database wait for a lock right now: how a
+    race test knows a transaction is blocked where it means it to be."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend_settings(
     request: pytest.FixtureRequest, settings: MetadataSettings

@@ -247,11 +247,37 @@ def requeue_documents(session: Session, document_pks: Collection[int], now: date
         )
 
 
+def lock_documents(session: Session, document_pks: Collection[int]) -> None:
+    """PostgreSQL: row locks on these documents, taken in the order writers
+    take them (`document_queries.find_documents`: by collection, then id), so
+    the two never deadlock on each other's order. SQLite: nothing (its write
+    lock serializes every writer already).
+
+    Why a state refresh needs it: under READ COMMITTED, two transactions
+    settling different chunks of one document (two indexers, two replicas)
+    would each compute the document's state from a snapshot without the
+    other's uncommitted chunks, and the last to write (its UPDATE waits for
+    the first, then keeps its old snapshot) could leave the document
+    PENDING with every chunk INDEXED, for good. Locked first, the second
+    waits here, and its refresh, a later statement, sees the first's
+    commit."""
+    if not document_pks or session.get_bind().dialect.name == "sqlite":
+        return
+    session.execute(
+        select(DocumentRow.id)
+        .where(DocumentRow.id.in_(list(document_pks)))
+        .order_by(DocumentRow.collection_id, DocumentRow.external_id)
+        .with_for_update()
+    )
+
+
 def refresh_document_states(session: Session, document_pks: Collection[int], now: datetime) -> None:
     """A document is FAILED if any chunk is, PENDING if any chunk waits,
-    INDEXED when every chunk has its vector."""
+    INDEXED when every chunk has its vector. Takes the documents' row locks
+    first (see `lock_documents`)."""
     if not document_pks:
         return
+    lock_documents(session, document_pks)
     failed = exists().where(
         ChunkRow.document_id == DocumentRow.id, ChunkRow.state == IndexState.FAILED
     )
@@ -405,6 +431,14 @@ def chunks_at_removed_places(session: Session, rows: Sequence[VectorDeletionRow]
 
 # Values per IN list: far under every backend's bound-parameter limit.
 _IN_LIST = 500
+
+
+def unsettled_documents(session: Session, collection_id: int) -> list[int]:
+    """The documents of a collection not recorded INDEXED."""
+    stmt = select(DocumentRow.id).where(
+        DocumentRow.collection_id == collection_id, DocumentRow.state != IndexState.INDEXED
+    )
+    return list(session.scalars(stmt))
 
 
 def unfinished_chunks(session: Session, collection_id: int) -> list[int]:

@@ -29,7 +29,7 @@ from metadata_service.db.engine import Database
 from metadata_service.domain import CollectionSpec, DocumentInput
 from metadata_service.errors import NotFound
 from metadata_service.server import prepare_database
-from tests.conftest import metadata_settings, postgres_database
+from tests.conftest import metadata_settings, postgres_database, postgres_lock_waiters
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -41,21 +41,6 @@ def pg_settings(tmp_path: Path) -> Iterator[MetadataSettings]:
         settings = metadata_settings(tmp_path / "unused.db", database_url=url)
         prepare_database(settings)
         yield settings
-
-
-def _waiting_on_a_lock(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            waiting = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return bool(waiting)
 
 
 def test_a_collection_deleted_during_a_write_into_it(
@@ -84,7 +69,7 @@ def test_a_collection_deleted_during_a_write_into_it(
         if kwargs.get("lock") and not deleting.is_alive() and not deleted:
             deleting.start()
             wait_until(
-                lambda: deleted or errors or _waiting_on_a_lock(pg_settings.database_url),
+                lambda: deleted or errors or postgres_lock_waiters(pg_settings.database_url),
                 20,
                 "the delete committed or waiting for the write",
             )
@@ -112,22 +97,6 @@ def test_a_collection_deleted_during_a_write_into_it(
         deleter_db.dispose()
 
 
-def _lock_waiters(url: str) -> int:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                    )
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
-
-
 def test_two_deletes_of_one_collection_at_once(
     pg_settings: MetadataSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,7 +122,7 @@ def test_two_deletes_of_one_collection_at_once(
             for thread in threads:
                 thread.start()
             wait_until(
-                lambda: len(results) + _lock_waiters(pg_settings.database_url) >= 2,
+                lambda: len(results) + postgres_lock_waiters(pg_settings.database_url) >= 2,
                 20,
                 "both deletes waiting for the write (or done)",
             )
