@@ -49,6 +49,10 @@ SEED = 13
 KEPT = 48  # documents of the collection that stays
 DROPPED = 16  # documents of the collection deleted meanwhile
 BATCH = 4
+# How long the replicas may take to settle everything: an upper bound only
+# (the waits return as soon as it holds), sized for a VM at a quarter of its
+# usual speed.
+SETTLE_SECONDS = 120
 WORDS = (
     "amber",
     "basalt",
@@ -295,7 +299,7 @@ def check_documents(a: Replica, b: Replica, plan: Plan) -> None:
     live = KEPT - len(plan.deleted)
     eventually(
         lambda: states() == {pb.DOCUMENT_STATE_INDEXED: live},
-        30,
+        SETTLE_SECONDS,
         "every live document INDEXED",
         states,
     )
@@ -354,7 +358,7 @@ def test_two_replicas_on_one_postgres_database(
     # No chunk nor deletion waits on a lease; nothing is left to delete.
     eventually(
         lambda: sql(database_url, "SELECT count(*) FROM vector_deletions") == [(0,)],
-        30,
+        SETTLE_SECONDS,
         "the deletion outbox empty",
     )
     waiting = "SELECT count(*) FROM chunks WHERE state != 'INDEXED' OR lease_until IS NOT NULL"
