@@ -14,7 +14,12 @@ script that chunks, encodes, adds to Chroma and writes SQLite rows itself.
   ingest runs beside it;
 * `scale_ingest_ratio`: chunks/s of the last `scale_small` chunks of a
   `scale_large`-chunk ingest over the first `scale_small` (short documents,
-  SCALE_STREAM_DOCS per message, as a bulk loader sends them).
+  SCALE_STREAM_DOCS per message, as a bulk loader sends them). Its two
+  windows are a minute or more apart, so the VM's drift moves it (1.03 and
+  0.81 in two runs of the same code): `scale_ingest_cpu_ms_per_chunk`
+  beside it is the CPU time both services spent per chunk in each window,
+  which a slower VM moves far less (time stolen by the host or by other
+  guests is nobody's CPU time).
 Corpus: the real one (stdlib module documentation) for ingest and search;
 short texts for the scale run; passages for the bulk ingest under latency.
 """
@@ -25,9 +30,9 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -188,19 +193,28 @@ def _requests(
         )
 
 
+class Mark(NamedTuple):
+    """Where an ingest stream was at one of its responses."""
+
+    chunks: int  # acknowledged so far
+    seconds: float  # time.perf_counter()
+    cpu_seconds: float = 0.0  # the `cpu` given to ingest_stream, else 0
+
+
 def ingest_stream(
     stub: pb_grpc.MetadataServiceStub,
     collection: str,
     documents: Sequence[Document],
     *,
-    marks: list[tuple[int, float]] | None = None,
+    marks: list[Mark] | None = None,
+    cpu: Callable[[], float] | None = None,
     stop: threading.Event | None = None,
     per_message: int = STREAM_DOCS,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Streams `documents` (until `stop` is set); every one sent must come
-    back INDEXED. Returns the chunk count; `marks` collects (chunks so far,
-    time) per response."""
+    back INDEXED. Returns the chunk count; `marks` collects a Mark per
+    response (with `cpu()` read then, when given)."""
     chunks = 0
     requests = _requests(collection, documents, per_message, stop)
     for response in stub.IngestDocuments(requests, timeout=3600, metadata=metadata):
@@ -211,7 +225,7 @@ def ingest_stream(
                 raise RuntimeError(f"{result.id} not indexed: {result.status.message}")
             chunks += result.chunk_count
         if marks is not None:
-            marks.append((chunks, time.perf_counter()))
+            marks.append(Mark(chunks, time.perf_counter(), cpu() if cpu is not None else 0.0))
     return chunks
 
 
@@ -305,7 +319,7 @@ def run(ctx: Context) -> None:
             "memory_mib",
             {"metadata": service.rss_mib(), "vector": ctx.vector_service().rss_mib()},
         )
-        scale(ctx, stub)
+        scale(ctx, stub, lambda: service.cpu_seconds() + ctx.vector_service().cpu_seconds())
 
 
 def ingest(
@@ -360,7 +374,7 @@ def latency_under_ingest(
     bulk = _docs(passages(len(queries) * 4), "bulk")
     errors: list[BaseException] = []
     searches_done = threading.Event()
-    marks: list[tuple[int, float]] = []
+    marks: list[Mark] = []
 
     def bulk_ingest() -> None:
         try:
@@ -394,12 +408,13 @@ def latency_under_ingest(
     )
 
 
-def scale(ctx: Context, stub: pb_grpc.MetadataServiceStub) -> None:
+def scale(ctx: Context, stub: pb_grpc.MetadataServiceStub, cpu: Callable[[], float]) -> None:
+    """`cpu`: the CPU seconds both services (and their workers) spent so far."""
     small, large = ctx.sizes.scale_small, ctx.sizes.scale_large
     stub.CreateCollection(pb.CreateCollectionRequest(name="scale"))
     documents = _docs(short_texts(large, seed=17), "scale")
-    marks: list[tuple[int, float]] = [(0, time.perf_counter())]
-    ingest_stream(stub, "scale", documents, marks=marks, per_message=SCALE_STREAM_DOCS)
+    marks = [Mark(0, time.perf_counter(), cpu())]
+    ingest_stream(stub, "scale", documents, marks=marks, cpu=cpu, per_message=SCALE_STREAM_DOCS)
     ctx.ratio(
         Ratio(
             "scale_ingest_ratio",
@@ -412,11 +427,32 @@ def scale(ctx: Context, stub: pb_grpc.MetadataServiceStub) -> None:
             0.85,
         )
     )
+    early = _window_cpu_ms(marks, 0, small)
+    late = _window_cpu_ms(marks, large - small, large)
+    ctx.measure(
+        "scale_ingest_cpu_ms_per_chunk",
+        {
+            "first_window": round(early, 3),
+            "last_window": round(late, 3),
+            # Above 1: each chunk costs more CPU in the larger store.
+            "last_over_first": round(late / early, 3) if early else 0.0,
+            "note": "both services with their embedding workers; the windows of scale_ingest_ratio",
+        },
+    )
 
 
-def _window_rate(marks: Sequence[tuple[int, float]], low: int, high: int) -> float:
-    """Chunks/s between the first mark at or past `low` chunks and the first
-    at or past `high`."""
-    start = next(m for m in marks if m[0] >= low)
-    end = next(m for m in marks if m[0] >= high)
-    return (end[0] - start[0]) / (end[1] - start[1])
+def _window(marks: Sequence[Mark], low: int, high: int) -> tuple[Mark, Mark]:
+    """The first mark at or past `low` chunks and the first at or past `high`."""
+    return next(m for m in marks if m.chunks >= low), next(m for m in marks if m.chunks >= high)
+
+
+def _window_rate(marks: Sequence[Mark], low: int, high: int) -> float:
+    """Chunks/s within the window."""
+    start, end = _window(marks, low, high)
+    return (end.chunks - start.chunks) / (end.seconds - start.seconds)
+
+
+def _window_cpu_ms(marks: Sequence[Mark], low: int, high: int) -> float:
+    """CPU milliseconds per chunk within the window."""
+    start, end = _window(marks, low, high)
+    return 1000 * (end.cpu_seconds - start.cpu_seconds) / (end.chunks - start.chunks)

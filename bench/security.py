@@ -35,6 +35,15 @@ processes spent per call on each side, read from /proc, in total (workers
 included, which the batching moves) and in the service process alone (where
 the key check and the metrics run): figures the drift moves far less than a
 rate, which say what the key and metrics cost whatever the wall clock did.
+
+And `secured_interceptors_us_per_call` isolates what the security layers
+themselves cost: in this process, over real sockets, two gRPC servers with
+one method of the vector service that answers at once (Count), one behind
+the vector service's plain interceptor chain and one behind its secured
+chain (the key check, RPC metrics recording), driven in alternate rounds by
+the same 16 clients all sending the key; the CPU microseconds per call of
+each (clients included, alike on both sides) and the difference, beside
+the service process's CPU per plain Embed call it adds to.
 """
 
 from __future__ import annotations
@@ -43,14 +52,19 @@ import asyncio
 import contextlib
 import itertools
 import math
+import statistics
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
+from pydantic import SecretStr
 
+from askmojo.common import metrics, serving
 from askmojo.metadata.v1 import metadata_service_pb2 as pb
 from askmojo.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from askmojo.vector.v1 import vector_service_pb2 as vpb
 from bench.context import Context, Ratio
 from bench.corpora import short_texts
 from bench.embedding import CLIENTS, embed_concurrent
@@ -58,10 +72,15 @@ from bench.pipeline import SEARCH_CLIENTS, TOP_K, ingest_stream, search_clients
 from bench.services import ServiceProcess, free_port
 from bench.timing import geometric_mean_pair, median_rate
 from evals.known_item import corpus
+from vector_service.config import VectorSettings
 
 API_KEY = "bench-secured-key-0123456789abcdef"
 KEY_METADATA = (("authorization", f"Bearer {API_KEY}"),)
 SCRAPE_SECONDS = 2.0
+# The interceptor comparison: calls per side per round (16 clients), rounds.
+CHAIN_CALLS = 1600
+CHAIN_ROUNDS = 8
+_COUNT = "/askmojo.vector.v1.VectorService/Count"
 
 
 def run(ctx: Context) -> None:
@@ -150,12 +169,26 @@ def run(ctx: Context) -> None:
             "note": "two plain vector services alike in every setting: the comparison's noise",
         },
     )
+    embed_ms = _cpu_figures([embed_secured], [embed_plain, embed_plain_after])
     ctx.measure(
         "secured_cpu_per_call",
         {
             "rounds": len(search_rounds),
             "search_ms": _cpu_figures([search_secured], [search_plain]),
-            "embed_ms": _cpu_figures([embed_secured], [embed_plain, embed_plain_after]),
+            "embed_ms": embed_ms,
+        },
+    )
+    chain = asyncio.run(_interceptor_cost(CHAIN_CALLS if ctx.sizes.repeat > 1 else 200))
+    plain_embed_us = 1000 * embed_ms["service_process"]["plain"]
+    ctx.measure(
+        "secured_interceptors_us_per_call",
+        chain
+        | {
+            "plain_embed_service_process_us": round(plain_embed_us, 1),
+            # What the layers add to a single-text Embed in its service process.
+            "added_share_of_embed": round(chain["added"] / plain_embed_us, 4)
+            if plain_embed_us
+            else 0.0,
         },
     )
 
@@ -262,3 +295,75 @@ def _scraping(*ports: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(10)
+
+
+async def _interceptor_cost(calls: int) -> dict[str, float]:
+    """CPU microseconds per call behind the vector service's plain and
+    secured interceptor chains (see the module's docstring): medians over
+    CHAIN_ROUNDS rounds, the sides' order alternating, and the median of the
+    rounds' differences."""
+    plain_chain = serving.server_interceptors(VectorSettings(api_key=None), "vector")
+    # Recording on, as a metrics port turns it on in the service.
+    endpoint = metrics.MetricsEndpoint.listen("127.0.0.1", 0)
+    try:
+        secured_chain = serving.server_interceptors(
+            VectorSettings(api_key=SecretStr(API_KEY)), "vector"
+        )
+        servers = [await _count_server(chain) for chain in (plain_chain, secured_chain)]
+        try:
+            per_round: list[tuple[float, float]] = []
+            for index in range(CHAIN_ROUNDS + 1):  # the first warms both up
+                figures = [0.0, 0.0]
+                for side in (0, 1) if index % 2 else (1, 0):
+                    figures[side] = await _cpu_us_per_call(servers[side][1], calls)
+                if index:
+                    per_round.append((figures[0], figures[1]))
+        finally:
+            for server, _ in servers:
+                await server.stop(None)
+    finally:
+        endpoint.stop()
+    return {
+        "plain": round(statistics.median(p for p, _ in per_round), 1),
+        "secured": round(statistics.median(s for _, s in per_round), 1),
+        "added": round(statistics.median(s - p for p, s in per_round), 1),
+    }
+
+
+async def _count_server(interceptors: Sequence[object]) -> tuple[grpc.aio.Server, int]:
+    async def count(_request: vpb.CountRequest, _context: object) -> vpb.CountResponse:
+        return vpb.CountResponse(count=1)
+
+    server = grpc.aio.server(interceptors=interceptors)
+    service, _, method = _COUNT.lstrip("/").rpartition("/")
+    handler = grpc.unary_unary_rpc_method_handler(
+        count,
+        request_deserializer=vpb.CountRequest.FromString,
+        response_serializer=vpb.CountResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {method: handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def _cpu_us_per_call(port: int, calls: int) -> float:
+    """CLIENTS concurrent clients calling Count `calls` times in all, each
+    call with the key; this process's CPU microseconds per call."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        count = channel.unary_unary(
+            _COUNT,
+            request_serializer=vpb.CountRequest.SerializeToString,
+            response_deserializer=vpb.CountResponse.FromString,
+        )
+        request = vpb.CountRequest(collection="bench")
+
+        async def client(share: int) -> None:
+            for _ in range(share):
+                await count(request, metadata=KEY_METADATA)
+
+        started = time.process_time()
+        await asyncio.gather(*(client(calls // CLIENTS) for _ in range(CLIENTS)))
+        return 1e6 * (time.process_time() - started) / (calls // CLIENTS * CLIENTS)

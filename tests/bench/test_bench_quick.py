@@ -63,6 +63,8 @@ def test_bench_quick_writes_every_ratio_and_measure(tmp_path: Path) -> None:
     assert latency["idle"]["p99"] > 0 and latency["during_bulk_ingest"]["p99"] > 0
     assert report["measures"]["writer_contention"]["database_is_locked_errors"] == 0
     assert report["measures"]["writer_contention"]["failed_documents"] == 0
+    scale_cpu = report["measures"]["scale_ingest_cpu_ms_per_chunk"]
+    assert scale_cpu["first_window"] > 0 and scale_cpu["last_window"] > 0
     memory = report["measures"]["memory_mib"]
     assert memory["vector"]["service"] > 0 and memory["metadata"]["service"] > 0
     assert report["machine"]["cpus"] >= 1
