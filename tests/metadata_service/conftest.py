@@ -12,7 +12,7 @@ from metadata_service.config import MetadataSettings
 from metadata_service.db.engine import Database
 from metadata_service.domain import CollectionSpec
 from metadata_service.server import prepare_database
-from tests.conftest import RunningServer, metadata_settings
+from tests.conftest import RunningServer, metadata_settings, postgres_database
 
 
 @pytest.fixture
@@ -30,3 +30,12 @@ def stored(
     catalog.create_collection(CollectionSpec(name="docs"))
     yield db, catalog, settings
     db.dispose()
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path) -> Iterator[MetadataSettings]:
+    """Settings on a fresh, migrated PostgreSQL database (skipped without one)."""
+    with postgres_database() as url:
+        settings = metadata_settings(tmp_path / "unused.db", database_url=url)
+        prepare_database(settings)
+        yield settings

@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,19 +33,11 @@ from metadata_service.db.engine import Database
 from metadata_service.domain import CollectionSpec, DocumentInput, IndexState
 from metadata_service.outbox import Outbox
 from metadata_service.server import prepare_database
-from tests.conftest import metadata_settings, postgres_database, postgres_lock_waiters
+from tests.conftest import postgres_lock_waiters
 from tests.waiting import wait_until
 
 # Two chunks at the default 400 characters.
 LONG_TEXT = " ".join(f"word{i}" for i in range(80))
-
-
-@pytest.fixture
-def pg_settings(tmp_path: Path) -> Iterator[MetadataSettings]:
-    with postgres_database() as url:
-        settings = metadata_settings(tmp_path / "unused.db", database_url=url)
-        prepare_database(settings)
-        yield settings
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ when PostgreSQL is unreachable."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,19 +26,10 @@ from metadata_service.db import document_queries
 from metadata_service.db.engine import Database
 from metadata_service.domain import CollectionSpec, DocumentInput
 from metadata_service.errors import NotFound
-from metadata_service.server import prepare_database
-from tests.conftest import metadata_settings, postgres_database, postgres_lock_waiters
+from tests.conftest import postgres_lock_waiters
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_settings(tmp_path: Path) -> Iterator[MetadataSettings]:
-    with postgres_database() as url:
-        settings = metadata_settings(tmp_path / "unused.db", database_url=url)
-        prepare_database(settings)
-        yield settings
 
 
 def test_a_collection_deleted_during_a_write_into_it(
