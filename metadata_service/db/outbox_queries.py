@@ -249,9 +249,9 @@ def requeue_documents(session: Session, document_pks: Collection[int], now: date
 
 def lock_documents(session: Session, document_pks: Collection[int]) -> None:
     """PostgreSQL: row locks on these documents, taken in the order writers
-    take them (`document_queries.find_documents`: by collection, then id), so
-    the two never deadlock on each other's order. SQLite: nothing (its write
-    lock serializes every writer already).
+    take them (`document_queries.find_documents`: by collection, then
+    external id), so the two never deadlock on each other's order. SQLite:
+    nothing (its write lock serializes every writer already).
 
     Why a state refresh needs it: under READ COMMITTED, two transactions
     settling different chunks of one document (two indexers, two replicas)

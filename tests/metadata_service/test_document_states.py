@@ -1,6 +1,6 @@
 """A document's state when two indexers settle its chunks at once, on
-PostgreSQL (found by tests/pipeline/test_pg_replicas.py, which saw the
-documents written through both replicas stay PENDING).
+PostgreSQL (found by tests/pipeline/test_pg_replicas.py in CI, where 8
+documents stayed PENDING past its 30 s wait).
 
 Under READ COMMITTED, each settle computed the document's state from a
 snapshot without the other's uncommitted chunk: the second one's UPDATE
