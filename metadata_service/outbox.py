@@ -358,9 +358,11 @@ class Outbox:
 
         def work(session: Session) -> None:
             now = utcnow()
+            # Documents before chunks, the order writers lock them in (an
+            # ingest rewriting one of them): no deadlock to retry. Every
+            # document refreshed below is one of these.
+            locked = sent is not None
             if sent is not None:
-                # Documents before chunks, the order writers lock them in
-                # (an ingest rewriting one of them): no deadlock to retry.
                 outbox_queries.lock_documents(session, {c.document_pk for c in sent.values()})
             superseded: set[int] = set()
             documents = outbox_queries.settle_chunks(
@@ -376,7 +378,7 @@ class Outbox:
             stale = [sent[c] for c in superseded if sent is not None and c in sent]
             if stale:
                 documents = [*documents, *_repair_superseded(session, stale, now)]
-            outbox_queries.refresh_document_states(session, documents, now)
+            outbox_queries.refresh_document_states(session, documents, now, locked=locked)
 
         self._db.write(work)
 
@@ -420,12 +422,16 @@ class Outbox:
         def work(session: Session) -> int:
             chunk_ids = outbox_queries.unfinished_chunks(session, collection.id)
             if repair:
-                _requeue(session, chunk_ids)
-                unsettled = outbox_queries.unsettled_documents(session, collection.id)
                 now = utcnow()
-                for start in range(0, len(unsettled), _STATE_REFRESH_BATCH):
+                requeued = outbox_queries.requeue_chunks(session, chunk_ids, now)
+                # One refresh for both: the requeued chunks' documents and
+                # every other document not INDEXED.
+                documents = sorted(
+                    {*requeued, *outbox_queries.unsettled_documents(session, collection.id)}
+                )
+                for start in range(0, len(documents), _STATE_REFRESH_BATCH):
                     outbox_queries.refresh_document_states(
-                        session, unsettled[start : start + _STATE_REFRESH_BATCH], now
+                        session, documents[start : start + _STATE_REFRESH_BATCH], now
                     )
             return len(chunk_ids)
 

@@ -271,13 +271,17 @@ def lock_documents(session: Session, document_pks: Collection[int]) -> None:
     )
 
 
-def refresh_document_states(session: Session, document_pks: Collection[int], now: datetime) -> None:
+def refresh_document_states(
+    session: Session, document_pks: Collection[int], now: datetime, *, locked: bool = False
+) -> None:
     """A document is FAILED if any chunk is, PENDING if any chunk waits,
     INDEXED when every chunk has its vector. Takes the documents' row locks
-    first (see `lock_documents`)."""
+    first (see `lock_documents`) unless the caller's transaction holds them
+    already (`locked`)."""
     if not document_pks:
         return
-    lock_documents(session, document_pks)
+    if not locked:
+        lock_documents(session, document_pks)
     failed = exists().where(
         ChunkRow.document_id == DocumentRow.id, ChunkRow.state == IndexState.FAILED
     )
