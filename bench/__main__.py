@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only SECTION ...] [--out DIR]`
+"""`python -m bench [--quick] [--unscaled] [--only SECTION ...] [--out DIR]`
 
 Runs the sections (embedding, pipeline, metadata) against real service
 processes and in-process baselines, then writes `DIR/latest.json` and
@@ -115,20 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.md go")
+    parser.add_argument(
+        "--unscaled",
+        action="store_true",
+        help="keep the sizes whatever the probe measures (a slow day then runs past 10 minutes;"
+        " for showing a figure at its full size, e.g. scale_ingest_ratio's 20,000 chunks)",
+    )
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes.full()
     workdir = Path(tempfile.mkdtemp(prefix="askmojo-bench-"))
     ctx = Context(sizes, workdir)
     started = time.perf_counter()
     command = "make bench-quick" if args.quick else "make bench"
-    if args.only:
-        command = f"python -m bench {'--quick ' if args.quick else ''}--only {' '.join(args.only)}"
+    if args.only or args.unscaled:
+        flags = ["--quick"] * args.quick + ["--unscaled"] * args.unscaled
+        flags += ["--only", *args.only] if args.only else []
+        command = f"python -m bench {' '.join(flags)}"
     sections: dict[str, dict[str, Any]] = {}
     try:
         for name in args.only or list(SECTIONS):
             section_started = time.perf_counter()
             speed = calibration.speed(ctx.thread_budget, runs=1 if args.quick else PROBE_RUNS)
-            ctx.sizes = sizes.scaled(speed)
+            ctx.sizes = sizes if args.unscaled else sizes.scaled(speed)
             changed = {
                 k: getattr(ctx.sizes, k)
                 for k in USES[name]
