@@ -3,7 +3,7 @@
 Runs the sections (embedding, pipeline, metadata) against real service
 processes and in-process baselines, then writes `DIR/latest.json` and
 `DIR/latest.md` (default DIR: bench/results). `make bench` runs it in full
-(about 5 minutes on this 2-core VM, under 10 at half its speed: before each
+(about 9 minutes on this 2-core VM, under 10 on a slow day: before each
 section a short probe measures the machine, and a slow one gets less work),
 `make bench-quick` with small sizes (under 2). Each section's time, speed and
 sizes are printed and recorded.

@@ -20,9 +20,10 @@ class Sizes:
     """How much work each section does: `full` for `make bench`, `quick` for
     `make bench-quick` and the smoke test.
 
-    `full` takes about 5 minutes on this 2-core VM on a normal day, so a day
-    at half speed still ends within 10; on a slow machine each section's
-    counts shrink further with its measured speed (`scaled`). The pair
+    `full` takes about 5 minutes on this 2-core VM on a normal day for the
+    embedding, pipeline and metadata sections (the security section adds
+    about 4, its pairs fixed), so a slow day still ends within 10: on a slow
+    machine each section's counts shrink with its measured speed (`scaled`). The pair
     counts (`repeat`) never shrink: they are what keeps a ratio's median
     steady while the machine's speed drifts."""
 
