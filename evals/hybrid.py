@@ -3,9 +3,10 @@
 Two corpora of real text nobody here wrote, both on this machine:
 
 - `stdlib`: the Python standard library module documentation of
-  evals/known_item.py. Independent queries: each module's one-line summary
-  (the first line of its docstring), REMOVED from the indexed text, so its
-  words are found in the document only where the body repeats them.
+  evals/known_item.py. Independent queries: each module's summary (the
+  first sentence of its docstring), its whole first paragraph REMOVED from
+  the indexed text, so its words are found in the document only where the
+  body repeats them.
 - `packages`: the long descriptions (README) of the installed distributions
   (`importlib.metadata`, their METADATA payload; Markdown or reST with
   headings and tables), sorted by name. Independent queries: each
@@ -86,18 +87,34 @@ def stdlib_sets(modules: int | None, max_chars: int) -> list[QuerySet]:
     stripped = []
     summaries = []
     for document in documents:
-        # The text is "name\n<docstring>...": the summary is the docstring's first line.
+        # The text is "name\n<docstring>...". The summary is the first
+        # sentence of the docstring's first paragraph, and the whole paragraph
+        # leaves the text. (Until 2026-12-04 it was the first line, but 26 of
+        # 116 modules wrap their opening sentence, so those queries were half
+        # a sentence whose other half stayed in the text they queried.)
         lines = document.text.split("\n")
-        summary = lines[1].strip() if len(lines) > 1 else ""
+        paragraph = list(itertools.takewhile(str.strip, lines[1:]))
+        summary = first_sentence(" ".join(line.strip() for line in paragraph))
         if len(summary.split()) < 3:
             continue
-        text = "\n".join([lines[0], *lines[2:]])
+        text = "\n".join([lines[0], *lines[1 + len(paragraph) :]])
         stripped.append(known_item.Document(document.id, text, document.metadata))
         # A summary the body repeats (a class docstring saying it again) is
         # no independent query.
         if " ".join(summary.lower().split()) not in " ".join(text.lower().split()):
             summaries.append(known_item.KnownItem(document.id, summary))
     return [sentence, QuerySet("stdlib / summaries (removed from text)", stripped, summaries)]
+
+
+def first_sentence(text: str) -> str:
+    """`text` up to its first sentence end (., ! or ? before a space or the
+    end, not after a one-letter word), else all of it."""
+    match = _SENTENCE_END.search(text)
+    return text[: match.start() + 1] if match else text
+
+
+# Not after a one-letter word: "a.k.a." and "e.g." end no sentence.
+_SENTENCE_END = re.compile(r"(?<![\s.(]\w)[.!?](?=\s|$)")
 
 
 def package_documents(max_chars: int, min_chars: int = 1000) -> list[tuple[str, str, str]]:

@@ -35,3 +35,16 @@ def test_the_ceiling_counts_a_query_any_mode_answers() -> None:
     ceiling = hybrid.mode_ceiling(rankings, fusion)
     assert ceiling == 2 / 3  # "a" by keyword, "b" by dense; "f" by none
     assert all(ceiling >= scores[mode].hit5 for mode in ("DENSE", "KEYWORD", "HYBRID"))
+
+
+def test_a_summary_is_the_first_sentence_and_abbreviations_end_none() -> None:
+    first = hybrid.first_sentence
+    assert first("Utilities for with-statement contexts.  See PEP 343.") == (
+        "Utilities for with-statement contexts."
+    )
+    assert first("Heap queue algorithm (a.k.a. priority queue).  Heaps are") == (
+        "Heap queue algorithm (a.k.a. priority queue)."
+    )
+    assert first("Support for e.g. sockets. More") == "Support for e.g. sockets."
+    assert first("Version 3.11 changes. More") == "Version 3.11 changes."
+    assert first("No sentence end") == "No sentence end"
