@@ -27,7 +27,14 @@ What differs from an in-process store:
 - Metadata values are str, int, float or bool (keys `[A-Za-z0-9_.-]{1,64}`,
   not starting with "_"); `filter` is a dict in Chroma's spelling
   (`{"year": {"$gte": 2020}, "lang": "en"}`), compiled by the SDK.
-- Scores are cosine similarities, higher is better.
+- Searches are HYBRID unless `search_mode` says otherwise (the store's
+  default, or per call: `as_retriever(search_kwargs={"search_mode":
+  "keyword"})`): the keyword index and the vectors fused by reciprocal rank,
+  so exact names and identifiers are found as well as meaning. A score is
+  the mode's own, higher is better: the fused score (HYBRID), the cosine
+  similarity (DENSE), the keyword score (KEYWORD). Relevance scores
+  (`similarity_search_with_relevance_scores`, `score_threshold`) are in
+  [0, 1] in every mode: see `AskmojoVectorStore`.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ from askmojo.client import (
     DocumentState,
     NotFound,
     SearchHit,
+    SearchMode,
+    SearchResults,
     StoredDocument,
     UpsertResult,
     UpsertState,
@@ -204,7 +213,19 @@ class AskmojoVectorStore(VectorStore):
     `async_client`). `embedding`: an `AskmojoEmbeddings` (default: one on
     `vector_address` with the same key and TLS), used for MMR only.
     `wait_indexed`: `add_*` returns once its documents are INDEXED (raising
-    `IndexingTimeout` after `index_timeout` s).
+    `IndexingTimeout` after `index_timeout` s). `search_mode`: "hybrid" (the
+    service's default), "dense" or "keyword", for every search unless a call
+    passes `search_mode=` itself.
+
+    Relevance scores, in [0, 1] whatever the mode (each hit's own, so a
+    `score_threshold` means the same on every query):
+    - hybrid: the fused score over the highest a chunk can have, 1 when
+      both retrievers rank it first (0.5: first by one of them and not found
+      by the other); answered from the keyword index alone (the vector
+      service away), over the highest that index alone can give;
+    - dense: the cosine similarity, negative ones 0;
+    - keyword: the keyword score over the first hit's (1 for the first),
+      bm25 and ts_rank_cd having no scale of their own.
     """
 
     def __init__(
@@ -224,6 +245,7 @@ class AskmojoVectorStore(VectorStore):
         create_collection: bool = True,
         wait_indexed: bool = True,
         index_timeout: float = DEFAULT_INDEX_TIMEOUT,
+        search_mode: SearchMode | str = SearchMode.HYBRID,
     ) -> None:
         options: dict[str, Any] = {
             "api_key": api_key,
@@ -233,6 +255,7 @@ class AskmojoVectorStore(VectorStore):
             "timeout": timeout,
         }
         self.collection_name = collection_name
+        self.search_mode = _search_mode(search_mode)
         self.wait_indexed = wait_indexed
         self.index_timeout = index_timeout
         self._owns_client = client is None
@@ -447,36 +470,70 @@ class AskmojoVectorStore(VectorStore):
     def similarity_search(
         self, query: str, k: int = 4, *, filter: Where | None = None, **kwargs: Any
     ) -> list[Document]:
-        """The `k` chunks most similar to `query`, best first, among documents
-        matching `filter`."""
-        return [d for d, _ in self.similarity_search_with_score(query, k, filter=filter)]
+        """The `k` chunks best matching `query`, best first, among documents
+        matching `filter`, in the store's `search_mode` (or `search_mode=`)."""
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
 
     async def asimilarity_search(
         self, query: str, k: int = 4, *, filter: Where | None = None, **kwargs: Any
     ) -> list[Document]:
         """See `similarity_search`."""
-        return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter=filter)]
+        found = await self.asimilarity_search_with_score(query, k, filter=filter, **kwargs)
+        return [d for d, _ in found]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, *, filter: Where | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """`similarity_search` with each chunk's cosine similarity (higher is
-        better)."""
-        hits = self.client.search(self.collection_name, query, top_k=k, where=filter)
+        """`similarity_search` with each chunk's score in the search's mode
+        (higher is better): fused (hybrid), cosine similarity (dense) or
+        keyword score (keyword)."""
+        hits = self._search(query, k, filter, kwargs)
         return [(_document(h), h.score) for h in hits]
 
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, *, filter: Where | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """See `similarity_search_with_score`."""
-        client = self._async.get()
-        hits = await client.search(self.collection_name, query, top_k=k, where=filter)
+        hits = await self._asearch(query, k, filter, kwargs)
         return [(_document(h), h.score) for h in hits]
 
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        # LangChain's similarity_search_with_relevance_scores (and a
+        # retriever's score_threshold) come here; the class docstring says
+        # what a relevance is in each mode.
+        filter = kwargs.pop("filter", None)
+        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
+        hits = self._search(query, k, filter, kwargs)
+        return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
+
+    async def _asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        filter = kwargs.pop("filter", None)
+        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
+        hits = await self._asearch(query, k, filter, kwargs)
+        return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
+
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        # Scores are cosine similarities in [-1, 1]; relevance is the
-        # similarity, with the (irrelevant) negative ones at 0.
+        # Only for DENSE scores (cosine similarities in [-1, 1], the
+        # negative ones irrelevant); the other modes' relevance needs the
+        # whole hit (_relevances), which this store's relevance methods use.
         return _relevance
+
+    def _search(
+        self, query: str, k: int, where: Where | None, kwargs: dict[str, Any]
+    ) -> SearchResults:
+        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
+        return self.client.search(self.collection_name, query, top_k=k, where=where, mode=mode)
+
+    async def _asearch(
+        self, query: str, k: int, where: Where | None, kwargs: dict[str, Any]
+    ) -> SearchResults:
+        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
+        client = self._async.get()
+        return await client.search(self.collection_name, query, top_k=k, where=where, mode=mode)
 
     def max_marginal_relevance_search(
         self,
@@ -493,7 +550,7 @@ class AskmojoVectorStore(VectorStore):
         similarity only, 0: diversity only). The chunks' vectors come from the
         vector service (Get with vectors), the query's from its
         EmbeddingService."""
-        hits = self.client.search(self.collection_name, query, top_k=fetch_k, where=filter)
+        hits = self._search(query, fetch_k, filter, kwargs)
         if not hits:
             return []
         vector_collection = self.client.collection(self.collection_name).vector_collection
@@ -516,7 +573,7 @@ class AskmojoVectorStore(VectorStore):
     ) -> list[Document]:
         """See `max_marginal_relevance_search`."""
         client = self._async.get()
-        hits = await client.search(self.collection_name, query, top_k=fetch_k, where=filter)
+        hits = await self._asearch(query, fetch_k, filter, kwargs)
         if not hits:
             return []
         vectors = self.embeddings.async_client()
@@ -633,6 +690,32 @@ def _document(hit: SearchHit) -> Document:
 
 def _relevance(score: float) -> float:
     return max(0.0, min(1.0, score))
+
+
+# SearchRequest's contract (metadata_service.proto): a HYBRID hit's score is
+# the sum over retrievers of weight / (RRF_K + rank), weights 1 unless given.
+_RRF_K = 60
+
+
+def _relevances(hits: SearchResults, mode: SearchMode) -> list[float]:
+    """Each hit's relevance in [0, 1] (AskmojoVectorStore's docstring)."""
+    if mode is SearchMode.DENSE:
+        return [_relevance(h.score) for h in hits]
+    if mode is SearchMode.KEYWORD:
+        best = max((h.score for h in hits), default=0.0)
+        return [_relevance(h.score / best) if best > 0 else 0.0 for h in hits]
+    # HYBRID: both retrievers' first place, or the keyword index's alone.
+    retrievers = 1 if hits.degraded else 2
+    highest = retrievers / (_RRF_K + 1)
+    return [_relevance(h.score / highest) for h in hits]
+
+
+def _search_mode(mode: SearchMode | str) -> SearchMode:
+    try:
+        return SearchMode(mode)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in SearchMode)
+        raise ValueError(f"search_mode must be one of {choices}, got {mode!r}") from None
 
 
 def _mmr(

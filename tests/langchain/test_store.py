@@ -201,3 +201,55 @@ def test_add_returns_once_indexed(tmp_path: Path, vector_server: RunningServer) 
         assert {d.id for d in store.similarity_search("one two three", k=3)} == {"1", "2", "3"}
         store.delete_collection()
         store.close()
+
+
+def test_hybrid_by_default_with_relevance_in_every_mode(store: AskmojoVectorStore) -> None:
+    """Search is HYBRID unless told (#14): scores are the service's fused
+    ones, and relevance is 1 for a chunk both retrievers rank first, so a
+    score_threshold keeps it (it used to read the fused score, at most 2/61,
+    as a cosine similarity, and kept nothing). DENSE scores are cosine
+    similarities; KEYWORD finds exact words, its first hit relevance 1."""
+    store.add_documents(DOCS)
+    query = "cats purr"
+    hybrid = store.similarity_search_with_score(query, k=4)
+    served = store.client.search(store.collection_name, query, top_k=4)
+    assert [(d.id, s) for d, s in hybrid] == [(h.document_id, h.score) for h in served]
+    assert served[0].document_id == "cats" and served[0].dense_rank == served[0].keyword_rank == 1
+
+    kept = store.similarity_search_with_relevance_scores(query, k=4, score_threshold=0.9)
+    assert [(d.id, r) for d, r in kept] == [("cats", pytest.approx(1.0))]
+    relevant = store.similarity_search_with_relevance_scores(query, k=4)
+    assert [r for _, r in relevant] == sorted((r for _, r in relevant), reverse=True)
+    assert all(0 <= r <= 0.5 for _, r in relevant[1:])  # found by dense alone
+    retriever = store.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.9}
+    )
+    assert [d.id for d in retriever.invoke(query)] == ["cats"]
+    kept_async = asyncio.run(
+        store.asimilarity_search_with_relevance_scores(query, k=4, score_threshold=0.9)
+    )
+    assert [d.id for d, _ in kept_async] == ["cats"]
+
+    dense = store.similarity_search_with_score(query, k=4, search_mode="dense")
+    cosine = store.client.search(store.collection_name, query, top_k=4, mode="dense")
+    assert [s for _, s in dense] == [h.score for h in cosine]
+    assert dense[0][1] > 0.2  # a similarity: no fused score exceeds 2/61
+    dense_relevance = store.similarity_search_with_relevance_scores(query, k=4, search_mode="dense")
+    assert [r for _, r in dense_relevance] == [max(0.0, min(1.0, s)) for _, s in dense]
+
+    by_word = store.as_retriever(search_kwargs={"k": 4, "search_mode": "keyword"})
+    assert [d.id for d in by_word.invoke("MVCC")] == ["mvcc"]
+    keyword = store.similarity_search_with_relevance_scores(
+        "WAL readers", k=4, search_mode="keyword"
+    )
+    assert {d.id for d, _ in keyword} == {"wal", "wal-2", "mvcc"}
+    assert keyword[0][1] == 1.0 and all(0 < r <= 1 for _, r in keyword)
+
+    keyword_store = AskmojoVectorStore(
+        store.collection_name, client=store.client, search_mode="keyword", create_collection=False
+    )
+    assert [d.id for d in keyword_store.similarity_search("MVCC", k=4)] == ["mvcc"]
+    with pytest.raises(ValueError, match="search_mode must be one of 'hybrid'"):
+        store.similarity_search(query, search_mode="fuzzy")
+    with pytest.raises(ValueError, match="search_mode must be one of"):
+        AskmojoVectorStore(store.collection_name, client=store.client, search_mode="semantic")
