@@ -487,14 +487,14 @@ class AskmojoVectorStore(VectorStore):
         """`similarity_search` with each chunk's score in the search's mode
         (higher is better): fused (hybrid), cosine similarity (dense) or
         keyword score (keyword)."""
-        hits = self._search(query, k, filter, kwargs)
+        hits = self._search(query, k, filter, self._mode(kwargs))
         return [(_document(h), h.score) for h in hits]
 
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, *, filter: Where | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """See `similarity_search_with_score`."""
-        hits = await self._asearch(query, k, filter, kwargs)
+        hits = await self._asearch(query, k, filter, self._mode(kwargs))
         return [(_document(h), h.score) for h in hits]
 
     def _similarity_search_with_relevance_scores(
@@ -503,17 +503,15 @@ class AskmojoVectorStore(VectorStore):
         # LangChain's similarity_search_with_relevance_scores (and a
         # retriever's score_threshold) come here; the class docstring says
         # what a relevance is in each mode.
-        filter = kwargs.pop("filter", None)
-        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
-        hits = self._search(query, k, filter, kwargs)
+        mode = self._mode(kwargs)
+        hits = self._search(query, k, kwargs.get("filter"), mode)
         return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
 
     async def _asimilarity_search_with_relevance_scores(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        filter = kwargs.pop("filter", None)
-        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
-        hits = await self._asearch(query, k, filter, kwargs)
+        mode = self._mode(kwargs)
+        hits = await self._asearch(query, k, kwargs.get("filter"), mode)
         return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -522,16 +520,16 @@ class AskmojoVectorStore(VectorStore):
         # whole hit (_relevances), which this store's relevance methods use.
         return _relevance
 
-    def _search(
-        self, query: str, k: int, where: Where | None, kwargs: dict[str, Any]
-    ) -> SearchResults:
-        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
+    def _mode(self, kwargs: dict[str, Any]) -> SearchMode:
+        """A call's `search_mode=`, else the store's."""
+        return _search_mode(kwargs.get("search_mode", self.search_mode))
+
+    def _search(self, query: str, k: int, where: Where | None, mode: SearchMode) -> SearchResults:
         return self.client.search(self.collection_name, query, top_k=k, where=where, mode=mode)
 
     async def _asearch(
-        self, query: str, k: int, where: Where | None, kwargs: dict[str, Any]
+        self, query: str, k: int, where: Where | None, mode: SearchMode
     ) -> SearchResults:
-        mode = _search_mode(kwargs.get("search_mode", self.search_mode))
         client = self._async.get()
         return await client.search(self.collection_name, query, top_k=k, where=where, mode=mode)
 
@@ -550,7 +548,7 @@ class AskmojoVectorStore(VectorStore):
         similarity only, 0: diversity only). The chunks' vectors come from the
         vector service (Get with vectors), the query's from its
         EmbeddingService."""
-        hits = self._search(query, fetch_k, filter, kwargs)
+        hits = self._search(query, fetch_k, filter, self._mode(kwargs))
         if not hits:
             return []
         vector_collection = self.client.collection(self.collection_name).vector_collection
@@ -573,7 +571,7 @@ class AskmojoVectorStore(VectorStore):
     ) -> list[Document]:
         """See `max_marginal_relevance_search`."""
         client = self._async.get()
-        hits = await self._asearch(query, fetch_k, filter, kwargs)
+        hits = await self._asearch(query, fetch_k, filter, self._mode(kwargs))
         if not hits:
             return []
         vectors = self.embeddings.async_client()
