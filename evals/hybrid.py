@@ -308,11 +308,17 @@ def mode_chunks(r: Rankings, q: int, fusion: Fusion) -> dict[str, list[int]]:
     }
 
 
+def first_documents(r: Rankings, chunk_ids: Sequence[int]) -> list[str]:
+    """The first TOP distinct documents of a ranked chunk list (a document
+    ranks by its best chunk), as hit@k and MRR count them."""
+    return list(dict.fromkeys(r.owners[j] for j in chunk_ids))[:TOP]
+
+
 def score(r: Rankings, fusion: Fusion) -> dict[str, Scores]:
     positions: dict[str, list[int | None]] = {"DENSE": [], "KEYWORD": [], "HYBRID": []}
     for q, item in enumerate(r.items):
         for mode, chunk_ids in mode_chunks(r, q, fusion).items():
-            docs = list(dict.fromkeys(r.owners[j] for j in chunk_ids))[:TOP]
+            docs = first_documents(r, chunk_ids)
             found = item.document_id in docs
             positions[mode].append(docs.index(item.document_id) + 1 if found else None)
     out = {}
@@ -333,10 +339,7 @@ def mode_ceiling(r: Rankings, fusion: Fusion) -> float:
     found = 0
     for q, item in enumerate(r.items):
         answers = mode_chunks(r, q, fusion).values()
-        found += any(
-            item.document_id in list(dict.fromkeys(r.owners[j] for j in chunks))[:TOP]
-            for chunks in answers
-        )
+        found += any(item.document_id in first_documents(r, chunks) for chunks in answers)
     return found / (len(r.items) or 1)
 
 

@@ -502,7 +502,10 @@ class AskmojoVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         # LangChain's similarity_search_with_relevance_scores (and a
         # retriever's score_threshold) come here; the class docstring says
-        # what a relevance is in each mode.
+        # what a relevance is in each mode. Overridden, not fed through
+        # _select_relevance_score_fn: a score alone does not say it (HYBRID
+        # needs to know whether the answer was degraded; KEYWORD, the first
+        # hit's score).
         mode = self._mode(kwargs)
         hits = self._search(query, k, kwargs.get("filter"), mode)
         return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
@@ -513,12 +516,6 @@ class AskmojoVectorStore(VectorStore):
         mode = self._mode(kwargs)
         hits = await self._asearch(query, k, kwargs.get("filter"), mode)
         return [(_document(h), r) for h, r in zip(hits, _relevances(hits, mode), strict=True)]
-
-    def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        # Only for DENSE scores (cosine similarities in [-1, 1], the
-        # negative ones irrelevant); the other modes' relevance needs the
-        # whole hit (_relevances), which this store's relevance methods use.
-        return _relevance
 
     def _mode(self, kwargs: dict[str, Any]) -> SearchMode:
         """A call's `search_mode=`, else the store's."""

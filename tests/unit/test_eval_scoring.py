@@ -26,6 +26,11 @@ def test_each_mode_scores_hits_over_the_first_five_documents() -> None:
     assert scores["DENSE"].hit5 == 1 / 3  # only "b"
     assert scores["KEYWORD"].hit5 == 1 / 3  # only "a"
     assert scores["DENSE"].hit1 == scores["KEYWORD"].hit1 == 1 / 3
+    # Fused: "a" first (keyword 1st + dense 6th), "b" second behind "c"
+    # (dense 2nd + keyword 1st), "f" sixth (6th in both).
+    assert scores["HYBRID"].hit5 == 2 / 3
+    assert scores["HYBRID"].hit1 == 1 / 3
+    assert scores["HYBRID"].mrr == (1 + 1 / 2) / 3
 
 
 def test_the_ceiling_counts_a_query_any_mode_answers() -> None:
