@@ -204,7 +204,8 @@ def report(result: dict[str, Any]) -> str:
         f" (longest recovery {result['recovery_seconds_max']} s)",
         f"  documents checked: {result['documents_checked']}"
         f" (live {result['live_documents']}, either-state {result['ambiguous_documents']})",
-        f"  lost = {result['lost']}, orphans = {result['orphans']}",
+        f"  lost = {result['lost']}, orphans = {result['orphans']};"
+        f" stored right but missed by a dense search of their own text: {result['unreachable']}",
         f"  chunks left PENDING: {backlog['pending']}, on an expired lease:"
         f" {backlog['expired_leases']}, FAILED: {backlog['failed']};"
         f" vector deletions left: {backlog['deletions']}",
@@ -219,7 +220,8 @@ def report(result: dict[str, Any]) -> str:
     if result["logged_errors"]:
         top = list(result["logged_errors"].items())[:8]
         lines.append(f"  errors the services logged: {top}")
-    for key in ("lost_details", "orphan_details", "crasher_errors", "driver_failures", "logs"):
+    details = ("lost_details", "orphan_details", "unreachable_details")
+    for key in (*details, "crasher_errors", "driver_failures", "logs"):
         if result.get(key):
             lines.append(f"  {key}: {result[key][:10]}")
     return "\n".join(lines)

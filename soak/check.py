@@ -12,7 +12,7 @@ from sqlalchemy import text
 from askmojo.client import Client, VectorClient
 from askmojo.client.errors import AskmojoError, NotFound
 from soak.cluster import API_KEY, Cluster
-from soak.ledger import CollectionView, StoredDoc, StoredVector, Version, freeze
+from soak.ledger import CollectionView, StoredDoc, StoredVector, Version, freeze, vector_id
 
 CONVERGE_TIMEOUT = 240.0
 READ_TIMEOUT = 60.0
@@ -131,9 +131,11 @@ def _view(client: Client, vectors: VectorClient, name: str, vector_name: str) ->
         ids = list(vectors.list_ids(vector_name, page_size=500))
     except NotFound:
         ids = []
+    stored: dict[str, list[float]] = {}
     for start in range(0, len(ids), 500):
-        for record in vectors.get(vector_name, ids[start : start + 500]):
+        for record in vectors.get(vector_name, ids[start : start + 500], include_vectors=True):
             view.vectors[record.id] = StoredVector(record.id, freeze(record.metadata))
+            stored[record.id] = record.vector or []
     for doc_id, doc in docs.items():
         version = Version(doc.text, doc.metadata)
         if version.token is not None:
@@ -146,7 +148,22 @@ def _view(client: Client, vectors: VectorClient, name: str, vector_name: str) ->
             hits = client.search(name, doc.text, top_k=3, mode="dense")
             if any(h.document_id == doc_id for h in hits):
                 view.dense_found.add(doc_id)
+    asked = sorted(view.dense_asked)
+    for doc_id, expected in zip(asked, vectors.embed([docs[d].text for d in asked]), strict=True):
+        if _cosine(stored.get(vector_id(doc_id, 0), []), expected) >= SAME_EMBEDDING:
+            view.embedding_matches.add(doc_id)
     return view
+
+
+# Both are the same model's normalised output for the same text; batching
+# moves them by float rounding only (~1e-6), another text by far more.
+SAME_EMBEDDING = 0.999
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b) or not a:
+        return 0.0
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def reconcile(cluster: Cluster, collections: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -112,13 +112,24 @@ def test_a_missing_or_stale_vector_is_lost() -> None:
     assert any("generation" in p for p in check({("c", "d"): {A}}, stale_gen).lost)
 
 
-def test_a_document_searches_do_not_find_is_lost() -> None:
+def test_a_document_keyword_search_does_not_find_is_lost() -> None:
     view = _view({"d": _stored(A)}, [_vector("d", 0, A)])
     view.keyword_found = set()
     assert any("keyword" in p for p in check({("c", "d"): {A}}, {"c": view}).lost)
-    view.keyword_found = {"d"}
+
+
+def test_a_vector_of_another_embedding_is_lost_one_search_misses_is_unreachable() -> None:
+    view = _view({"d": _stored(A)}, [_vector("d", 0, A)])
     view.dense_asked = {"d"}
-    assert any("dense" in p for p in check({("c", "d"): {A}}, {"c": view}).lost)
+    view.dense_found = {"d"}  # even when a search finds it
+    wrong = check({("c", "d"): {A}}, {"c": view})
+    assert any("embedding" in p for p in wrong.lost), wrong
+    view.embedding_matches = {"d"}
+    view.dense_found = set()
+    missed = check({("c", "d"): {A}}, {"c": view})
+    assert missed.lost == [] and missed.orphans == []
+    assert [p for p in missed.unreachable if "dense search" in p] == missed.unreachable != []
+    assert missed.as_dict()["unreachable"] == 1
 
 
 def test_extra_vectors_deleted_documents_and_leftover_collections_are_orphans() -> None:
