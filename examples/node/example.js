@@ -259,14 +259,18 @@ async function main() {
 
     // Programming documents in English from 2020 on.
     const filter = all(cond('lang', 'EQ', 'en'), cond('topic', 'EQ', 'programming'), cond('year', 'GTE', 2020));
-    const { hits } = await call('Search', {
+    // No mode: HYBRID, dense vectors and the keyword index fused by reciprocal
+    // rank; each hit also says where each retriever ranked it (0: not found).
+    const { hits, degraded, degraded_reason } = await call('Search', {
       collection,
       query: 'memory safe systems language',
       top_k: 5,
       filter,
     });
+    if (degraded) console.log(`  keyword index only: ${degraded_reason}`);
     for (const h of hits) {
-      console.log(`  hit ${h.document_id} score=${h.score.toFixed(3)} ${JSON.stringify(plain(h.metadata))}`);
+      const ranks = `dense #${h.dense_rank} keyword #${h.keyword_rank}`;
+      console.log(`  hit ${h.document_id} score=${h.score.toFixed(4)} (${ranks}) ${JSON.stringify(plain(h.metadata))}`);
     }
     const ids = new Set(hits.map((h) => h.document_id));
     const expectedIds = ['rust-2021', 'go-2022'];
