@@ -326,15 +326,20 @@ func run() error {
 		cond("topic", commonv1.Operator_OPERATOR_EQ, str("programming")),
 		cond("year", commonv1.Operator_OPERATOR_GTE, num(2020)),
 	)
+	// No mode: HYBRID, dense vectors and the keyword index fused by reciprocal
+	// rank; each hit also says where each retriever ranked it (0: not found).
 	reply, err := client.Search(ctx, &metadatav1.SearchRequest{
 		Collection: collection, Query: "memory safe systems language", TopK: 5, Filter: filter})
 	if err != nil {
 		return err
 	}
+	if reply.GetDegraded() {
+		fmt.Printf("  keyword index only: %s\n", reply.GetDegradedReason())
+	}
 	var ids []string
 	for _, h := range reply.GetHits() {
-		fmt.Printf("  hit %s score=%.3f year=%d\n", h.GetDocumentId(), h.GetScore(),
-			h.GetMetadata()["year"].GetIntValue())
+		fmt.Printf("  hit %s score=%.4f (dense #%d keyword #%d) year=%d\n", h.GetDocumentId(),
+			h.GetScore(), h.GetDenseRank(), h.GetKeywordRank(), h.GetMetadata()["year"].GetIntValue())
 		ids = append(ids, h.GetDocumentId())
 	}
 	sorted := append([]string(nil), ids...)
