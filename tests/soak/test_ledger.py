@@ -106,6 +106,9 @@ def test_an_older_text_is_lost_but_either_state_is_accepted() -> None:
 
 def test_a_missing_or_stale_vector_is_lost() -> None:
     assert len(check({("c", "d"): {A}}, {"c": _view({"d": _stored(A)}, [])}).lost) == 1
+    missing = _view({"d": _stored(A)}, [])
+    missing.dense_asked = {"d"}  # its embedding cannot be compared: still one finding
+    assert len(check({("c", "d"): {A}}, {"c": missing}).lost) == 1
     stale_meta = {"c": _view({"d": _stored(A)}, [_vector("d", 0, B)])}
     assert any("metadata" in p for p in check({("c", "d"): {A}}, stale_meta).lost)
     stale_gen = {"c": _view({"d": _stored(A, generation=2)}, [_vector("d", 0, A, 1)])}
