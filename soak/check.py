@@ -161,6 +161,9 @@ SAME_EMBEDDING = 0.999
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
+    """Their dot product, which is the cosine: both are L2-normalised (the
+    vector service stores and Embed returns them so). 0 when they cannot be
+    compared (a missing vector, another dimension)."""
     if len(a) != len(b) or not a:
         return 0.0
     return sum(x * y for x, y in zip(a, b, strict=True))
