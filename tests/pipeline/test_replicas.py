@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -71,8 +72,12 @@ WORDS = [
 
 
 def text_of(i: int) -> str:
-    # Distinct words per document, so an exact-text search ranks it first.
-    words = [WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(12)]
+    # Its own draw of 12 of the 26 words, so an exact-text search ranks it
+    # first even through Chroma's approximate index: the nearest other
+    # document is at cosine 0.90 on average, 0.94 at most. (Words picked by
+    # i mod 26 gave every document a twin differing only in its numbers, at
+    # 0.99, and the index once returned the twin.)
+    words = random.Random(i).sample(WORDS, 12)
     return f"Field note {i}: " + " ".join(words) + f". Entry number {i} of the survey."
 
 
